@@ -1,0 +1,96 @@
+"""Decoding throughput: how fast images go from JPEG on disk to model-ready tensors.
+
+Run: .venv/bin/python benchmarks/decode.py [--data DIR] [--n 600] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+from leukoscope.cli.data import default_data_dir
+from leukoscope.data.datasets import (
+    CellImageDataset,
+    Sample,
+    eval_transform,
+    make_loader,
+    samples_from_folder,
+)
+from leukoscope.data.images import decode_rgb
+from leukoscope.fileio import atomic_write_json
+from leukoscope.machine import describe_machine
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _rate(fn: Callable[[Path], object], paths: list[Path]) -> float:
+    start = time.perf_counter()
+    for path in paths:
+        fn(path)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def _loader_rate(paths: list[Path], size: int, workers: int, draft: bool) -> float:
+    dataset = CellImageDataset(
+        [Sample(p, 0) for p in paths],
+        eval_transform(size, MEAN, STD),
+        draft_size=size if draft else None,
+    )
+    start = time.perf_counter()
+    n = sum(len(batch.labels) for batch in make_loader(dataset, batch_size=64, workers=workers))
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=default_data_dir())
+    parser.add_argument("--n", type=int, default=600, help="images to decode")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode.json"))
+    args = parser.parse_args()
+
+    samples, _ = samples_from_folder(args.data)
+    step = max(1, len(samples) // args.n)
+    paths = [s.path for s in samples[::step][: args.n]]
+    for p in paths:  # warm the page cache so we time decoding, not the disk
+        p.read_bytes()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    results = {
+        "pil_decode_rgb_1core": _rate(lambda p: decode_rgb(p), paths),
+        "pil_decode_rgb_draft112_1core": _rate(lambda p: decode_rgb(p, draft_size=112), paths),
+        "torchvision_decode_jpeg_1core": _rate(
+            lambda p: decode_jpeg(read_file(str(p)), mode=ImageReadMode.RGB), paths
+        ),
+    }
+    torch.set_num_threads(threads)
+    workers = describe_machine()["cpu_cores"]
+    for size in (224, 112):
+        results[f"loader_{size}px_{workers}workers"] = _loader_rate(paths, size, workers, False)
+        results[f"loader_{size}px_{workers}workers_draft"] = _loader_rate(
+            paths, size, workers, True
+        )
+    report = {
+        "benchmark": "decode",
+        "unit": "images/s",
+        "results": {k: round(v, 1) for k, v in results.items()},
+        "n_images": len(paths),
+        "data": str(args.data),
+        "machine": describe_machine(),
+        "command": "python benchmarks/decode.py " + f"--data {args.data} --n {args.n}",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(args.out, report)
+    for key, value in report["results"].items():
+        print(f"{key:40s} {value:8.1f} images/s")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

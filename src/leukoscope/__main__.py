@@ -1,0 +1,5 @@
+"""``python -m leukoscope`` runs the CLI."""
+
+from leukoscope.cli import main
+
+main()

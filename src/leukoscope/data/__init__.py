@@ -1,0 +1,1 @@
+"""Data layer: decoding, dataset scans and audits, leakage-free splits, loaders, download."""

@@ -1,0 +1,110 @@
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leukoscope.data.images import decode_rgb, is_image_name
+from leukoscope.errors import ImageDecodeError
+from tests.conftest import cell_image
+
+
+def _bytes(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [
+        ("RGB", "JPEG"),
+        ("RGB", "PNG"),
+        ("RGBA", "PNG"),
+        ("L", "PNG"),
+        ("P", "PNG"),
+        ("RGB", "TIFF"),
+        ("RGB", "BMP"),
+        ("L", "BMP"),
+    ],
+)
+def test_formats_and_modes_decode_to_rgb(mode: str, fmt: str) -> None:
+    image = cell_image(1, size=48).convert(mode)
+    out = decode_rgb(_bytes(image, fmt), name=f"x.{fmt.lower()}")
+    assert out.mode == "RGB"
+    assert out.size == (48, 48)
+
+
+def test_sixteen_bit_grayscale_is_rescaled_not_clipped() -> None:
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    data = _bytes(Image.fromarray(ramp), "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    out = np.asarray(decode_rgb(data))
+    assert out.shape == (64, 64, 3)
+    assert out.min() == 0 and out.max() == 255
+    assert len(np.unique(out[..., 0])) > 200  # a real ramp, not saturated
+
+
+def test_rgba_transparency_becomes_white() -> None:
+    image = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    out = decode_rgb(_bytes(image, "PNG"))
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_zero_byte_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    with pytest.raises(ImageDecodeError, match="empty file") as info:
+        decode_rgb(path)
+    assert str(path) in str(info.value)
+
+
+def test_text_renamed_jpg(tmp_path: Path) -> None:
+    path = tmp_path / "notes.jpg"
+    path.write_text("this is not a picture")
+    with pytest.raises(ImageDecodeError, match="not an image"):
+        decode_rgb(path)
+
+
+def test_truncated_jpeg(tmp_path: Path) -> None:
+    data = _bytes(cell_image(2, size=128), "JPEG", quality=95)
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageDecodeError, match="truncated") as info:
+        decode_rgb(path)
+    assert "cut.jpg" in str(info.value)
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    bomb = _bytes(Image.new("1", (9000, 9000)), "PNG")  # 81 MP in a few kB
+    assert len(bomb) < 100_000
+    with pytest.raises(ImageDecodeError, match="decompression bomb"):
+        decode_rgb(bomb, name="bomb.png")
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode_rgb(_bytes(cell_image(0, size=64), "PNG"), max_pixels=1000)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ImageDecodeError, match="file not found"):
+        decode_rgb(tmp_path / "nope.png")
+
+
+def test_unsupported_format_is_named() -> None:
+    data = _bytes(cell_image(0, size=32), "GIF")
+    with pytest.raises(ImageDecodeError, match="unsupported image format GIF"):
+        decode_rgb(data)
+
+
+def test_jpeg_draft_decodes_smaller_but_not_below_target() -> None:
+    data = _bytes(cell_image(3, size=360), "JPEG")
+    out = decode_rgb(data, draft_size=100)
+    assert 100 <= min(out.size) < 360
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("a.JPG", True), ("b.tiff", True), (".DS_Store", False), (".x.jpg", False), ("c.txt", False)],
+)
+def test_is_image_name(name: str, expected: bool) -> None:
+    assert is_image_name(name) is expected
