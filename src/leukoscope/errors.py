@@ -10,9 +10,14 @@ class LeukoscopeError(Exception):
 
 
 class ImageDecodeError(LeukoscopeError):
-    """An image file that cannot be used, with the file and the reason."""
+    """An image file that cannot be used, with the file, the reason and the kind of problem.
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+    ``kind`` is one of ``zero_byte``, ``non_image``, ``truncated``, ``too_large`` or
+    ``unreadable``, so callers (audit, HTTP service) can act on it without parsing messages.
+    """
+
+    def __init__(self, path: str | Path, reason: str, kind: str = "unreadable") -> None:
         self.path = str(path)
         self.reason = reason
+        self.kind = kind
         super().__init__(f"{self.path}: {reason}")

@@ -53,21 +53,24 @@ def open_image(
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     data = source if isinstance(source, bytes) else _read_bytes(source)
     if not data:
-        raise ImageDecodeError(label, "empty file (0 bytes)")
+        raise ImageDecodeError(label, "empty file (0 bytes)", "zero_byte")
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageDecodeError(label, "not an image (unrecognised file format)") from None
+        raise ImageDecodeError(
+            label, "not an image (unrecognised file format)", "non_image"
+        ) from None
     except Exception as exc:
         raise ImageDecodeError(label, f"cannot read image header ({exc})") from None
     if image.format not in SUPPORTED_FORMATS:
-        raise ImageDecodeError(label, f"unsupported image format {image.format}")
+        raise ImageDecodeError(label, f"unsupported image format {image.format}", "non_image")
     width, height = image.size
     if width * height > max_pixels:
         raise ImageDecodeError(
             label,
             f"image too large: {width}x{height} = {width * height:,} pixels exceeds the limit of "
             f"{max_pixels:,} (possible decompression bomb)",
+            "too_large",
         )
     if width == 0 or height == 0:
         raise ImageDecodeError(label, f"image has no pixels ({width}x{height})")
@@ -76,8 +79,9 @@ def open_image(
     try:
         image.load()
     except Exception as exc:
-        reason = "truncated image" if "truncated" in str(exc).lower() else "corrupt image data"
-        raise ImageDecodeError(label, f"{reason} ({exc})") from None
+        if "truncated" in str(exc).lower():
+            raise ImageDecodeError(label, f"truncated image ({exc})", "truncated") from None
+        raise ImageDecodeError(label, f"corrupt image data ({exc})") from None
     return image
 
 

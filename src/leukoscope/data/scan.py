@@ -131,7 +131,7 @@ def inspect_file(path: Path, root: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -
     try:
         image = open_image(data, name=record.path, max_pixels=max_pixels)
     except ImageDecodeError as exc:
-        record.problem, record.detail = _classify_problem(exc.reason), exc.reason
+        record.problem, record.detail = exc.kind, exc.reason
         return record
     record.width, record.height = image.size
     record.mode, record.format = image.mode, image.format
@@ -139,18 +139,6 @@ def inspect_file(path: Path, root: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -
     thumb.thumbnail((128, 128))
     record.phash = str(imagehash.phash(thumb, hash_size=PHASH_SIZE))
     return record
-
-
-def _classify_problem(reason: str) -> str:
-    if reason.startswith("not an image") or reason.startswith("unsupported"):
-        return "non_image"
-    if reason.startswith("truncated"):
-        return "truncated"
-    if reason.startswith("image too large"):
-        return "too_large"
-    if reason.startswith("empty"):
-        return "zero_byte"
-    return "unreadable"
 
 
 def _inspect_chunk(args: tuple[list[str], str, int]) -> list[FileRecord]:
