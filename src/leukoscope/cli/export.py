@@ -1,0 +1,54 @@
+"""``leukoscope export``: ONNX files for fast CPU inference (fp32, or int8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from leukoscope.cli.app import app, console
+from leukoscope.errors import LeukoscopeError
+from leukoscope.inference.export import OPSET, export_fp32, export_int8, int8_agreement, onnx_parity
+from leukoscope.inference.predictor import ONNX_NAME
+
+PARITY_TOLERANCE = 1e-4
+
+
+@app.command("export")
+def export(
+    model: Path = typer.Option(..., "--model", help="Model directory."),
+    onnx_out: Path | None = typer.Option(
+        None, "--onnx", help=f"ONNX file to write (default: {ONNX_NAME} in the model directory)."
+    ),
+    int8: bool = typer.Option(False, "--int8", help="Quantise to int8 (needs a manifest)."),
+    manifest: Path | None = typer.Option(
+        None, "--calibration-manifest", help="Manifest whose training images calibrate int8."
+    ),
+    images_per_class: int = typer.Option(
+        32, "--images-per-class", min=1, help="Calibration images per class for int8."
+    ),
+    opset: int = typer.Option(OPSET, "--opset", min=OPSET, help="ONNX opset."),
+) -> None:
+    """Export to ONNX (uint8 pixels in; logits and features out; any batch size).
+
+    fp32 exports are checked against PyTorch on random images. int8 uses ONNX Runtime static
+    quantisation (QDQ, per-channel) and reports how often it agrees with PyTorch on the
+    manifest's validation images.
+    """
+    model_dir = model if model.is_dir() else model.parent
+    out = onnx_out or model_dir / ("model.int8.onnx" if int8 else ONNX_NAME)
+    if int8:
+        if manifest is None:
+            raise LeukoscopeError("--int8 needs --calibration-manifest (training images)")
+        export_int8(model, out, manifest, images_per_class=images_per_class, opset=opset)
+        agreement, n = int8_agreement(model, out, manifest, images_per_class=images_per_class)
+        console.print(f"int8 predicts the same class as PyTorch on {agreement:.1%} of {n} images")
+    else:
+        export_fp32(model, out, opset=opset)
+        difference = onnx_parity(model, out)
+        verdict = "ok" if difference <= PARITY_TOLERANCE else "[yellow]above tolerance[/]"
+        console.print(f"ONNX Runtime vs PyTorch: max logit difference {difference:.2e} ({verdict})")
+    size_mb = out.stat().st_size / 1e6
+    console.print(f"Wrote {out} ({size_mb:.1f} MB)")
+    if out.parent.resolve() == model_dir.resolve() and out.name != ONNX_NAME:
+        console.print(f"Use it with: leukoscope predict --model {out} ...")

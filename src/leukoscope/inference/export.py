@@ -1,0 +1,184 @@
+"""ONNX export (fp32, and int8 by ONNX Runtime static quantisation) of a saved model.
+
+The graph is :class:`~leukoscope.inference.predictor.PixelModel`: uint8 RGB pixels (N, H, W, 3)
+at the model's input size in, ``logits`` and pooled ``features`` out, batch size free. It is
+stamped with the sha256 of the weights it came from, so a predictor never pairs an export with
+a model card it does not belong to.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from leukoscope.data.datasets import CellImageDataset, Sample, make_loader, read_manifest
+from leukoscope.errors import LeukoscopeError
+from leukoscope.fileio import atomic_write_bytes
+from leukoscope.inference.calibration import spread
+from leukoscope.inference.predictor import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    WEIGHTS_SHA_KEY,
+    ModelFn,
+    PixelModel,
+    onnx_runner,
+    onnx_session,
+    pixels_tensor,
+    torch_runner,
+)
+from leukoscope.models import load_model
+
+OPSET = 17
+
+
+def _stamp(model: onnx.ModelProto, card: dict[str, Any], precision: str) -> bytes:
+    """Record where the graph came from in its metadata and serialise it."""
+    onnx.helper.set_model_props(
+        model,
+        {
+            WEIGHTS_SHA_KEY: card["sha256"],
+            "leukoscope_arch": card["arch"],
+            "leukoscope_classes": ",".join(card["classes"]),
+            "leukoscope_input": f"uint8 RGB NHWC {card['input_size']}x{card['input_size']}",
+            "leukoscope_precision": precision,
+        },
+    )
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def export_fp32(model_path: str | Path, out: str | Path, *, opset: int = OPSET) -> Path:
+    """Export a saved model to an fp32 ONNX file (written atomically)."""
+    if opset < OPSET:
+        raise LeukoscopeError(f"opset {opset} is too old: use {OPSET} or newer")
+    model, card = load_model(model_path)
+    pixel_model = PixelModel(model, card["mean"], card["std"]).eval()
+    size = int(card["input_size"])
+    example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of the dynamo one, which needs the
+        # onnxscript package; for these plain CNNs both give the same graph.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        raw = Path(tmp) / "raw.onnx"
+        torch.onnx.export(
+            pixel_model,
+            (example,),
+            str(raw),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+        )
+        graph = onnx.load(str(raw))
+    atomic_write_bytes(out, _stamp(graph, card, "fp32"))
+    return Path(out)
+
+
+class PixelBatches(CalibrationDataReader):
+    """Feeds batches of image pixels to ONNX Runtime's quantisation calibrator."""
+
+    def __init__(self, paths: Sequence[Path], size: int, batch_size: int = 32) -> None:
+        dataset = CellImageDataset([Sample(p) for p in paths], partial(pixels_tensor, size=size))
+        self._batches: Iterator[Any] = iter(make_loader(dataset, batch_size=batch_size))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        for batch in self._batches:
+            if len(batch.indices):
+                return {INPUT_NAME: batch.images.numpy()}
+        return None
+
+
+def export_int8(
+    model_path: str | Path,
+    out: str | Path,
+    manifest: str | Path,
+    *,
+    images_per_class: int = 32,
+    opset: int = OPSET,
+) -> Path:
+    """Export, then quantise statically to int8: QDQ format, per-channel int8 weights, uint8
+    activations whose ranges are calibrated (min-max) on training images of the manifest.
+
+    uint8 activations with int8 weights is what ONNX Runtime's x86 kernels are built for, but
+    without AVX-512 VNNI they sum products in 16 bits, which saturates; ``reduce_range`` (7-bit
+    weights) avoids that. Without it a PBC SqueezeNet agreed with fp32 on 67% of test images,
+    with it 96%; a fine-tuned one agreed on 99.6% of 273 validation images.
+    """
+    _, card = load_model(model_path)
+    samples, _ = read_manifest(manifest, "train", classes=card["classes"])
+    paths = [s.path for s in spread(samples, images_per_class)]
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, prepared, quantised = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "q.onnx"))
+        export_fp32(model_path, fp32, opset=opset)
+        quant_pre_process(str(fp32), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(quantised),
+            PixelBatches(paths, int(card["input_size"])),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        graph = onnx.load(str(quantised))
+    atomic_write_bytes(out, _stamp(graph, card, "int8"))
+    return Path(out)
+
+
+def _torch_and_onnx(
+    model_path: str | Path, onnx_path: str | Path
+) -> tuple[ModelFn, ModelFn, dict[str, Any]]:
+    """PyTorch and ONNX Runtime runners of one model, and its card."""
+    model, card = load_model(model_path)
+    reference = torch_runner(PixelModel(model, card["mean"], card["std"]).eval())
+    return reference, onnx_runner(onnx_session(onnx_path)), card
+
+
+def onnx_parity(model_path: str | Path, onnx_path: str | Path, n: int = 4, seed: int = 0) -> float:
+    """Largest difference of the logits of PyTorch and ONNX Runtime on random pixels, in units
+    of the largest logit when that exceeds 1 (random-weight deep nets give logits of 1e10)."""
+    reference, exported, card = _torch_and_onnx(model_path, onnx_path)
+    size = int(card["input_size"])
+    pixels = np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    expected, actual = reference(pixels)[0], exported(pixels)[0]
+    return float(np.abs(expected - actual).max() / max(1.0, float(np.abs(expected).max())))
+
+
+def int8_agreement(
+    model_path: str | Path,
+    onnx_path: str | Path,
+    manifest: str | Path,
+    *,
+    split: str = "val",
+    images_per_class: int = 32,
+) -> tuple[float, int]:
+    """How often an export predicts the same class as PyTorch on the manifest's ``split``
+    images: (fraction, number of images)."""
+    reference, exported, card = _torch_and_onnx(model_path, onnx_path)
+    samples, _ = read_manifest(manifest, split, classes=card["classes"])
+    batches = PixelBatches(
+        [s.path for s in spread(samples, images_per_class)], int(card["input_size"])
+    )
+    same = total = 0
+    while (batch := batches.get_next()) is not None:
+        pixels = batch[INPUT_NAME]
+        same += int((reference(pixels)[0].argmax(1) == exported(pixels)[0].argmax(1)).sum())
+        total += len(pixels)
+    return (same / total if total else 0.0), total

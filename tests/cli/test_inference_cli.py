@@ -1,0 +1,179 @@
+"""The predict, differential, explain, export, calibrate and ood-check commands, in process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from leukoscope.cli.app import _register_commands, app
+from leukoscope.errors import LeukoscopeError
+from leukoscope.inference.abstention import synthetic_ood_images
+from leukoscope.models import load_model
+from tests.conftest import cell_image
+from tests.inference.tiny import Tiny, build_tiny, build_untrained, squeezenet_h5
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_untrained(tmp_path_factory.mktemp("cli-untrained"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    weights = squeezenet_h5()
+    if weights is None:
+        pytest.skip("keras-squeezenet ImageNet weights not found (set LEUKOSCOPE_WEIGHTS_DIR)")
+    return build_tiny(tmp_path_factory.getbasetemp() / "tiny", weights)
+
+
+@pytest.fixture
+def model_copy(tmp_path: Path, tiny: Tiny) -> Path:
+    """A copy of the tiny model that a test may change."""
+    return Path(shutil.copytree(tiny.model_dir, tmp_path / "model"))
+
+
+def invoke(*args: str | Path) -> Result:
+    _register_commands()
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def cells_folder(root: Path, n: int = 6) -> Path:
+    """``n`` synthetic neutrophil-like cells in ``root`` (created)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cell_image(i, size=96, hue=(150, 80, 150)).save(root / f"cell_{i}.jpg")
+    return root
+
+
+def test_predict_lists_a_bad_file_and_carries_on(tmp_path: Path, untrained: Path) -> None:
+    folder = cells_folder(tmp_path / "in")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    out = tmp_path / "predictions.csv"
+    result = invoke("predict", "--model", untrained, folder, "--out", out, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert "1 unreadable file(s) skipped" in result.output
+    assert "broken.jpg" in result.output
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 7
+    broken = next(r for r in rows if r["source"].endswith("broken.jpg"))
+    assert broken["label"] == "" and "broken.jpg" in broken["error"]
+    good = [r for r in rows if not r["error"]]
+    assert all(r["label"] and r["runner_up"] for r in good)
+    assert {"p_basophil", "p_neutrophil", "uncertain", "score"} <= set(rows[0])
+
+
+def test_predict_json_with_glob_and_uncertain_flags(tmp_path: Path, tiny: Tiny) -> None:
+    noise = tmp_path / "noise.png"
+    synthetic_ood_images(n=1, size=96)["noise"][0].save(noise)
+    out = tmp_path / "p.json"
+    pattern = str(tiny.manifest.parent / "images" / "eosinophil" / "test_0*.jpg")
+    result = invoke("predict", "--model", tiny.model_dir, pattern, noise, "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["calibrated"] and report["summary"]["images"] == 9
+    by_source = {Path(p["source"]).name: p for p in report["predictions"]}
+    assert by_source["noise.png"]["uncertain"]
+    assert sum(p["label"] == "eosinophil" for p in report["predictions"]) >= 6
+
+
+def test_predict_refuses_an_unknown_output_format(tmp_path: Path, untrained: Path) -> None:
+    result = invoke("predict", "--model", untrained, tmp_path, "--out", tmp_path / "p.xlsx")
+    assert isinstance(result.exception, LeukoscopeError)
+
+
+@pytest.mark.parametrize("fmt", ["md", "html"])
+def test_differential_writes_the_report(tmp_path: Path, tiny: Tiny, fmt: str) -> None:
+    sample = tmp_path / "smear"
+    sample.mkdir()
+    for path, _ in tiny.split("test"):
+        shutil.copy(path, sample / f"{path.parent.name}_{path.name}")
+    (sample / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "report"
+    result = invoke(
+        "differential", "--model", tiny.model_dir, sample, "--out", out, "--format", fmt
+    )
+    assert result.exit_code == 0, result.output
+    assert "not a diagnosis" in " ".join(result.output.split())
+    differential = json.loads((out / "differential.json").read_text())
+    counted = differential["white_cells_counted"] + differential["for_review"]["total"]
+    assert counted == 32
+    assert [u["source"] for u in differential["unreadable"]] == [str(sample / "empty.jpg")]
+    assert "not a diagnosis" in (out / f"differential.{fmt}").read_text()
+    assert len(list(csv.DictReader((out / "cells.csv").open()))) == 33
+
+
+def test_explain_writes_overlays(tmp_path: Path, tiny: Tiny) -> None:
+    images = cells_folder(tmp_path / "in")
+    (images / "bad.png").write_text("x")
+    out = tmp_path / "cams"
+    result = invoke("explain", "--model", tiny.model_dir, images, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [f"cell_{i}_gradcam.png" for i in range(6)]
+    assert "skipped" in result.output
+
+
+def test_export_then_predict_with_onnx(tmp_path: Path, model_copy: Path) -> None:
+    result = invoke("export", "--model", model_copy)
+    assert result.exit_code == 0, result.output
+    assert "(ok)" in result.output
+    assert (model_copy / "model.onnx").is_file()
+    out = tmp_path / "p.json"
+    images = cells_folder(tmp_path / "in")
+    result = invoke("predict", "--model", model_copy, images, "--out", out, "--backend", "onnx")
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["backend"] == "onnx"
+
+
+def test_int8_export_needs_a_manifest(untrained: Path) -> None:
+    result = invoke("export", "--model", untrained, "--int8")
+    assert isinstance(result.exception, LeukoscopeError)
+
+
+def test_calibrate_rewrites_the_card(tmp_path: Path, tiny: Tiny, model_copy: Path) -> None:
+    report = tmp_path / "report"
+    result = invoke(
+        "calibrate",
+        "--model",
+        model_copy,
+        "--manifest",
+        tiny.manifest,
+        "--target-coverage",
+        "0.9",
+        "--out",
+        report,
+        "--workers",
+        "0",
+    )
+    assert result.exit_code == 0, result.output
+    assert "Temperature" in result.output
+    card = load_model(model_copy)[1]
+    assert card["abstention"]["target_coverage"] == 0.9
+    assert {"reliability.png", "accuracy_coverage.png", "calibration.md"} <= {
+        p.name for p in report.iterdir()
+    }
+
+
+def test_ood_check_reports_catch_rates(tmp_path: Path, tiny: Tiny) -> None:
+    data = tmp_path / "data"
+    (data / "platelet").mkdir(parents=True)
+    for i in range(3):
+        cell_image(i, size=96, hue=(120, 60, 120)).save(data / "platelet" / f"p{i}.jpg")
+    out = tmp_path / "ood.json"
+    result = invoke(
+        "ood-check", "--model", tiny.model_dir, "--data", data, "--n", "4", "--out", out
+    )
+    assert result.exit_code == 0, result.output
+    rates = json.loads(out.read_text())["rates"]
+    assert set(rates) == {"noise", "blank", "photo", "platelet"}
+    assert rates["platelet"]["n"] == 3
+    assert rates["noise"]["rate"] >= 0.75
+
+
+def test_ood_check_needs_a_calibrated_model(untrained: Path) -> None:
+    result = invoke("ood-check", "--model", untrained, "--n", "1")
+    assert isinstance(result.exception, LeukoscopeError)

@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leukoscope.errors import LeukoscopeError
+from leukoscope.inference.explain import (
+    MISTAKES_GRID,
+    gradcam,
+    gradcam_overlay,
+    most_confident_mistakes,
+)
+from leukoscope.inference.predictor import Predictor
+from tests.conftest import cell_image
+from tests.inference.tiny import Tiny
+
+
+def test_gradcam_heatmap_is_at_image_size_in_unit_range(tiny: Tiny) -> None:
+    predictor = Predictor.load(tiny.model_dir)
+    image = cell_image(7, size=120)
+    heat, explained = gradcam(predictor, image)
+    assert heat.shape == (120, 120)
+    assert heat.min() >= 0.0 and heat.max() <= 1.0 and heat.max() > 0
+    assert explained == predictor.predict_images([image], ["x"])[0].label
+    assert gradcam(predictor, image, target="eosinophil")[1] == "eosinophil"
+    with pytest.raises(LeukoscopeError):
+        gradcam(predictor, image, target="platelet")
+
+
+def test_overlay_keeps_the_image_size(tiny: Tiny) -> None:
+    overlay = gradcam_overlay(Predictor.load(tiny.model_dir), cell_image(8, size=100))
+    assert overlay.size == (100, 100) and overlay.mode == "RGB"
+
+
+def test_most_confident_mistakes_come_first(tmp_path: Path, tiny: Tiny) -> None:
+    predictor = Predictor.load(tiny.model_dir)
+    paths = [p for p, _ in tiny.split("test")][:6]
+    predictions = predictor.predict_paths(paths, workers=0)
+    wrong = ["neutrophil" if p.label != "neutrophil" else "basophil" for p in predictions]
+    grid, entries = most_confident_mistakes(
+        predictor, paths, wrong, tmp_path, n=3, predictions=predictions
+    )
+    assert grid == tmp_path / MISTAKES_GRID and grid.stat().st_size > 0
+    confidences = [e["confidence"] for e in entries]
+    assert len(entries) == 3 and confidences == sorted(confidences, reverse=True)
+    assert max(confidences) == pytest.approx(max(p.confidence for p in predictions), abs=1e-4)
+    assert Image.open(entries[0]["overlay"]).size == Image.open(paths[0]).size
+    right = [p.label for p in predictions]
+    assert most_confident_mistakes(
+        predictor, paths, right, tmp_path / "none", predictions=predictions
+    ) == (None, [])
+    assert np.all([Path(e["overlay"]).exists() for e in entries])

@@ -1,0 +1,32 @@
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from leukoscope.inference.export import export_fp32, export_int8, int8_agreement, onnx_parity
+from leukoscope.inference.predictor import INPUT_NAME, WEIGHTS_SHA_KEY, onnx_runner, onnx_session
+from leukoscope.models import load_model
+from tests.inference.tiny import SIZE, Tiny
+
+
+def test_fp32_export_matches_pytorch(tmp_path: Path, untrained: Path) -> None:
+    out = export_fp32(untrained, tmp_path / "model.onnx")
+    assert onnx_parity(untrained, out, n=3) <= 1e-4
+    graph = onnx.load(str(out))
+    assert graph.opset_import[0].version >= 17
+    metadata = {p.key: p.value for p in graph.metadata_props}
+    assert metadata[WEIGHTS_SHA_KEY] == load_model(untrained)[1]["sha256"]
+    run = onnx_runner(onnx_session(out))
+    for batch in (1, 5):  # the batch axis is dynamic
+        logits, features = run(np.zeros((batch, SIZE, SIZE, 3), dtype=np.uint8))
+        assert logits.shape == (batch, 4) and features.shape[0] == batch
+    assert graph.graph.input[0].name == INPUT_NAME
+
+
+def test_int8_export_predicts_like_fp32(tmp_path: Path, tiny: Tiny) -> None:
+    out = export_int8(tiny.model_dir, tmp_path / "model.int8.onnx", tiny.manifest)
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    agreement, n = int8_agreement(tiny.model_dir, out, tiny.manifest)
+    assert n == 80
+    assert agreement >= 0.9

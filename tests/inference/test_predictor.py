@@ -1,0 +1,113 @@
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from leukoscope.data.datasets import eval_transform
+from leukoscope.errors import LeukoscopeError
+from leukoscope.inference.export import export_fp32
+from leukoscope.inference.predictor import Prediction, Predictor, to_pixels
+from tests.conftest import cell_image
+from tests.inference.tiny import CLASSES, MEAN, STD, Tiny
+
+
+def jpeg_bytes(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    cell_image(seed, size=96).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_prediction_carries_every_class_and_the_runner_up(untrained: Path) -> None:
+    predictor = Predictor.load(untrained)
+    prediction = predictor.predict_bytes(jpeg_bytes(1), "upload.jpg")
+    assert prediction.error is None
+    assert prediction.source == "upload.jpg"
+    assert set(prediction.probabilities) == set(CLASSES)
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0)
+    ranked = sorted(prediction.probabilities.items(), key=lambda kv: -kv[1])
+    assert (prediction.label, prediction.confidence) == ranked[0]
+    assert (prediction.runner_up, prediction.runner_up_probability) == ranked[1]
+    assert not prediction.uncertain  # an uncalibrated model flags nothing
+    assert set(prediction.to_dict()) == set(Prediction.__dataclass_fields__)
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image", jpeg_bytes(2)[:200]])
+def test_bad_bytes_give_an_error_prediction(untrained: Path, data: bytes) -> None:
+    prediction = Predictor.load(untrained).predict_bytes(data, "bad.jpg")
+    assert prediction.label is None
+    assert prediction.error is not None and prediction.error.startswith("bad.jpg: ")
+    assert prediction.confidence == 0.0
+    assert prediction.uncertain
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_predict_paths_keeps_input_order_and_reports_bad_files(
+    tmp_path: Path, untrained: Path, workers: int
+) -> None:
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"cell_{i}.jpg")
+        paths[-1].write_bytes(jpeg_bytes(i))
+    (tmp_path / "broken.jpg").write_text("nope")
+    paths.insert(2, tmp_path / "broken.jpg")
+    predictor = Predictor.load(untrained)
+    progress: list[int] = []
+    predictions = predictor.predict_paths(
+        paths, batch_size=2, workers=workers, on_progress=progress.append
+    )
+    assert [p.source for p in predictions] == [str(p) for p in paths]
+    assert [p.error is not None for p in predictions] == [i == 2 for i in range(6)]
+    assert sum(progress) == 6
+    single = predictor.predict_images([Image.open(paths[0])], ["x"])[0]
+    assert single.probabilities == pytest.approx(predictions[0].probabilities, abs=1e-5)
+
+
+def test_pixels_match_the_evaluation_transform() -> None:
+    image = cell_image(3, size=360)
+    expected = eval_transform(64, MEAN, STD)(image)
+    pixels = torch.from_numpy(to_pixels(image, 64).copy()).permute(2, 0, 1).float() / 255
+    actual = (pixels - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    assert (actual - expected).abs().max() <= 1.01 / 255 / min(STD)
+
+
+def test_auto_backend_uses_a_matching_onnx_export(tmp_path: Path, tiny: Tiny) -> None:
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny.model_dir, model_dir)
+    assert Predictor.load(model_dir).backend == "torch"
+    export_fp32(model_dir, model_dir / "model.onnx")
+    onnx_predictor = Predictor.load(model_dir)
+    assert onnx_predictor.backend == "onnx"
+    images = [cell_image(i, size=96) for i in range(4)]
+    names = [str(i) for i in range(4)]
+    torch_predictions = Predictor.load(model_dir, backend="torch").predict_images(images, names)
+    for a, b in zip(onnx_predictor.predict_images(images, names), torch_predictions, strict=True):
+        assert a.label == b.label and a.uncertain == b.uncertain
+        assert a.confidence == pytest.approx(b.confidence, abs=1e-5)
+
+
+def test_a_stale_export_is_not_used(tmp_path: Path, untrained: Path, tiny: Tiny) -> None:
+    model_dir = tmp_path / "m"
+    shutil.copytree(untrained, model_dir)
+    export_fp32(tiny.model_dir, model_dir / "model.onnx")  # other weights
+    assert Predictor.load(model_dir).backend == "torch"
+    with pytest.raises(LeukoscopeError, match="other weights"):
+        Predictor.load(model_dir, backend="onnx")
+
+
+def test_onnx_backend_needs_an_export(untrained: Path) -> None:
+    with pytest.raises(LeukoscopeError, match="no ONNX export"):
+        Predictor.load(untrained, backend="onnx")
+    with pytest.raises(LeukoscopeError, match="unknown backend"):
+        Predictor.load(untrained, backend="tensorrt")
+
+
+def test_predict_images_checks_names(untrained: Path) -> None:
+    predictor = Predictor.load(untrained)
+    assert predictor.predict_images([], []) == []
+    with pytest.raises(ValueError):
+        predictor.predict_images([Image.new("RGB", (8, 8))], [])
+    assert np.isfinite(predictor.predict_images([Image.new("L", (8, 8))], ["grey"])[0].score)
