@@ -1,0 +1,1 @@
+"""The hematology-lab web service: classify uploads, review cells, sign off samples."""

@@ -1,0 +1,102 @@
+"""What leaves the database: a sample's cell table as CSV, and reviewed cells as a labelled
+image folder (``<class>/<cell-id>.<ext>``, the original bytes) that ``leukoscope data split``
+and ``leukoscope train`` read like any dataset."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy.orm import Session
+
+from leukoscope.classes import canonical_class
+from leukoscope.errors import LeukoscopeError
+from leukoscope.fileio import atomic_write_bytes
+from leukoscope.service.store import Sample, cell_bytes, reviewed_cells
+
+EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "TIFF": "tif", "BMP": "bmp"}
+
+CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell_text(value: object) -> str:
+    """A CSV cell that a spreadsheet will not run as a formula (file names come from clients)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(CSV_FORMULA_START) else text
+
+
+def sample_csv(sample: Sample) -> str:
+    """One row per cell: the model's call, the final call and who made it, the sign-off."""
+    classes = list(sample.classes)
+    header = [
+        "sample_id", "sample_name", "cell_id", "position", "file_name", "predicted",
+        "confidence", "runner_up", "runner_up_probability", "uncertain", "label",
+        "corrected_by", "corrected_at", "signed_off_by", "signed_off_at",
+        *(f"p_{name}" for name in classes),
+    ]  # fmt: skip
+    signoff = sample.signoff
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for cell in sample.cells:
+        prediction = cell.prediction
+        last = cell.corrections[-1] if cell.corrections else None
+        row = [
+            sample.id, sample.name, cell.id, cell.position, cell.original_name, prediction.label,
+            f"{prediction.confidence:.4f}", prediction.runner_up,
+            f"{prediction.runner_up_probability:.4f}", prediction.uncertain,
+            cell.label or "unidentified",
+            last.reviewer if last else None, last.created_at.isoformat() if last else None,
+            signoff.reviewer if signoff else None,
+            signoff.signed_at.isoformat() if signoff else None,
+            *(f"{prediction.probabilities.get(name, 0.0):.4f}" for name in classes),
+        ]  # fmt: skip
+        writer.writerow([_cell_text(value) for value in row])
+    return buffer.getvalue()
+
+
+def _reviewed_files(session: Session, signed_off: bool) -> Iterator[tuple[str, bytes]]:
+    """``(relative path, original bytes)`` of every reviewed cell."""
+    for cell, label in reviewed_cells(session, signed_off=signed_off):
+        folder = canonical_class(label)
+        if folder is None:
+            raise LeukoscopeError(f"cell {cell.id}: label {label!r} is not a known cell class")
+        yield f"{folder}/{cell.id}.{EXTENSIONS[cell.image_format]}", cell_bytes(session, cell.id)
+
+
+def _write_all(
+    session: Session, signed_off: bool, write: Callable[[str, bytes], None]
+) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for relative, data in _reviewed_files(session, signed_off):
+        write(relative, data)
+        folder = relative.split("/", 1)[0]
+        counts[folder] = counts.get(folder, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def export_reviewed_dir(session: Session, out: Path, *, signed_off: bool = False) -> dict[str, int]:
+    """Write reviewed cells under ``out`` (new or empty, so no stale copy of a relabelled cell
+    stays in its old class folder); return the count per class."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LeukoscopeError(f"{out}: choose a new or empty folder for the export")
+    return _write_all(session, signed_off, lambda rel, data: atomic_write_bytes(out / rel, data))
+
+
+def export_reviewed_zip(session: Session, *, signed_off: bool = False) -> IO[bytes]:
+    """The same folder as a zip archive in a temporary file, positioned at its start."""
+    # Returned open: the caller streams it, then closes it.
+    handle = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)  # noqa: SIM115
+    try:
+        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED) as archive:
+            _write_all(session, signed_off, archive.writestr)
+    except BaseException:
+        handle.close()
+        raise
+    handle.seek(0)
+    return handle

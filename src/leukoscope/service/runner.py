@@ -1,0 +1,91 @@
+"""The model as the server uses it: batched prediction of uploads and Grad-CAM heatmaps.
+
+One lock serialises model use. Grad-CAM hooks the network's layers while it runs, so a
+prediction running beside it would feed those hooks; and on a CPU one forward pass already
+uses every core, so running two at once only adds contention. Decoding, the database and
+everything else still run concurrently in the server's thread pool.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import UploadFile
+from PIL import Image
+
+from leukoscope.inference.explain import gradcam_overlay
+from leukoscope.inference.predictor import Prediction, Predictor
+from leukoscope.service.schemas import RejectedFile
+from leukoscope.service.uploads import Upload, read_upload
+
+BATCH = 32
+BATCH_PIXELS = 64_000_000
+"""A batch is classified when it reaches BATCH images or BATCH_PIXELS decoded pixels
+(about 200 MB of RGB), whichever comes first: this bounds the memory of a large request."""
+
+
+class ModelRunner:
+    """A loaded :class:`Predictor` shared by all requests."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self._lock = threading.Lock()
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.predictor.classes)
+
+    @property
+    def card(self) -> dict[str, Any]:
+        return self.predictor.card
+
+    @property
+    def sha256(self) -> str:
+        return str(self.card.get("sha256", ""))
+
+    def classify(
+        self, files: Sequence[UploadFile], *, max_bytes: int, max_pixels: int
+    ) -> tuple[list[tuple[Upload, Prediction]], list[RejectedFile]]:
+        """Decode and classify ``files`` in batches; unusable files come back as rejected."""
+        done: list[tuple[Upload, Prediction]] = []
+        rejected: list[RejectedFile] = []
+        batch: list[tuple[Upload, Image.Image]] = []
+        for index, file in enumerate(files):
+            result = read_upload(file, index, max_bytes=max_bytes, max_pixels=max_pixels)
+            if isinstance(result, RejectedFile):
+                rejected.append(result)
+                continue
+            batch.append(result)
+            if len(batch) == BATCH or sum(u.width * u.height for u, _ in batch) >= BATCH_PIXELS:
+                done.extend(self._predict(batch, rejected))
+                batch = []
+        if batch:
+            done.extend(self._predict(batch, rejected))
+        return done, rejected
+
+    def _predict(
+        self, batch: Sequence[tuple[Upload, Image.Image]], rejected: list[RejectedFile]
+    ) -> list[tuple[Upload, Prediction]]:
+        uploads = [upload for upload, _ in batch]
+        with self._lock:
+            predictions = self.predictor.predict_images(
+                [image for _, image in batch], [upload.name for upload in uploads]
+            )
+        done = []
+        for upload, prediction in zip(uploads, predictions, strict=True):
+            if prediction.error is None:
+                done.append((upload, prediction))
+            else:
+                rejected.append(RejectedFile(name=upload.name, status=422, error=prediction.error))
+        return done
+
+    def heatmap_png(self, image: Image.Image, target: str | None) -> bytes:
+        """The Grad-CAM overlay for ``target`` (default: the predicted class) as PNG bytes."""
+        with self._lock:
+            overlay = gradcam_overlay(self.predictor, image, target)
+        buffer = io.BytesIO()
+        overlay.save(buffer, format="PNG")
+        return buffer.getvalue()

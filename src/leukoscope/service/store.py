@@ -1,0 +1,400 @@
+"""The review database: samples, their cells, the model's predictions, reviewers' corrections
+and sign-offs.
+
+SQLAlchemy 2.x keeps the same code working on SQLite (the default, one file in the data dir)
+and PostgreSQL. Image bytes live in their own table, inside the database, so no client-given
+name ever becomes a file path and a backup of the database is a backup of everything. The
+schema is created and upgraded by the Alembic migrations in ``migrations/``, never by
+``create_all``, so an existing lab database can follow later versions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, ClassVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    ForeignKey,
+    LargeBinary,
+    String,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    selectinload,
+    sessionmaker,
+)
+from sqlalchemy.types import TypeDecorator
+
+from leukoscope.errors import LeukoscopeError
+
+
+class NotFoundError(LeukoscopeError):
+    """A sample or cell id that is not in the database."""
+
+
+class UnknownClassError(LeukoscopeError):
+    """A label that is not one of the sample's classes."""
+
+
+class ConflictError(LeukoscopeError):
+    """A change the sample's state forbids (signed off, unidentified cells left)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A random, unguessable id (32 hex digits), also used as the exported file name."""
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite returns naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime,
+        dict[str, Any]: JSON,
+        list[str]: JSON,
+    }
+
+
+class Sample(Base):
+    """One blood smear: the cells uploaded for it and, once reviewed, its sign-off."""
+
+    __tablename__ = "samples"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    classes: Mapped[list[str]]
+    """The class list of the model that classified the cells (the reviewer's choices)."""
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    cells: Mapped[list[Cell]] = relationship(
+        back_populates="sample", order_by="Cell.position", cascade="all, delete-orphan"
+    )
+    signoff: Mapped[SignOff | None] = relationship(
+        back_populates="sample", cascade="all, delete-orphan"
+    )
+
+    @property
+    def unidentified(self) -> list[Cell]:
+        return [cell for cell in self.cells if cell.label is None]
+
+
+class Cell(Base):
+    """One uploaded cell image. ``original_name`` is shown to people, never used as a path."""
+
+    __tablename__ = "cells"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    sample_id: Mapped[str] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int]
+    original_name: Mapped[str] = mapped_column(String(255))
+    image_format: Mapped[str] = mapped_column(String(8))
+    """The format sniffed from the bytes (Pillow's name: JPEG, PNG, TIFF, BMP, MPO)."""
+    sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int]
+    height: Mapped[int]
+    byte_size: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sample: Mapped[Sample] = relationship(back_populates="cells")
+    image: Mapped[CellImage] = relationship(cascade="all, delete-orphan", lazy="raise")
+    prediction: Mapped[Prediction] = relationship(cascade="all, delete-orphan", lazy="joined")
+    corrections: Mapped[list[Correction]] = relationship(
+        order_by="Correction.id", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def label(self) -> str | None:
+        """The reviewer's latest call, else the model's when it is confident; ``None`` means
+        unidentified (the reviewer must decide before sign-off)."""
+        if self.corrections:
+            return self.corrections[-1].to_label
+        return None if self.prediction.uncertain else self.prediction.label
+
+
+class CellImage(Base):
+    """The uploaded bytes, unchanged, apart from the cell row so listings never load them."""
+
+    __tablename__ = "cell_images"
+
+    cell_id: Mapped[str] = mapped_column(
+        ForeignKey("cells.id", ondelete="CASCADE"), primary_key=True
+    )
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Prediction(Base):
+    """What the model said about a cell, with the model's sha256 for provenance."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cell_id: Mapped[str] = mapped_column(
+        ForeignKey("cells.id", ondelete="CASCADE"), unique=True, index=True
+    )
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(64))
+    confidence: Mapped[float]
+    probabilities: Mapped[dict[str, Any]]
+    runner_up: Mapped[str | None] = mapped_column(String(64))
+    runner_up_probability: Mapped[float]
+    uncertain: Mapped[bool]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Correction(Base):
+    """A reviewer's reclassification: who, when, from which label (``None``: unidentified) to
+    which. Rows are only ever added, so the history of a cell is complete."""
+
+    __tablename__ = "corrections"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cell_id: Mapped[str] = mapped_column(ForeignKey("cells.id", ondelete="CASCADE"), index=True)
+    reviewer: Mapped[str] = mapped_column(String(200))
+    from_label: Mapped[str | None] = mapped_column(String(64))
+    to_label: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SignOff(Base):
+    """The reviewer's release of a sample, with the differential as it stood; afterwards the
+    sample is read-only."""
+
+    __tablename__ = "signoffs"
+
+    sample_id: Mapped[str] = mapped_column(
+        ForeignKey("samples.id", ondelete="CASCADE"), primary_key=True
+    )
+    reviewer: Mapped[str] = mapped_column(String(200))
+    signed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    differential: Mapped[dict[str, Any]]
+    sample: Mapped[Sample] = relationship(back_populates="signoff")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets foreign keys, WAL and a busy timeout so the server's
+    worker threads can share the file."""
+    try:
+        if not url.startswith("sqlite"):
+            return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    except ArgumentError as exc:
+        raise LeukoscopeError(f"invalid database URL: {exc}") from None
+    except ImportError as exc:
+        raise LeukoscopeError(f"the database driver is not installed ({exc})") from None
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    return engine
+
+
+def alembic_config(engine: Engine) -> Config:
+    """Alembic's configuration without an ini file: the scripts ship inside this package."""
+    config = Config()
+    config.set_main_option("script_location", str(resources.files(__package__) / "migrations"))
+    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the database schema to the newest migration (``alembic upgrade head``)."""
+    config = alembic_config(engine)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except OperationalError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise LeukoscopeError(f"cannot open the database {where}: {exc.orig}") from None
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@dataclass(frozen=True)
+class NewCell:
+    """A decoded upload and the model's call on it, ready to be stored."""
+
+    original_name: str
+    data: bytes
+    image_format: str
+    sha256: str
+    width: int
+    height: int
+    label: str | None
+    confidence: float
+    probabilities: dict[str, float]
+    runner_up: str | None
+    runner_up_probability: float
+    uncertain: bool
+
+
+def create_sample(session: Session, name: str, classes: Sequence[str], model_sha256: str) -> Sample:
+    sample = Sample(name=name, classes=list(classes), model_sha256=model_sha256)
+    session.add(sample)
+    session.flush()
+    return sample
+
+
+def list_samples(session: Session) -> Sequence[Sample]:
+    """All samples, newest first, with their cells (not their image bytes)."""
+    query = (
+        select(Sample)
+        .options(selectinload(Sample.cells), selectinload(Sample.signoff))
+        .order_by(Sample.created_at.desc())
+    )
+    return session.scalars(query).all()
+
+
+def get_sample(session: Session, sample_id: str) -> Sample:
+    sample = session.get(Sample, sample_id)
+    if sample is None:
+        raise NotFoundError(f"no sample {sample_id!r}")
+    return sample
+
+
+def get_cell(session: Session, cell_id: str) -> Cell:
+    cell = session.get(Cell, cell_id)
+    if cell is None:
+        raise NotFoundError(f"no cell {cell_id!r}")
+    return cell
+
+
+def cell_bytes(session: Session, cell_id: str) -> bytes:
+    image = session.get(CellImage, cell_id)
+    if image is None:
+        raise NotFoundError(f"no cell {cell_id!r}")
+    return image.data
+
+
+def require_open(session: Session, sample: Sample) -> None:
+    """Refuse changes to a signed-off sample. The sample's row stays locked until the
+    transaction ends (PostgreSQL), so a sign-off cannot slip in between check and change."""
+    session.execute(select(Sample.id).where(Sample.id == sample.id).with_for_update())
+    session.refresh(sample, ["signoff"])
+    if sample.signoff is not None:
+        raise ConflictError(
+            f"sample {sample.name!r} was signed off by {sample.signoff.reviewer} and is read-only"
+        )
+
+
+def add_cells(
+    session: Session, sample: Sample, new_cells: Sequence[NewCell], model_sha256: str
+) -> list[Cell]:
+    """Store uploads and the predictions of the model ``model_sha256`` at the end of the
+    sample; refused if another model classified the sample's cells (the classes could differ)."""
+    require_open(session, sample)
+    if model_sha256 != sample.model_sha256:
+        raise ConflictError(
+            f"sample {sample.name!r} was classified by another model "
+            f"({sample.model_sha256[:12]}); create a new sample for this one"
+        )
+    start = session.scalar(
+        select(func.coalesce(func.max(Cell.position), -1)).where(Cell.sample_id == sample.id)
+    )
+    cells = []
+    for offset, new in enumerate(new_cells):
+        cell = Cell(
+            position=start + 1 + offset,
+            original_name=new.original_name[:255],
+            image_format=new.image_format,
+            sha256=new.sha256,
+            width=new.width,
+            height=new.height,
+            byte_size=len(new.data),
+            image=CellImage(data=new.data),
+            prediction=Prediction(
+                model_sha256=sample.model_sha256,
+                label=new.label,
+                confidence=new.confidence,
+                probabilities=new.probabilities,
+                runner_up=new.runner_up,
+                runner_up_probability=new.runner_up_probability,
+                uncertain=new.uncertain,
+            ),
+        )
+        sample.cells.append(cell)
+        cells.append(cell)
+    session.flush()
+    return cells
+
+
+def relabel(session: Session, cell: Cell, to_label: str, reviewer: str) -> Cell:
+    """Record the reviewer's call on a cell; calling it what it already is changes nothing."""
+    sample = cell.sample
+    require_open(session, sample)
+    if to_label not in sample.classes:
+        raise UnknownClassError(
+            f"unknown class {to_label!r}: choose one of {', '.join(sample.classes)}"
+        )
+    if cell.label != to_label:
+        correction = Correction(reviewer=reviewer, from_label=cell.label, to_label=to_label)
+        cell.corrections.append(correction)
+        session.flush()
+    return cell
+
+
+def sign_off(
+    session: Session, sample: Sample, reviewer: str, differential: dict[str, Any]
+) -> SignOff:
+    """Release the sample; refused while any cell is unidentified."""
+    require_open(session, sample)
+    if sample.unidentified:
+        raise ConflictError(
+            f"{len(sample.unidentified)} unidentified cell(s) must be classified before sign-off"
+        )
+    sample.signoff = SignOff(reviewer=reviewer, differential=differential)
+    session.flush()
+    return sample.signoff
+
+
+def reviewed_cells(session: Session, *, signed_off: bool = False) -> Iterator[tuple[Cell, str]]:
+    """Cells whose label a person has vouched for, with that label: every corrected cell and,
+    with ``signed_off``, every cell of a signed-off sample."""
+    query = select(Cell).order_by(Cell.created_at, Cell.position)
+    if signed_off:
+        query = query.where(Cell.corrections.any() | Cell.sample.has(Sample.signoff.has()))
+    else:
+        query = query.where(Cell.corrections.any())
+    for cell in session.scalars(query):
+        if cell.label is not None:
+            yield cell, cell.label

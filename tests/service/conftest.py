@@ -1,0 +1,137 @@
+"""Fixtures for the web service: a tiny random model that flags about half of the synthetic
+cells as uncertain, and apps on temporary SQLite databases."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from leukoscope.classes import WBC5
+from leukoscope.inference.predictor import Predictor
+from leukoscope.models import create_model, save_model
+from leukoscope.service.app import create_app
+from leukoscope.service.settings import Settings
+from tests.conftest import cell_image
+
+TOKEN = "test-token-0123456789abcdef"
+N_CELLS = 8
+
+
+def cell_jpeg(seed: int, fmt: str = "JPEG") -> bytes:
+    """A synthetic cell image encoded as ``fmt``."""
+    buffer = io.BytesIO()
+    cell_image(seed, size=64).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def tiny_card(**extra: Any) -> dict[str, Any]:
+    return {
+        "arch": "squeezenet1_1",
+        "classes": list(WBC5),
+        "input_size": 64,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "head": {"hidden": 256, "dropout": 0.3},
+        "metrics": {"accuracy": 0.5},
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("squeezenet1_1", len(WBC5), weights="none")
+    out = tmp_path_factory.mktemp("model")
+    save_model(out, model, tiny_card())
+    return out
+
+
+@dataclass
+class FlagLowConfidence:
+    """The real predictor, with predictions under ``threshold`` confidence flagged uncertain.
+
+    A random model has no fitted abstention rule, so nothing would be flagged; the review
+    workflow needs some cells in its unidentified group.
+    """
+
+    predictor: Predictor
+    threshold: float
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.predictor, name)
+
+    def predict_images(self, images: Sequence[Image.Image], names: Sequence[str]) -> list[Any]:
+        predictions = self.predictor.predict_images(images, names)
+        for prediction in predictions:
+            prediction.uncertain = prediction.uncertain or prediction.confidence < self.threshold
+        return predictions
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_model: Path) -> Any:
+    """The tiny model, flagging the less confident half of the test cells."""
+    loaded = Predictor.load(tiny_model, backend="torch")
+    images = [Image.open(io.BytesIO(cell_jpeg(seed))).convert("RGB") for seed in range(N_CELLS)]
+    names = [str(seed) for seed in range(N_CELLS)]
+    confidences = [p.confidence for p in loaded.predict_images(images, names)]
+    return FlagLowConfidence(loaded, float(np.median(confidences)))
+
+
+@pytest.fixture
+def make_settings(tiny_model: Path, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings on a temporary data dir with small limits (overridable)."""
+
+    def _make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "model_path": tiny_model,
+            "data_dir": tmp_path / "data",
+            "max_file_bytes": 100_000,
+            "max_request_bytes": 400_000,
+            "max_files": 10,
+            **overrides,
+        }
+        return Settings(**values)
+
+    return _make
+
+
+@pytest.fixture
+def make_client(
+    make_settings: Callable[..., Settings], predictor: Any
+) -> Iterator[Callable[..., TestClient]]:
+    """Start apps (lifespan included) sharing the loaded model; all are closed at the end."""
+    clients: list[TestClient] = []
+
+    def _make(**overrides: Any) -> TestClient:
+        app: FastAPI = create_app(make_settings(**overrides), predictor=predictor)
+        client = TestClient(app).__enter__()
+        clients.append(client)
+        return client
+
+    yield _make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+def files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """Multipart ``files`` fields for TestClient; the content type claims JPEG on purpose."""
+    return [("files", (name, data, "image/jpeg")) for name, data in items]
+
+
+def cells(n: int = N_CELLS) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return files(*((f"cell_{i}.jpg", cell_jpeg(i)) for i in range(n)))

@@ -1,0 +1,233 @@
+"""The review workflow on stored samples: groups, corrections, sign-off, exports, persistence."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from leukoscope.classes import WBC5
+from leukoscope.cli import app as cli_app
+from leukoscope.cli.app import _register_commands
+from leukoscope.data.scan import find_class_folders
+from leukoscope.service import store
+from leukoscope.service.settings import Settings
+from tests.service.conftest import N_CELLS, cell_jpeg, cells, files
+from tests.service.test_api import assert_error
+
+
+def new_sample(client: TestClient, name: str = "smear 1") -> dict:
+    sample = client.post("/api/samples", json={"name": name}).json()
+    response = client.post(f"/api/samples/{sample['id']}/cells", files=cells())
+    assert response.status_code == 200, response.text
+    return client.get(f"/api/samples/{sample['id']}").json()
+
+
+def relabel(client: TestClient, cell_id: str, label: str, reviewer: str = "Dr. A") -> dict:
+    response = client.post(
+        f"/api/cells/{cell_id}/label", json={"label": label, "reviewer": reviewer}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def resolve_all(client: TestClient, sample: dict) -> dict:
+    """Classify every unidentified cell as the model's guess; returns the last response."""
+    result = {}
+    for cell in sample["cells"]:
+        if cell["label"] is None:
+            result = relabel(client, cell["id"], cell["prediction"]["label"])
+    return result
+
+
+def test_uploaded_cells_are_stored_with_predictions(client: TestClient) -> None:
+    sample = new_sample(client)
+    assert sample["name"] == "smear 1" and sample["classes"] == list(WBC5)
+    assert [c["original_name"] for c in sample["cells"]] == [f"cell_{i}.jpg" for i in range(8)]
+    assert [c["position"] for c in sample["cells"]] == list(range(8))
+    uncertain = [c for c in sample["cells"] if c["prediction"]["uncertain"]]
+    assert 0 < len(uncertain) < N_CELLS, "the tiny model's threshold should flag some cells"
+    assert all(c["label"] is None for c in uncertain)
+    assert sample["unidentified_count"] == len(uncertain)
+    differential = sample["differential"]
+    assert differential["sample"] == "smear 1"
+    assert differential["for_review"]["total"] == len(uncertain)
+    assert differential["white_cells_counted"] == N_CELLS - len(uncertain)
+    image = client.get(f"/api/cells/{sample['cells'][0]['id']}/image")
+    assert image.headers["content-type"] == "image/jpeg"
+    assert image.content == cell_jpeg(0)
+    heatmap = client.get(f"/api/cells/{sample['cells'][0]['id']}/heatmap")
+    assert heatmap.status_code == 200 and heatmap.headers["content-type"] == "image/png"
+
+
+def test_tiff_cells_are_shown_as_png(client: TestClient) -> None:
+    sample = client.post("/api/samples", json={"name": "tiff"}).json()
+    added = client.post(
+        f"/api/samples/{sample['id']}/cells", files=files(("scan.tif", cell_jpeg(1, "TIFF")))
+    ).json()["added"]
+    image = client.get(f"/api/cells/{added[0]['id']}/image")
+    assert image.headers["content-type"] == "image/png"
+
+
+def test_relabel_records_the_correction_and_updates_the_differential(client: TestClient) -> None:
+    sample = new_sample(client)
+    cell = next(c for c in sample["cells"] if c["label"] is not None)
+
+    def counts(differential: dict) -> dict[str, int]:
+        return {row["class"]: row["count"] for row in differential["rows"]}
+
+    before = counts(sample["differential"])
+    target = next(name for name in WBC5 if name != cell["label"])
+    result = relabel(client, cell["id"], target, reviewer="  Dr. B  ")
+    correction = result["cell"]["corrections"][-1]
+    assert (correction["from_label"], correction["to_label"]) == (cell["label"], target)
+    assert correction["reviewer"] == "Dr. B"
+    assert correction["created_at"].endswith(("Z", "+00:00"))
+    after = counts(result["differential"])
+    assert after[target] == before[target] + 1
+    assert after[cell["label"]] == before[cell["label"]] - 1
+    unchanged = relabel(client, cell["id"], target)
+    assert len(unchanged["cell"]["corrections"]) == 1, "same label again adds no correction"
+    assert_error(
+        client.post(f"/api/cells/{cell['id']}/label", json={"label": "dragon", "reviewer": "x"}),
+        422,
+        "unknown class",
+    )
+    assert_error(
+        client.post(f"/api/cells/{cell['id']}/label", json={"label": target, "reviewer": " "}),
+        422,
+    )
+    assert_error(client.post("/api/cells/0000/label", json={"label": target, "reviewer": "x"}), 404)
+
+
+def test_sign_off_needs_every_cell_identified_then_locks(client: TestClient) -> None:
+    sample = new_sample(client)
+    sid = sample["id"]
+    assert_error(
+        client.post(f"/api/samples/{sid}/signoff", json={"reviewer": "Dr. A"}), 409, "unidentified"
+    )
+    last = resolve_all(client, sample)
+    assert last["unidentified_count"] == 0
+    signed = client.post(f"/api/samples/{sid}/signoff", json={"reviewer": "Dr. A"}).json()
+    assert signed["signoff"]["reviewer"] == "Dr. A"
+    cell_id = sample["cells"][0]["id"]
+    locked = client.post(f"/api/cells/{cell_id}/label", json={"label": "monocyte", "reviewer": "x"})
+    assert_error(locked, 409, "read-only")
+    assert_error(client.post(f"/api/samples/{sid}/cells", files=cells(1)), 409, "read-only")
+    assert_error(client.post(f"/api/samples/{sid}/signoff", json={"reviewer": "x"}), 409)
+    listed = client.get("/api/samples").json()
+    assert listed[0]["id"] == sid and listed[0]["signoff"]["reviewer"] == "Dr. A"
+
+
+def test_csv_and_report(client: TestClient) -> None:
+    sample = new_sample(client, name="=HYPERLINK(1)")
+    resolve_all(client, sample)
+    client.post(f"/api/samples/{sample['id']}/signoff", json={"reviewer": "Dr. <b>C</b>"})
+    response = client.get(f"/api/samples/{sample['id']}/cells.csv")
+    assert response.headers["content-type"].startswith("text/csv")
+    assert f'filename="sample-{sample["id"]}.csv"' in response.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert len(rows) == N_CELLS
+    assert rows[0]["sample_name"] == "'=HYPERLINK(1)", "formulas are neutralised"
+    assert {row["signed_off_by"] for row in rows} == {"Dr. <b>C</b>"}
+    assert all(row["label"] in WBC5 for row in rows)
+    assert sum(row["corrected_by"] == "Dr. A" for row in rows) == sample["unidentified_count"]
+    report = client.get(f"/api/samples/{sample['id']}/report.html")
+    assert report.headers["content-type"].startswith("text/html")
+    assert "Dr. &lt;b&gt;C&lt;/b&gt;" in report.text and "<b>C</b>" not in report.text
+    assert "White-cell differential: =HYPERLINK(1)</h1>" in report.text
+    assert "not a diagnosis" in report.text and "<script" not in report.text
+
+
+def test_unknown_sample(client: TestClient) -> None:
+    assert_error(client.get("/api/samples/nope"), 404, "no sample")
+    assert_error(client.get("/api/samples/nope/cells.csv"), 404)
+    assert_error(client.get("/api/cells/nope/image"), 404, "no cell")
+    assert_error(client.post("/api/samples", json={"name": ""}), 422)
+
+
+def test_restart_keeps_samples_corrections_and_sign_offs(
+    make_client: Callable[..., TestClient],
+) -> None:
+    first = make_client()
+    sample = new_sample(first)
+    resolve_all(first, sample)
+    first.post(f"/api/samples/{sample['id']}/signoff", json={"reviewer": "Dr. A"})
+    expected = first.get(f"/api/samples/{sample['id']}").json()
+    first.__exit__(None, None, None)  # the first server shuts down (its engine is disposed)
+    second = make_client()
+    assert second.get(f"/api/samples/{sample['id']}").json() == expected
+    assert expected["signoff"]["reviewer"] == "Dr. A"
+    assert sum(len(c["corrections"]) for c in expected["cells"]) == sample["unidentified_count"]
+
+
+def test_migrations_match_the_models(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    settings.data_dir.mkdir()
+    engine = store.make_engine(settings.database_url)
+    store.upgrade(engine)
+    store.upgrade(engine)  # idempotent: a restart finds the schema at head
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), store.Base.metadata) == []
+    engine.dispose()
+
+
+def test_reviewed_export_as_zip_and_folder(
+    client: TestClient, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    sample = new_sample(client)
+    relabel(client, sample["cells"][0]["id"], "basophil")
+    relabel(client, sample["cells"][1]["id"], "monocyte")
+    relabel(client, sample["cells"][1]["id"], "eosinophil")
+    names = zipfile.ZipFile(io.BytesIO(client.get("/api/reviewed.zip").content)).namelist()
+    assert sorted(names) == sorted(
+        [f"basophil/{sample['cells'][0]['id']}.jpg", f"eosinophil/{sample['cells'][1]['id']}.jpg"]
+    )
+    resolve_all(client, client.get(f"/api/samples/{sample['id']}").json())
+    client.post(f"/api/samples/{sample['id']}/signoff", json={"reviewer": "Dr. A"})
+    archive = zipfile.ZipFile(io.BytesIO(client.get("/api/reviewed.zip?signed_off=true").content))
+    assert len(archive.namelist()) == N_CELLS
+    assert archive.read(f"basophil/{sample['cells'][0]['id']}.jpg") == cell_jpeg(0)
+
+    _register_commands()
+    out = tmp_path / "reviewed"
+    db_url = make_settings().database_url
+    result = CliRunner().invoke(cli_app, ["export-reviewed", "--db", db_url, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    found = find_class_folders(out)  # what `data split` and `train` read
+    assert set(found.folders) == {"basophil", "eosinophil"}
+    assert found.unknown == [] and found.loose_files == []
+    assert [p.name for p in (out / "basophil").iterdir()] == [f"{sample['cells'][0]['id']}.jpg"]
+    again = CliRunner().invoke(cli_app, ["export-reviewed", "--db", db_url, "--out", str(out)])
+    assert again.exit_code != 0 and "new or empty folder" in str(again.exception)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "lab-server"])
+def test_refuses_to_listen_beyond_loopback_without_token(
+    make_settings: Callable[..., Settings], host: str
+) -> None:
+    with pytest.raises(ValueError, match="without an API token"):
+        make_settings(host=host)
+    assert make_settings(host=host, token="x" * 16).token == "x" * 16
+    with pytest.raises(ValueError, match="at least 16"):
+        make_settings(token="short")
+    _register_commands()
+    result = CliRunner().invoke(cli_app, ["serve", "--model", "m", "--host", host])
+    assert result.exit_code != 0 and "without an API token" in str(result.exception)
+
+
+def test_cells_classified_by_another_model_do_not_mix(client: TestClient) -> None:
+    sample = client.post("/api/samples", json={"name": "old model"}).json()
+    service = client.app.state.service
+    with service.sessions.begin() as session:
+        store.get_sample(session, sample["id"]).model_sha256 = "0" * 64
+    response = client.post(f"/api/samples/{sample['id']}/cells", files=cells(1))
+    assert_error(response, 409, "another model")
