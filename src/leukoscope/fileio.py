@@ -18,6 +18,7 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, 0o644)  # mkstemp creates 0600; written files are for sharing
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle

@@ -77,7 +77,22 @@ def test_bad_class_spec_is_reported(messy_dataset: Path, tmp_path: Path) -> None
     assert "unknown class 'foo'" in result.stderr
 
 
-def test_demo_audits_a_sample(pbc_root: Path, tmp_path: Path) -> None:
-    result = run_cli("demo", "--data", str(pbc_root), "--sample", "3", "--out", str(tmp_path))
+def test_demo_audits_a_sample_without_a_model(pbc_root: Path, tmp_path: Path) -> None:
+    args = ["--data", str(pbc_root), "--sample", "3", "--out", str(tmp_path)]
+    result = run_cli("demo", *args, "--model", str(tmp_path / "no-model"))
     assert result.returncode == 0, result.stderr
     assert "24 files under class folders" in (tmp_path / "report.md").read_text()
+
+
+def test_demo_classifies_a_sample_with_the_released_model(pbc_root: Path, tmp_path: Path) -> None:
+    from leukoscope.cli.demo import DEFAULT_MODEL
+
+    if not (DEFAULT_MODEL / "model.safetensors").is_file():
+        pytest.skip("no released model")
+    result = run_cli("demo", "--data", str(pbc_root), "--sample", "4", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / "report.md").read_text()
+    assert "20 images of" in report and "White-cell differential" in report
+    assert "not a diagnosis" in report
+    rows = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 21

@@ -60,7 +60,20 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[tuple[P
 
 def _register_commands() -> None:
     # Imported for their side effect of adding commands to ``app``.
-    from leukoscope.cli import data, demo  # noqa: F401
+    from leukoscope.cli import (  # noqa: F401
+        calibrate,
+        data,
+        demo,
+        differential,
+        evaluate,
+        explain,
+        export,
+        predict,
+        release,
+        reproduce,
+        serve,
+        train,
+    )
 
 
 def main() -> None:

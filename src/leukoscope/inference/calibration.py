@@ -312,5 +312,8 @@ def calibrate(
         for i, message in result.errors
     ]
     atomic_write_json(out / "calibration.json", metrics)
-    atomic_write_text(out / "calibration.md", f"# Calibration of {model_dir}\n\n{markdown}")
+    atomic_write_text(
+        out / "calibration.md",
+        f"# Calibration of {model_dir.name} on {Path(manifest).name} ({split} split)\n\n{markdown}",
+    )
     return metrics

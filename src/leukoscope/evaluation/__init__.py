@@ -1,0 +1,1 @@
+"""Scoring trained models: metrics with bootstrap intervals, timing, reports, the study protocol."""

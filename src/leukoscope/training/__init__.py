@@ -1,0 +1,1 @@
+"""Two-phase transfer learning: profiles, augmentation, caches, checkpoints and the trainer."""

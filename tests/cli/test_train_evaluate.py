@@ -1,0 +1,168 @@
+"""``leukoscope train`` and ``leukoscope evaluate`` through the real entry point."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from leukoscope.cli import main
+from leukoscope.data.datasets import read_manifest
+from leukoscope.evaluation.predict import predict_samples
+from leukoscope.models import load_model
+from tests.training.conftest import CLASSES, shape_image, write_dataset
+
+
+def run_cli(args: list[object], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``leukoscope ARGS`` in-process; return (exit code, stdout, stderr)."""
+    old = sys.argv
+    sys.argv = ["leukoscope", *map(str, args)]
+    try:
+        with pytest.raises(SystemExit) as stop:
+            main()
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return int(stop.value.code or 0), out.out, out.err
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LEUKOSCOPE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"), per_class=12)
+
+
+@pytest.fixture(scope="module")
+def run_dir(manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained by ``leukoscope train`` (random init: the pipeline, not accuracy)."""
+    out = tmp_path_factory.mktemp("run")
+    sys.argv, old = (
+        [
+            "leukoscope",
+            "train",
+            "--manifest",
+            str(manifest),
+            "--arch",
+            "squeezenet1_1",
+            "--weights",
+            "none",
+            "--image-size",
+            "48",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+        ],
+        sys.argv,
+    )
+    try:
+        with pytest.raises(SystemExit) as stop:
+            main()
+    finally:
+        sys.argv = old
+    assert stop.value.code == 0
+    return out
+
+
+def test_train_writes_the_model_and_refuses_to_overwrite_it(
+    run_dir: Path, manifest: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    card = json.loads((run_dir / "model_card.json").read_text())
+    assert card["classes"] == list(CLASSES) and card["input_size"] == 48
+    assert (run_dir / "history.csv").is_file() and (run_dir / "train.log").is_file()
+    code, _, err = run_cli(
+        ["train", "--manifest", manifest, "--arch", "squeezenet1_1", "--out", run_dir], capsys
+    )
+    assert code == 1 and "--resume" in err
+
+
+def test_evaluate_on_the_manifest_test_split(
+    run_dir: Path, manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", run_dir, "--manifest", manifest, "--split", "test"]
+    code, stdout, _ = run_cli([*args, "--out", out, "--bootstrap", 50, "--timing-runs", 2], capsys)
+    assert code == 0 and "| macro avg |" in stdout
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "balanced_accuracy", "per_class", "bootstrap_95ci"):
+        assert key in metrics
+    assert metrics["n_images"] == 9 and metrics["classes"] == list(CLASSES)
+    assert metrics["skipped"] == []
+    # The confusion matrix is exactly that of the model's own predictions on the test split.
+    model, card = load_model(run_dir)
+    samples, _ = read_manifest(manifest, "test", card["classes"])
+    predictions = predict_samples(model, card, samples, device=torch.device("cpu"), workers=0)
+    expected = np.zeros((3, 3), dtype=int)
+    np.add.at(expected, (predictions.y_true, predictions.y_pred), 1)
+    assert metrics["confusion_matrix"] == expected.tolist()
+    assert metrics["accuracy"] == pytest.approx(np.trace(expected) / 9)
+    ci = metrics["bootstrap_95ci"]
+    assert ci["resamples"] == 50 and ci["accuracy"][0] <= metrics["accuracy"] <= ci["accuracy"][1]
+    timing = metrics["timing"]
+    assert timing["batch1_runs"] == 2 and timing["batch1_ms_median"] > 0
+    assert timing["throughput_images_per_s"] > 0 and timing["machine"]["device"] == "cpu"
+    assert (out / "report.md").read_text().count("| accuracy |") == 1
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_a_folder_with_other_spellings_and_a_subset_of_classes(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    for i in range(3):
+        (data / "Neutrophil").mkdir(parents=True, exist_ok=True)
+        shape_image(2, 100 + i).save(data / "Neutrophil" / f"n{i}.png")
+    for i in range(2):
+        (data / "EOS").mkdir(exist_ok=True)
+        shape_image(0, 200 + i).save(data / "EOS" / f"e{i}.png")
+    (data / "Neutrophil" / "broken.jpg").write_bytes(b"")
+    (data / "Platelet").mkdir()  # a class the model does not know: ignored
+    shape_image(1, 300).save(data / "Platelet" / "p.png")
+
+    out = tmp_path / "eval"
+    code, _, _ = run_cli(
+        [
+            "evaluate",
+            "--model",
+            run_dir,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--timing-runs",
+            0,
+            "--bootstrap",
+            50,
+        ],
+        capsys,
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classes"] == list(CLASSES)
+    assert metrics["classes_evaluated"] == ["eosinophil", "neutrophil"]
+    assert set(metrics["per_class"]) == {"eosinophil", "neutrophil"}
+    assert metrics["n_images"] == 5
+    assert [sum(row) for row in metrics["confusion_matrix"]] == [2, 0, 3]
+    assert metrics["per_class"]["neutrophil"]["support"] == 3
+    assert [Path(s["path"]).name for s in metrics["skipped"]] == ["broken.jpg"]
+    assert "empty" in metrics["skipped"][0]["reason"]
+    assert "timing" not in metrics
+
+
+def test_evaluate_needs_exactly_one_data_source(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(["evaluate", "--model", run_dir, "--out", tmp_path], capsys)
+    assert code == 1 and "exactly one of --data" in err

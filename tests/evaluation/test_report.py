@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from leukoscope.evaluation.metrics import classification_metrics
+from leukoscope.evaluation.report import classification_table, write_report
+from leukoscope.evaluation.timing import measure_inference
+
+
+@pytest.fixture
+def metrics() -> dict[str, object]:
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 0, 1, 1, 1, 2])
+    m = classification_metrics(y_true, y_pred, ("basophil", "eosinophil", "lymphocyte"))
+    m.update(model="runs/x", data="somewhere", skipped=[{"path": "a.jpg", "reason": "empty"}])
+    return m
+
+
+def test_table_follows_classification_report(metrics: dict[str, object]) -> None:
+    lines = classification_table(metrics).splitlines()
+    assert lines[0] == "| class | precision | recall | f1-score | support |"
+    assert [line.split("|")[1].strip() for line in lines[2:]] == [
+        "basophil",
+        "eosinophil",
+        "lymphocyte",
+        "accuracy",
+        "macro avg",
+        "weighted avg",
+    ]
+    assert lines[2] == "| basophil | 1.0000 | 0.6667 | 0.8000 | 3 |"
+    assert lines[5] == "| accuracy | | | 0.8333 | 6 |"
+
+
+def test_write_report_writes_json_markdown_and_png(
+    metrics: dict[str, object], tmp_path: Path
+) -> None:
+    write_report(tmp_path, metrics)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    report = (tmp_path / "report.md").read_text()
+    assert "| macro avg |" in report and "a.jpg" in report and "95% CI" in report
+    with Image.open(tmp_path / "confusion_matrix.png") as image:
+        assert image.format == "PNG" and min(image.size) > 100
+    assert sorted(os.listdir(tmp_path)) == ["confusion_matrix.png", "metrics.json", "report.md"]
+
+
+def test_timing_reports_latency_throughput_and_machine() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    timing = measure_inference(
+        model, 32, torch.device("cpu"), latency_runs=3, throughput_batch=4, throughput_runs=1
+    )
+    assert timing["batch1_ms_median"] > 0 and timing["throughput_images_per_s"] > 0
+    assert timing["machine"]["device"] == "cpu" and timing["machine"]["torch"] == torch.__version__
+    assert timing["machine"]["cpu_cores"] >= 1
