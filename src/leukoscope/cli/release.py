@@ -63,6 +63,7 @@ def release_command(
                 staging / "evaluation",
                 options=EvaluateOptions(),
                 advance=lambda n: progress.advance(task, n),
+                model_name=str(models_dir / name),
             )
         update_card(
             staging,

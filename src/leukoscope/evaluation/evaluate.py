@@ -42,6 +42,7 @@ def evaluate_model(
     options: EvaluateOptions = EvaluateOptions(),
     device: torch.device | None = None,
     advance: Callable[[int], None] = lambda n: None,
+    model_name: str | None = None,
 ) -> dict[str, Any]:
     """Load the model, predict ``samples_for(model classes)``, write ``metrics.json``,
     ``report.md`` and ``confusion_matrix.png`` to ``out_dir``; return the metrics."""
@@ -67,7 +68,7 @@ def evaluate_model(
         resamples=options.resamples,
         seed=options.seed,
     )
-    metrics.update(model=str(model_path), arch=card["arch"], data=data_description)
+    metrics.update(model=model_name or str(model_path), arch=card["arch"], data=data_description)
     metrics["skipped"] = predictions.skipped
     if options.throughput_runs:
         metrics["timing"] = measure_inference(
