@@ -4,6 +4,8 @@ cells as uncertain, and apps on temporary SQLite databases."""
 from __future__ import annotations
 
 import io
+import os
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
+from sqlalchemy import create_engine, make_url, text
 
 from leukoscope.classes import WBC5
 from leukoscope.inference.predictor import Predictor
@@ -121,6 +124,23 @@ def make_client(
     yield _make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on the server named by ``LEUKOSCOPE_TEST_POSTGRES_URL``
+    (e.g. postgresql+psycopg://postgres:pw@127.0.0.1/postgres); skipped when it is not set."""
+    server = os.environ.get("LEUKOSCOPE_TEST_POSTGRES_URL")
+    if not server:
+        pytest.skip("LEUKOSCOPE_TEST_POSTGRES_URL not set")
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    name = f"leukoscope_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
 
 
 @pytest.fixture

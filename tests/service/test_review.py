@@ -7,6 +7,7 @@ import io
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -154,30 +155,48 @@ def test_unknown_sample(client: TestClient) -> None:
     assert_error(client.post("/api/samples", json={"name": ""}), 422)
 
 
-def test_restart_keeps_samples_corrections_and_sign_offs(
-    make_client: Callable[..., TestClient],
-) -> None:
-    first = make_client()
+def _restart_keeps_everything(make_client: Callable[..., TestClient], **settings: Any) -> None:
+    first = make_client(**settings)
     sample = new_sample(first)
     resolve_all(first, sample)
     first.post(f"/api/samples/{sample['id']}/signoff", json={"reviewer": "Dr. A"})
     expected = first.get(f"/api/samples/{sample['id']}").json()
     first.__exit__(None, None, None)  # the first server shuts down (its engine is disposed)
-    second = make_client()
+    second = make_client(**settings)
     assert second.get(f"/api/samples/{sample['id']}").json() == expected
     assert expected["signoff"]["reviewer"] == "Dr. A"
     assert sum(len(c["corrections"]) for c in expected["cells"]) == sample["unidentified_count"]
 
 
-def test_migrations_match_the_models(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings()
-    settings.data_dir.mkdir()
-    engine = store.make_engine(settings.database_url)
+def test_restart_keeps_samples_corrections_and_sign_offs(
+    make_client: Callable[..., TestClient],
+) -> None:
+    _restart_keeps_everything(make_client)
+
+
+def test_restart_keeps_everything_on_postgresql(
+    make_client: Callable[..., TestClient], postgres_url: str
+) -> None:
+    _restart_keeps_everything(make_client, db_url=postgres_url)
+
+
+def _assert_migrations_match(url: str) -> None:
+    engine = store.make_engine(url)
     store.upgrade(engine)
     store.upgrade(engine)  # idempotent: a restart finds the schema at head
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), store.Base.metadata) == []
     engine.dispose()
+
+
+def test_migrations_match_the_models(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    settings.data_dir.mkdir()
+    _assert_migrations_match(settings.database_url)
+
+
+def test_migrations_match_the_models_on_postgresql(postgres_url: str) -> None:
+    _assert_migrations_match(postgres_url)
 
 
 def test_reviewed_export_as_zip_and_folder(
