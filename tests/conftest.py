@@ -55,6 +55,18 @@ def pbc_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def squeezenet_h5() -> Path:
+    """The keras-squeezenet ImageNet weights as the library finds them; skip when absent."""
+    from leukoscope.models import weights
+
+    for folder in weights.squeezenet_h5_dirs():
+        for name in weights.SQUEEZENET_H5_NAMES:
+            if (folder / name).is_file():
+                return folder / name
+    pytest.skip(f"{weights.SQUEEZENET_H5_NAMES[0]} not found (set LEUKOSCOPE_WEIGHTS_DIR)")
+
+
+@pytest.fixture(scope="session")
 def pbc_sample(pbc_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real sample: the first 6 images of each PBC class, linked into a temp folder."""
     out = tmp_path_factory.mktemp("pbc-sample")

@@ -8,8 +8,6 @@ from urllib.error import URLError
 import pytest
 import torch
 
-from leukoscope.models import weights
-
 
 @pytest.fixture(autouse=True)
 def isolated_cache(
@@ -30,15 +28,3 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
         raise URLError(f"network disabled in tests ({url})")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-
-
-@pytest.fixture(scope="session")
-def squeezenet_h5() -> Path:
-    """The keras-squeezenet weights as the library finds them; skip the test when absent."""
-    for folder in weights.squeezenet_h5_dirs():
-        for name in weights.SQUEEZENET_H5_NAMES:
-            if (folder / name).is_file():
-                return folder / name
-    pytest.skip(
-        f"{weights.SQUEEZENET_H5_NAMES[0]} not found (set LEUKOSCOPE_WEIGHTS_DIR to its folder)"
-    )

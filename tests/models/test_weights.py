@@ -162,7 +162,9 @@ def test_efficientnet_lite0_backbone_gets_the_imagenet_weights() -> None:
         assert torch.equal(value, reference[key]), key
 
 
-def test_cache_is_reused_and_rebuilt_when_tampered(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_is_reused_and_rebuilt_when_tampered(
+    monkeypatch: pytest.MonkeyPatch, squeezenet_h5: Path
+) -> None:
     calls = []
     source = weights._SOURCES["squeezenet1_1"]
 

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from leukoscope.models import weights
-
 CLASSES = ("eosinophil", "lymphocyte", "neutrophil")
 """Synthetic stand-ins: red discs, green squares and blue triangles."""
 
@@ -67,13 +65,3 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 def synthetic_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """16 images per class: 8 train, 4 val, 4 test."""
     return write_dataset(tmp_path_factory.mktemp("synthetic"), per_class=16)
-
-
-@pytest.fixture(scope="session")
-def squeezenet_h5() -> Path:
-    """The SqueezeNet ImageNet weights as the library finds them; skip when absent."""
-    for folder in weights.squeezenet_h5_dirs():
-        for name in weights.SQUEEZENET_H5_NAMES:
-            if (folder / name).is_file():
-                return folder / name
-    pytest.skip(f"{weights.SQUEEZENET_H5_NAMES[0]} not found (set LEUKOSCOPE_WEIGHTS_DIR)")
