@@ -45,7 +45,8 @@ from leukoscope.classes import PBC8
 from leukoscope.data.datasets import samples_from_folder
 from leukoscope.data.images import decode_rgb
 from leukoscope.errors import LeukoscopeError
-from leukoscope.fileio import atomic_open, atomic_write_bytes
+from leukoscope.fileio import atomic_write_bytes
+from leukoscope.reports.figures import save_figure
 
 if TYPE_CHECKING:
     from leukoscope.inference.predictor import Predictor
@@ -227,11 +228,7 @@ def plot_accuracy_coverage(
     ax.set_xlim(0, 1)
     ax.grid(alpha=0.3)
     ax.set_title("Accuracy-coverage")
-    fig.tight_layout()
-    with atomic_open(path) as handle:
-        fig.savefig(handle, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 # --- inputs the model does not know -----------------------------------------------------------

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from leukoscope.data.datasets import Sample, read_manifest
 from leukoscope.errors import LeukoscopeError
-from leukoscope.fileio import atomic_open, atomic_write_json, atomic_write_text
+from leukoscope.fileio import atomic_write_json, atomic_write_text
 from leukoscope.inference.abstention import (
     DEFAULT_CONFIDENCE,
     Abstainer,
@@ -33,6 +33,7 @@ from leukoscope.inference.abstention import (
 )
 from leukoscope.models import load_model
 from leukoscope.models.serialization import CARD_NAME
+from leukoscope.reports.figures import save_figure
 
 ECE_BINS = 15
 
@@ -123,11 +124,7 @@ def plot_reliability(
     ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
     ax.set_title("Reliability diagram")
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    with atomic_open(path) as handle:
-        fig.savefig(handle, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def calibration_section(

@@ -23,6 +23,7 @@ from leukoscope.data.images import decode_rgb
 from leukoscope.errors import ImageDecodeError, LeukoscopeError
 from leukoscope.fileio import atomic_open
 from leukoscope.inference.predictor import Prediction, Predictor, to_pixels
+from leukoscope.reports.figures import save_figure
 
 MISTAKES_GRID = "most_confident_mistakes.png"
 
@@ -134,8 +135,4 @@ def _grid(images: Sequence[Image.Image], entries: Sequence[dict[str, object]], p
         ax.set_title(
             f"{entry['true']} -> {entry['predicted']} ({entry['confidence']:.2f})", fontsize=9
         )
-    fig.tight_layout()
-    with atomic_open(path) as handle:
-        fig.savefig(handle, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
