@@ -70,6 +70,12 @@ def test_audit_and_split_commands(messy_dataset: Path, tmp_path: Path) -> None:
     assert (tmp_path / "m1.csv").read_bytes() == (tmp_path / "m2.csv").read_bytes()
     assert "Excluded" in first.stdout
 
+    copy = tmp_path / "copy"
+    resized = run_cli("data", "resize", str(tmp_path / "m1.csv"), "--out", str(copy), "--size=48")
+    assert resized.returncode == 0, resized.stderr
+    assert "Wrote" in resized.stdout and (copy / "manifest.csv").is_file()
+    assert len(list(copy.glob("*/*.webp"))) == len((copy / "manifest.csv").read_text().split()) - 1
+
 
 def test_bad_class_spec_is_reported(messy_dataset: Path, tmp_path: Path) -> None:
     result = run_cli("data", "split", str(messy_dataset), "--classes", "foo", "--out", "x.csv")

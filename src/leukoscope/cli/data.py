@@ -1,4 +1,4 @@
-"""``leukoscope data``: audit, split and download datasets."""
+"""``leukoscope data``: audit, split, resize and download datasets."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ from leukoscope.classes import resolve_classes
 from leukoscope.cli.app import app, console, progress_bar
 from leukoscope.data.audit import audit_folder, summary_lines
 from leukoscope.data.download import download_dataset
+from leukoscope.data.resize import FORMATS, resize_manifest
 from leukoscope.data.split import SPLITS, split_folder, write_manifest
 from leukoscope.fileio import atomic_write_json
 
 DEFAULT_DATA = "../shared/data/pbc"
 
-data_app = typer.Typer(help="Audit, split and download cell-image datasets.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Audit, split, resize and download cell-image datasets.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 
 
@@ -115,6 +118,39 @@ def split(
         console.print(f"Excluded {len(result.excluded)} file(s), listed in {excluded_path}:")
         for item in result.excluded[:10]:
             console.print(f"  {item.path}: {item.reason}", highlight=False)
+
+
+@data_app.command("resize")
+def resize(
+    manifest: Path = typer.Argument(..., help="Split manifest CSV (data split)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the copy and its manifest.csv."),
+    size: int = typer.Option(224, "--size", min=16, help="Square side in pixels."),
+    splits: str = typer.Option("train,val,test", "--splits", help="Comma-separated splits."),
+    fmt: str = typer.Option("webp", "--format", help=f"One of {', '.join(FORMATS)}."),
+    quality: int = typer.Option(90, "--quality", min=1, max=100, help="WebP/JPEG quality."),
+    workers: int = typer.Option(2, "--workers", min=0, help="Decoding worker processes."),
+) -> None:
+    """Write a resized copy of a manifest's images with a manifest of its own.
+
+    Resized as training does, so a model trained on the copy (say, on a GPU machine the
+    originals are too large to ship to) sees the same pixels, apart from lossy encoding.
+    """
+    wanted = tuple(s.strip() for s in splits.split(",") if s.strip())
+    with progress_bar("Resizing images") as (progress, task):
+        result = resize_manifest(
+            manifest,
+            out,
+            size=size,
+            splits=wanted,
+            fmt=fmt,
+            quality=quality,
+            workers=workers,
+            on_total=lambda n: progress.update(task, total=n),
+            on_progress=lambda n: progress.advance(task, n),
+        )
+    console.print(f"Wrote {result.written} images and {result.manifest}")
+    for path, reason in result.skipped:
+        console.print(f"  skipped {path}: {reason}", highlight=False)
 
 
 @data_app.command("download")

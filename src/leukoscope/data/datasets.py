@@ -43,17 +43,9 @@ def order_classes(labels: Sequence[str]) -> tuple[str, ...]:
     return (*known, *sorted(unique - set(known)))
 
 
-def read_manifest(
-    path: str | Path, split: str | None = None, classes: Sequence[str] | None = None
-) -> tuple[list[Sample], tuple[str, ...]]:
-    """Read a split manifest; relative image paths are resolved against the manifest's folder.
-
-    ``classes`` fixes the class order (e.g. a model's); by default it is all labels in the
-    manifest, in PBC order, so every split of one manifest shares the same indices.
-    """
+def read_manifest_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a split manifest as dicts; a clear error if it is missing or malformed."""
     path = Path(path)
-    if split is not None and split not in SPLITS:
-        raise LeukoscopeError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
@@ -65,6 +57,21 @@ def read_manifest(
         raise LeukoscopeError(
             f"{path}: not a leukoscope manifest (needs columns {', '.join(MANIFEST_COLUMNS)})"
         )
+    return rows
+
+
+def read_manifest(
+    path: str | Path, split: str | None = None, classes: Sequence[str] | None = None
+) -> tuple[list[Sample], tuple[str, ...]]:
+    """Read a split manifest; relative image paths are resolved against the manifest's folder.
+
+    ``classes`` fixes the class order (e.g. a model's); by default it is all labels in the
+    manifest, in PBC order, so every split of one manifest shares the same indices.
+    """
+    path = Path(path)
+    if split is not None and split not in SPLITS:
+        raise LeukoscopeError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    rows = read_manifest_rows(path)
     labels = order_classes([r["label"] for r in rows]) if classes is None else tuple(classes)
     index = {label: i for i, label in enumerate(labels)}
     samples: list[Sample] = []

@@ -16,10 +16,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from leukoscope.errors import ImageDecodeError
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+)
 """File name endings scanned as images (the format itself is sniffed from the bytes)."""
 
-SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "TIFF", "BMP", "MPO"})
+SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "TIFF", "BMP", "MPO", "WEBP"})
 """Pillow format names accepted (MPO is the multi-picture JPEG some cameras write)."""
 
 DEFAULT_MAX_PIXELS = 40_000_000
