@@ -9,12 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from leukoscope.cli import main
 from leukoscope.data.datasets import read_manifest
-from leukoscope.evaluation.predict import predict_samples
-from leukoscope.models import load_model
+from leukoscope.inference.predictor import Predictor
 from tests.training.conftest import CLASSES, shape_image, write_dataset
 
 
@@ -101,11 +99,11 @@ def test_evaluate_on_the_manifest_test_split(
     assert metrics["n_images"] == 9 and metrics["classes"] == list(CLASSES)
     assert metrics["skipped"] == []
     # The confusion matrix is exactly that of the model's own predictions on the test split.
-    model, card = load_model(run_dir)
-    samples, _ = read_manifest(manifest, "test", card["classes"])
-    predictions = predict_samples(model, card, samples, device=torch.device("cpu"), workers=0)
+    predictor = Predictor.load(run_dir, backend="torch")
+    samples, _ = read_manifest(manifest, "test", predictor.classes)
+    outputs = predictor.outputs_for_paths([s.path for s in samples], workers=0)
     expected = np.zeros((3, 3), dtype=int)
-    np.add.at(expected, (predictions.y_true, predictions.y_pred), 1)
+    np.add.at(expected, ([s.label for s in samples], outputs.logits.argmax(1)), 1)
     assert metrics["confusion_matrix"] == expected.tolist()
     assert metrics["accuracy"] == pytest.approx(np.trace(expected) / 9)
     ci = metrics["bootstrap_95ci"]
@@ -113,8 +111,26 @@ def test_evaluate_on_the_manifest_test_split(
     timing = metrics["timing"]
     assert timing["batch1_runs"] == 2 and timing["batch1_ms_median"] > 0
     assert timing["throughput_images_per_s"] > 0 and timing["machine"]["device"] == "cpu"
-    assert (out / "report.md").read_text().count("| accuracy |") == 1
+    report = (out / "report.md").read_text()
+    assert report.count("| accuracy |") == 1
     assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    # Calibration and abstention on these images (the run is not calibrated: T = 1).
+    calibration = metrics["calibration"]
+    assert calibration["temperature"] == 1.0 and calibration["n"] == 9
+    assert calibration["ece_before"] == calibration["ece_after"] >= 0
+    assert "## Calibration" in report and "not calibrated" in report
+    for figure in ("reliability.png", "accuracy_coverage.png"):
+        assert figure in report and (out / figure).read_bytes()[:4] == b"\x89PNG"
+    # Every wrong prediction is listed (at most 12), most confident first, with heatmaps.
+    mistakes = metrics["most_confident_mistakes"]
+    assert len(mistakes) == min(12, 9 - int(np.trace(expected)))
+    assert [m["confidence"] for m in mistakes] == sorted(
+        (m["confidence"] for m in mistakes), reverse=True
+    )
+    assert "## Most confident mistakes" in report
+    if mistakes:
+        assert (out / "most_confident_mistakes.png").is_file()
+        assert all((out / m["overlay"]).is_file() for m in mistakes)
 
 
 def test_evaluate_a_folder_with_other_spellings_and_a_subset_of_classes(
@@ -166,3 +182,23 @@ def test_evaluate_needs_exactly_one_data_source(
 ) -> None:
     code, _, err = run_cli(["evaluate", "--model", run_dir, "--out", tmp_path], capsys)
     assert code == 1 and "exactly one of --data" in err
+
+
+def test_release_calibrates_evaluates_and_publishes(
+    run_dir: Path, manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models"
+    args = ["release", run_dir, "--manifest", manifest, "--name", "tiny"]
+    code, stdout, err = run_cli([*args, "--models-dir", models], capsys)
+    assert code == 0, err
+    released = models / "tiny"
+    card = json.loads((released / "model_card.json").read_text())
+    assert card["calibration"]["temperature"] > 0 and card["abstention"]["threshold"] is not None
+    assert card["test_metrics"]["n_images"] == 9 and card["release"]["name"] == "tiny"
+    assert card["release"]["manifest_sha256"] and "leukoscope release" in card["release"]["command"]
+    report = (released / "evaluation" / "report.md").read_text()
+    assert "## Calibration" in report and "not calibrated" not in report
+    # No heatmaps: they are images derived from the data and would be published with the model.
+    assert not list((released / "evaluation").glob("*mistake*.png"))
+    assert not [p for p in models.iterdir() if p.name.startswith(".")]  # no staging left behind
+    assert "Released" in stdout and "macro-F1" in stdout

@@ -7,9 +7,10 @@ from PIL import Image
 from leukoscope.errors import LeukoscopeError
 from leukoscope.inference.explain import (
     MISTAKES_GRID,
+    confident_mistakes,
     gradcam,
     gradcam_overlay,
-    most_confident_mistakes,
+    mistake_heatmaps,
 )
 from leukoscope.inference.predictor import Predictor
 from tests.conftest import cell_image
@@ -38,16 +39,15 @@ def test_most_confident_mistakes_come_first(tmp_path: Path, tiny: Tiny) -> None:
     paths = [p for p, _ in tiny.split("test")][:6]
     predictions = predictor.predict_paths(paths, workers=0)
     wrong = ["neutrophil" if p.label != "neutrophil" else "basophil" for p in predictions]
-    grid, entries = most_confident_mistakes(
-        predictor, paths, wrong, tmp_path, n=3, predictions=predictions
-    )
-    assert grid == tmp_path / MISTAKES_GRID and grid.stat().st_size > 0
+    entries = confident_mistakes(predictions, wrong, paths, n=3)
     confidences = [e["confidence"] for e in entries]
     assert len(entries) == 3 and confidences == sorted(confidences, reverse=True)
     assert max(confidences) == pytest.approx(max(p.confidence for p in predictions), abs=1e-4)
-    assert Image.open(entries[0]["overlay"]).size == Image.open(paths[0]).size
+    grid = mistake_heatmaps(predictor, entries, tmp_path)
+    assert grid == tmp_path / MISTAKES_GRID and grid.stat().st_size > 0
+    first = Image.open(tmp_path / entries[0]["overlay"])
+    assert first.size == Image.open(entries[0]["source"]).size
+    assert np.all([(tmp_path / e["overlay"]).exists() for e in entries])
     right = [p.label for p in predictions]
-    assert most_confident_mistakes(
-        predictor, paths, right, tmp_path / "none", predictions=predictions
-    ) == (None, [])
-    assert np.all([Path(e["overlay"]).exists() for e in entries])
+    assert confident_mistakes(predictions, right, paths) == []
+    assert mistake_heatmaps(predictor, [], tmp_path / "none") is None

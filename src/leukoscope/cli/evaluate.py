@@ -32,8 +32,15 @@ def evaluate_command(
     timing_runs: int = typer.Option(
         30, "--timing-runs", min=0, help="Batch-1 latency runs (0 skips timing)."
     ),
+    mistakes: int = typer.Option(
+        12, "--mistakes", min=0, help="List this many most confident mistakes (0: none)."
+    ),
+    heatmaps: bool = typer.Option(
+        True, "--heatmaps/--no-heatmaps", help="Draw Grad-CAM heatmaps of those mistakes."
+    ),
 ) -> None:
-    """Score a model on labelled images: accuracy, macro-F1, per-class table, CIs, speed."""
+    """Score a model on labelled images: accuracy, macro-F1, per-class table, CIs, speed,
+    calibration, accuracy-coverage and the most confident mistakes with Grad-CAM heatmaps."""
     if (data is None) == (manifest is None):
         raise LeukoscopeError("give exactly one of --data DIR or --manifest M.csv")
 
@@ -50,6 +57,8 @@ def evaluate_command(
         seed=seed,
         latency_runs=timing_runs,
         throughput_runs=3 if timing_runs else 0,
+        mistakes=mistakes,
+        heatmaps=heatmaps,
     )
     with progress_bar("Predicting") as (progress, task):
         metrics = evaluate_model(

@@ -61,7 +61,8 @@ def release_command(
                 lambda classes: read_manifest(manifest, "test", classes)[0],
                 f"{manifest.name} (test split)",
                 staging / "evaluation",
-                options=EvaluateOptions(),
+                # Heatmaps would put images derived from the dataset into the repository.
+                options=EvaluateOptions(heatmaps=False),
                 advance=lambda n: progress.advance(task, n),
                 model_name=str(models_dir / name),
             )

@@ -1,4 +1,12 @@
-"""``leukoscope evaluate``: score a saved model on labelled images and write the reports."""
+"""``leukoscope evaluate``: score a saved model on labelled images and write the reports.
+
+Predictions come from the same :class:`~leukoscope.inference.predictor.Predictor` that
+``predict`` and the web app use (PyTorch backend, the reference ONNX exports are checked
+against), so the report describes exactly what users get. Besides the classification metrics
+the report shows calibration on these images (ECE before and after temperature scaling, a
+reliability diagram, the accuracy-coverage curve at the card's abstention threshold) and the
+most confident mistakes, with Grad-CAM heatmaps when asked.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from leukoscope.data.datasets import Sample
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.metrics import BOOTSTRAP_RESAMPLES, classification_metrics
-from leukoscope.evaluation.predict import predict_samples
-from leukoscope.evaluation.report import write_report
+from leukoscope.evaluation.report import mistakes_section, write_report
 from leukoscope.evaluation.timing import measure_inference
-from leukoscope.models import load_model
+from leukoscope.inference.calibration import calibration_section
+from leukoscope.inference.explain import confident_mistakes, mistake_heatmaps
+from leukoscope.inference.predictor import Predictor
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,10 @@ class EvaluateOptions:
     latency_runs: int = 30
     throughput_runs: int = 3
     """0 skips the timing measurement."""
+    mistakes: int = 12
+    """How many of the most confident mistakes to list (0: none)."""
+    heatmaps: bool = True
+    """Draw Grad-CAM heatmaps of the listed mistakes (images derived from the data)."""
 
 
 def default_device() -> torch.device:
@@ -44,39 +58,70 @@ def evaluate_model(
     advance: Callable[[int], None] = lambda n: None,
     model_name: str | None = None,
 ) -> dict[str, Any]:
-    """Load the model, predict ``samples_for(model classes)``, write ``metrics.json``,
-    ``report.md`` and ``confusion_matrix.png`` to ``out_dir``; return the metrics."""
-    device = device or default_device()
-    model, card = load_model(model_path)
-    classes = card["classes"]
+    """Predict ``samples_for(model classes)``; write ``metrics.json``, ``report.md`` and its
+    figures to ``out_dir``; return the metrics. ``device`` is where speed is timed."""
+    predictor = Predictor.load(model_path, backend="torch")
+    classes = predictor.classes
     samples = samples_for(classes)
-    predictions = predict_samples(
-        model,
-        card,
-        samples,
-        device=device,
-        batch_size=options.batch_size,
-        workers=options.workers,
-        advance=advance,
+    paths = [sample.path for sample in samples]
+    outputs = predictor.outputs_for_paths(
+        paths, batch_size=options.batch_size, workers=options.workers, on_progress=advance
     )
-    if not len(predictions.y_true):
+    if not outputs.indices:
         raise LeukoscopeError(f"{data_description}: none of the {len(samples)} images is readable")
+    y_true = np.array([samples[i].label for i in outputs.indices])
     metrics = classification_metrics(
-        predictions.y_true,
-        predictions.y_pred,
-        classes,
-        resamples=options.resamples,
-        seed=options.seed,
+        y_true, outputs.logits.argmax(1), classes, resamples=options.resamples, seed=options.seed
     )
-    metrics.update(model=model_name or str(model_path), arch=card["arch"], data=data_description)
-    metrics["skipped"] = predictions.skipped
+    metrics.update(
+        model=model_name or str(model_path), arch=predictor.card["arch"], data=data_description
+    )
+    metrics["skipped"] = [{"path": str(paths[i]), "reason": msg} for i, msg in outputs.errors]
+    out = Path(out_dir)
+    sections = [_calibration(predictor, outputs.logits, outputs.features, y_true, out, metrics)]
+    if options.mistakes:
+        readable = [paths[i] for i in outputs.indices]
+        predictions = predictor.predictions_from_outputs(
+            outputs.logits, outputs.features, [str(p) for p in readable]
+        )
+        truth = [classes[label] for label in y_true]
+        mistakes = confident_mistakes(predictions, truth, readable, options.mistakes)
+        grid = mistake_heatmaps(predictor, mistakes, out) if options.heatmaps else None
+        metrics["most_confident_mistakes"] = mistakes
+        sections.append(mistakes_section(mistakes, grid.name if grid else None))
     if options.throughput_runs:
         metrics["timing"] = measure_inference(
-            model,
-            card["input_size"],
-            device,
+            predictor.model,
+            predictor.input_size,
+            device or default_device(),
             latency_runs=options.latency_runs,
             throughput_runs=options.throughput_runs,
         )
-    write_report(out_dir, metrics)
+    write_report(out, metrics, sections)
     return metrics
+
+
+def _calibration(
+    predictor: Predictor,
+    logits: np.ndarray,
+    features: np.ndarray,
+    labels: np.ndarray,
+    out: Path,
+    metrics: dict[str, Any],
+) -> str:
+    """Calibration and abstention on the evaluated images; adds ``metrics["calibration"]``."""
+    abstainer = predictor.abstainer
+    markdown, calibration = calibration_section(
+        logits,
+        labels,
+        predictor.classes,
+        predictor.temperature,
+        out,
+        scores=abstainer.scores(logits, features) if abstainer else None,
+        threshold=abstainer.threshold if abstainer else None,
+    )
+    metrics["calibration"] = calibration
+    if "calibration" not in predictor.card:
+        note = "The model is not calibrated (run `leukoscope calibrate`): T = 1 below.\n\n"
+        markdown = markdown.replace("## Calibration\n\n", "## Calibration\n\n" + note, 1)
+    return markdown

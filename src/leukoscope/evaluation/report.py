@@ -7,6 +7,7 @@ table): one row per class, then accuracy, macro average and weighted average.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,34 @@ def classification_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(metrics: dict[str, Any]) -> str:
-    """The whole ``report.md``: summary with intervals, the table, skipped files and timing."""
+def mistakes_section(mistakes: Sequence[dict[str, Any]], grid: str | None) -> str:
+    """The most confident mistakes as a table, with their heatmap grid (file name) if drawn."""
+    lines = ["## Most confident mistakes", ""]
+    if not mistakes:
+        return "\n".join([*lines, "No mistakes.", ""])
+    lines += [
+        "| # | image | true | predicted | confidence |",
+        "| ---: | --- | --- | --- | ---: |",
+        *(
+            f"| {rank} | `{Path(m['source']).name}` | {m['true']} | {m['predicted']} "
+            f"| {m['confidence']:.3f} |"
+            for rank, m in enumerate(mistakes, start=1)
+        ),
+        "",
+    ]
+    if grid is not None:
+        lines += [
+            "Grad-CAM heatmaps for the predicted class (where the model looked):",
+            "",
+            f"![Most confident mistakes]({grid})",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def markdown_report(metrics: dict[str, Any], sections: Sequence[str] = ()) -> str:
+    """The whole ``report.md``: summary with intervals, the table, then ``sections`` (e.g.
+    calibration, mistakes), skipped files and timing."""
     ci = metrics["bootstrap_95ci"]
     lines = [
         f"# Evaluation of {metrics['model']}",
@@ -56,6 +83,9 @@ def markdown_report(metrics: dict[str, Any]) -> str:
         "",
         classification_table(metrics),
         "",
+        "![Confusion matrix](confusion_matrix.png)",
+        "",
+        *sections,
     ]
     timing = metrics.get("timing")
     if timing:
@@ -95,9 +125,11 @@ def confusion_matrix_png(metrics: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def write_report(out_dir: str | Path, metrics: dict[str, Any]) -> None:
-    """Write the three outputs, each atomically."""
+def write_report(
+    out_dir: str | Path, metrics: dict[str, Any], sections: Sequence[str] = ()
+) -> None:
+    """Write the confusion matrix, the report and the metrics, each atomically."""
     out = Path(out_dir)
     atomic_write_bytes(out / "confusion_matrix.png", confusion_matrix_png(metrics))
-    atomic_write_text(out / "report.md", markdown_report(metrics))
+    atomic_write_text(out / "report.md", markdown_report(metrics, sections))
     atomic_write_json(out / "metrics.json", metrics)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,55 +68,55 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     return Path(path)
 
 
-def most_confident_mistakes(
-    predictor: Predictor,
-    paths: Sequence[str | Path],
+def confident_mistakes(
+    predictions: Sequence[Prediction],
     true_labels: Sequence[str],
-    out_dir: str | Path,
-    *,
+    paths: Sequence[str | Path],
     n: int = 12,
-    predictions: Sequence[Prediction] | None = None,
-) -> tuple[Path | None, list[dict[str, object]]]:
-    """Write Grad-CAM overlays of the ``n`` wrong predictions made with the highest confidence,
-    one PNG each plus a captioned grid (``most_confident_mistakes.png``), for a report.
-
-    ``predictions`` (in the order of ``paths``) saves predicting again. Returns the grid's path
-    (None without mistakes) and one entry per mistake.
-    """
-    if predictions is None:
-        predictions = predictor.predict_paths(paths)
+) -> list[dict[str, Any]]:
+    """The ``n`` wrong predictions made with the highest confidence, most confident first."""
     if not len(predictions) == len(paths) == len(true_labels):
         raise ValueError("paths, true_labels and predictions must have the same length")
     mistakes = sorted(
         (
-            (p, truth, Path(path))
+            (p, truth, path)
             for p, truth, path in zip(predictions, true_labels, paths, strict=True)
             if p.error is None and p.label != truth
         ),
         key=lambda item: -item[0].confidence,
     )[:n]
+    return [
+        {
+            "source": str(path),
+            "true": truth,
+            "predicted": prediction.label,
+            "confidence": round(prediction.confidence, 4),
+        }
+        for prediction, truth, path in mistakes
+    ]
+
+
+def mistake_heatmaps(
+    predictor: Predictor, mistakes: Sequence[dict[str, Any]], out_dir: str | Path
+) -> Path | None:
+    """Grad-CAM overlays of :func:`confident_mistakes` entries for the predicted class: one
+    ``mistake_NN.png`` each (its name set as the entry's ``overlay``) and a captioned grid,
+    ``most_confident_mistakes.png``, whose path is returned (None if nothing was drawn)."""
     out = Path(out_dir)
-    entries: list[dict[str, object]] = []
+    drawn: list[dict[str, Any]] = []
     overlays = []
-    for rank, (prediction, truth, path) in enumerate(mistakes, start=1):
+    for rank, entry in enumerate(mistakes, start=1):
         try:
-            image = decode_rgb(path)
+            image = decode_rgb(entry["source"])
         except ImageDecodeError:
             continue
-        overlay = gradcam_overlay(predictor, image, prediction.label)
+        overlay = gradcam_overlay(predictor, image, entry["predicted"])
+        entry["overlay"] = save_png(overlay, out / f"mistake_{rank:02d}.png").name
         overlays.append(overlay)
-        entries.append(
-            {
-                "source": str(path),
-                "true": truth,
-                "predicted": prediction.label,
-                "confidence": round(prediction.confidence, 4),
-                "overlay": str(save_png(overlay, out / f"mistake_{rank:02d}.png")),
-            }
-        )
-    if not entries:
-        return None, []
-    return _grid(overlays, entries, out / MISTAKES_GRID), entries
+        drawn.append(entry)
+    if not drawn:
+        return None
+    return _grid(overlays, drawn, out / MISTAKES_GRID)
 
 
 def _grid(images: Sequence[Image.Image], entries: Sequence[dict[str, object]], path: Path) -> Path:
