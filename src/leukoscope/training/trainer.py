@@ -240,6 +240,11 @@ class _Trainer:
                     f"({', '.join(changed)}); use another --out"
                 )
             return load_checkpoint(checkpoint_path)
+        if (self.run_dir / WEIGHTS_NAME).exists():
+            raise LeukoscopeError(
+                f"{self.run_dir} holds a model but no checkpoint to resume from; "
+                "training would overwrite it: choose another --out"
+            )
         if self.ctx.is_main:
             atomic_write_json(
                 config_path,
