@@ -1,7 +1,8 @@
 """``leukoscope demo``: the README's main job on a sample of a dataset.
 
-With a released model (``models/wbc5-squeezenet1_1`` by default) it classifies a sample of each
-class folder and writes a short report; without one it audits the sample instead.
+With a released model (by default ``models/pbc8-efficientnet_lite0``, all eight PBC classes) it
+classifies a sample of each class folder and writes a short report; without one it audits the
+sample instead.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from leukoscope.fileio import atomic_write_json, atomic_write_text
 from leukoscope.reports.differential import CellCall, compute_differential, render_markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_MODEL = REPO_ROOT / "models" / "wbc5-squeezenet1_1"
+DEFAULT_MODEL = REPO_ROOT / "models" / "pbc8-efficientnet_lite0"
 
 
 def spaced_sample(samples: list[Sample], per_class: int) -> list[Sample]:
@@ -51,7 +52,8 @@ def classify_sample(model: Path, root: Path, per_class: int, out: Path) -> None:
         f"- unreadable: {len(picked) - len(read)}; flagged uncertain (for review): "
         f"{len(read) - len(sure)}",
         f"- agreement with the folder labels on the {len(sure)} confident calls: "
-        f"{correct}/{len(sure)} ({correct / max(1, len(sure)):.1%})",
+        f"{correct}/{len(sure)} ({correct / max(1, len(sure)):.1%}); the sample may include "
+        f"images the model was trained on: held-out accuracy is in `{model}/evaluation/report.md`",
         "",
         "| class | images | confident calls correct |",
         "| --- | ---: | ---: |",
