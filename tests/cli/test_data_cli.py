@@ -98,7 +98,7 @@ def test_demo_classifies_a_sample_with_the_released_model(pbc_root: Path, tmp_pa
     result = run_cli("demo", "--data", str(pbc_root), "--sample", "4", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     report = (tmp_path / "report.md").read_text()
-    assert "20 images of" in report and "White-cell differential" in report
+    assert "32 images of" in report and "White-cell differential" in report  # 4 x 8 classes
     assert "not a diagnosis" in report
     rows = (tmp_path / "predictions.csv").read_text().splitlines()
-    assert len(rows) == 21
+    assert len(rows) == 33

@@ -240,10 +240,12 @@ class _Trainer:
                     f"({', '.join(changed)}); use another --out"
                 )
             return load_checkpoint(checkpoint_path)
-        if (self.run_dir / WEIGHTS_NAME).exists():
+        if (self.run_dir / WEIGHTS_NAME).exists() and self._saved_settings() != self.settings:
+            # Not this run stopped before its first checkpoint (that one just starts over),
+            # but another model, e.g. a copied run: never train over it.
             raise LeukoscopeError(
-                f"{self.run_dir} holds a model but no checkpoint to resume from; "
-                "training would overwrite it: choose another --out"
+                f"{self.run_dir} holds a model of another run and no checkpoint to resume "
+                "from; training would overwrite it: choose another --out"
             )
         if self.ctx.is_main:
             atomic_write_json(
@@ -255,6 +257,14 @@ class _Trainer:
                 },
             )
         return None
+
+    def _saved_settings(self) -> dict[str, Any] | None:
+        """The settings in the run directory's ``config.json``, if it can be read."""
+        try:
+            config = json.loads((self.run_dir / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return config.get("settings") if isinstance(config, dict) else None
 
     def _log_to_file(self) -> logging.Handler | None:
         if not self.ctx.is_main:
