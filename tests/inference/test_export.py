@@ -1,8 +1,11 @@
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from leukoscope.data.datasets import read_manifest
+from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
 from leukoscope.inference.export import export_fp32, export_int8, int8_agreement, onnx_parity
 from leukoscope.inference.predictor import INPUT_NAME, WEIGHTS_SHA_KEY, onnx_runner, onnx_session
 from leukoscope.models import load_model
@@ -24,9 +27,30 @@ def test_fp32_export_matches_pytorch(tmp_path: Path, untrained: Path) -> None:
 
 
 def test_int8_export_predicts_like_fp32(tmp_path: Path, tiny: Tiny) -> None:
-    out = export_int8(tiny.model_dir, tmp_path / "model.int8.onnx", tiny.manifest)
+    out = export_int8(tiny.model_dir, tiny.model_dir / "model.int8.onnx", tiny.manifest)
     ops = {node.op_type for node in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     agreement, n = int8_agreement(tiny.model_dir, out, tiny.manifest)
     assert n == 80
     assert agreement >= 0.9
+
+    # evaluate scores the export itself, on the test split.
+    options = EvaluateOptions(backend="onnx", resamples=20, throughput_runs=0, heatmaps=False)
+    metrics = evaluate_model(
+        out,
+        lambda classes: read_manifest(tiny.manifest, "test", classes)[0],
+        "tiny test split",
+        tmp_path / "eval",
+        options=options,
+    )
+    reference = evaluate_model(
+        tiny.model_dir,
+        lambda classes: read_manifest(tiny.manifest, "test", classes)[0],
+        "tiny test split",
+        tmp_path / "eval-torch",
+        options=replace(options, backend="torch"),
+    )
+    assert metrics["backend"] == "onnx" and reference["backend"] == "torch"
+    assert metrics["n_images"] == reference["n_images"]
+    assert abs(metrics["accuracy"] - reference["accuracy"]) <= 1 - agreement + 0.05
+    assert "onnx backend" in (tmp_path / "eval" / "report.md").read_text()

@@ -38,6 +38,9 @@ def evaluate_command(
     heatmaps: bool = typer.Option(
         True, "--heatmaps/--no-heatmaps", help="Draw Grad-CAM heatmaps of those mistakes."
     ),
+    backend: str = typer.Option(
+        "torch", "--backend", help="torch, onnx or auto; --model may name an .onnx export."
+    ),
 ) -> None:
     """Score a model on labelled images: accuracy, macro-F1, per-class table, CIs, speed,
     calibration, accuracy-coverage and the most confident mistakes with Grad-CAM heatmaps."""
@@ -59,6 +62,7 @@ def evaluate_command(
         throughput_runs=3 if timing_runs else 0,
         mistakes=mistakes,
         heatmaps=heatmaps,
+        backend=backend,
     )
     with progress_bar("Predicting") as (progress, task):
         metrics = evaluate_model(

@@ -1,8 +1,9 @@
 """``leukoscope evaluate``: score a saved model on labelled images and write the reports.
 
 Predictions come from the same :class:`~leukoscope.inference.predictor.Predictor` that
-``predict`` and the web app use (PyTorch backend, the reference ONNX exports are checked
-against), so the report describes exactly what users get. Besides the classification metrics
+``predict`` and the web app use (by default its PyTorch backend, the reference ONNX exports are
+checked against; an ONNX export, int8 included, can be scored too), so the report describes
+exactly what users get. Besides the classification metrics
 the report shows calibration on these images (ECE before and after temperature scaling, a
 reliability diagram, the accuracy-coverage curve at the card's abstention threshold) and the
 most confident mistakes, with Grad-CAM heatmaps when asked.
@@ -41,6 +42,8 @@ class EvaluateOptions:
     """How many of the most confident mistakes to list (0: none)."""
     heatmaps: bool = True
     """Draw Grad-CAM heatmaps of the listed mistakes (images derived from the data)."""
+    backend: str = "torch"
+    """Predictor backend; ``onnx`` (or an ``.onnx`` model path) scores an export, e.g. int8."""
 
 
 def default_device() -> torch.device:
@@ -60,7 +63,7 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Predict ``samples_for(model classes)``; write ``metrics.json``, ``report.md`` and its
     figures to ``out_dir``; return the metrics. ``device`` is where speed is timed."""
-    predictor = Predictor.load(model_path, backend="torch")
+    predictor = Predictor.load(model_path, backend=options.backend)
     classes = predictor.classes
     samples = samples_for(classes)
     paths = [sample.path for sample in samples]
@@ -74,7 +77,10 @@ def evaluate_model(
         y_true, outputs.logits.argmax(1), classes, resamples=options.resamples, seed=options.seed
     )
     metrics.update(
-        model=model_name or str(model_path), arch=predictor.card["arch"], data=data_description
+        model=model_name or str(model_path),
+        arch=predictor.card["arch"],
+        backend=predictor.backend,
+        data=data_description,
     )
     metrics["skipped"] = [{"path": str(paths[i]), "reason": msg} for i, msg in outputs.errors]
     out = Path(out_dir)
