@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from leukoscope.errors import LeukoscopeError
@@ -13,6 +14,7 @@ from leukoscope.inference.explain import (
     mistake_heatmaps,
 )
 from leukoscope.inference.predictor import Predictor
+from leukoscope.models import create_model
 from tests.conftest import cell_image
 from tests.inference.tiny import Tiny
 
@@ -51,3 +53,13 @@ def test_most_confident_mistakes_come_first(tmp_path: Path, tiny: Tiny) -> None:
     right = [p.label for p in predictions]
     assert confident_mistakes(predictions, right, paths) == []
     assert mistake_heatmaps(predictor, [], tmp_path / "none") is None
+
+
+@pytest.mark.parametrize("arch", ["squeezenet1_1", "efficientnet_lite0", "resnet50"])
+def test_gradcam_works_for_every_backbone(arch: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(arch, 3, weights="none").eval()
+    card = {"classes": ["a", "b", "c"], "input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}
+    heat, explained = gradcam(Predictor.from_model(model, card), cell_image(3, size=80))
+    assert heat.shape == (80, 80) and explained in card["classes"]
+    assert np.isfinite(heat).all() and heat.max() > 0

@@ -46,7 +46,9 @@ def gradcam(
         raise LeukoscopeError(
             f"unknown class {target!r}: the model has {', '.join(predictor.classes)}"
         )
-    with GradCAM(model=model, target_layers=[model.stages[-1]]) as cam:
+    # The backbone module returns the final feature map for every arch (its last stage may be
+    # a container that forward never calls, as for EfficientNet).
+    with GradCAM(model=model, target_layers=[model.backbone]) as cam:
         heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(index)])[0]
     resized = Image.fromarray(heat.astype(np.float32)).resize(image.size, Image.Resampling.BILINEAR)
     return np.clip(np.asarray(resized), 0.0, 1.0), predictor.classes[index]
