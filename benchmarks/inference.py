@@ -9,7 +9,7 @@ is the machine's measured fp32 matmul FLOP/s divided by the model's FLOPs per im
 ``torch.utils.flop_counter``), in images/s; ``ratio`` = achieved / bound.
 
 Run: python benchmarks/inference.py [--data DIR] [--archs squeezenet1_1,resnet50] [--n 640]
-     [--int8] [--workers 2] [--out benchmarks/results/inference.json]
+     [--int8] [--workers 2] [--image-size PX] [--out benchmarks/results/inference.json]
 """
 
 from __future__ import annotations
@@ -58,14 +58,17 @@ def model_flops(model: torch.nn.Module, size: int) -> int:
     return counter.get_total_flops()
 
 
-def build(arch: str, classes: list[str], root: Path, calibration: Path | None) -> dict[str, Path]:
-    """A random-weight model of ``arch`` and its exports; returns backend name -> model path."""
+def build(
+    arch: str, classes: list[str], root: Path, calibration: Path | None, size: int | None
+) -> dict[str, Path]:
+    """A random-weight model of ``arch`` at input ``size`` (default: the arch's) and its exports;
+    returns backend name -> model path."""
     config = get_config(arch)
     model = create_model(arch, len(classes), weights="none").eval()
     card = {
         "arch": arch,
         "classes": classes,
-        "input_size": config.input_size,
+        "input_size": size or config.input_size,
         "mean": list(config.mean),
         "std": list(config.std),
         "head": {"hidden": 256, "dropout": 0.3},
@@ -119,6 +122,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=640, help="images for the end-to-end run")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes")
     parser.add_argument("--int8", action="store_true", help="also benchmark int8 ONNX")
+    parser.add_argument("--image-size", type=int, help="input side (default: each arch's own)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/inference.json"))
     args = parser.parse_args()
 
@@ -137,7 +141,7 @@ def main() -> None:
             labels = [classes[s.label] for s in chosen]
             manifest = calibration_manifest(paths, labels, Path(tmp) / "calibration.csv")
         for arch in args.archs.split(","):
-            model_paths = build(arch, list(classes), Path(tmp) / arch, manifest)
+            model_paths = build(arch, list(classes), Path(tmp) / arch, manifest, args.image_size)
             predictor = Predictor.load(model_paths["torch"], backend="torch")
             flops = model_flops(predictor.model, predictor.input_size)
             bound = peak / flops

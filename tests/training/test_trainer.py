@@ -221,3 +221,21 @@ def test_a_crash_inside_a_write_leaves_only_complete_files(
     assert load_checkpoint(run / CHECKPOINT_NAME).state["finished"] is True
     assert finished.best["val_macro_f1"] > 0
     load_model(run)
+
+
+def test_init_from_a_saved_model_reuses_its_weights(
+    synthetic_manifest: Path, tmp_path: Path
+) -> None:
+    source = train(_config(synthetic_manifest, tmp_path / "source", epochs=1, seed=1)).run_dir
+    config = _config(
+        synthetic_manifest, tmp_path / "finer", image_size=64, epochs=1, init_from=source
+    )
+    run = train(config).run_dir
+    # The fast profile never trains the stem, so it must still be the source model's.
+    first = "backbone.features.0.weight"
+    assert torch.equal(_weights(run)[first], _weights(source)[first])
+    assert "backbone and head" in (run / "train.log").read_text()
+    settings = json.loads((run / "config.json").read_text())["settings"]
+    assert settings["init_from"] == str(source)
+    with pytest.raises(LeukoscopeError, match="not efficientnet_lite0"):
+        train(replace(config, arch="efficientnet_lite0", out=tmp_path / "other"))

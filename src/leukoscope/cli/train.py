@@ -64,6 +64,11 @@ def train_command(
     weights_file: Path | None = typer.Option(
         None, "--weights-file", help="Local ImageNet weights (.safetensors, or .h5 for SqueezeNet)."
     ),
+    init_from: Path | None = typer.Option(
+        None,
+        "--init-from",
+        help="Start from a saved model of the same arch (backbone; head too if same classes).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of every random stream."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images per step."),
 ) -> None:
@@ -82,6 +87,7 @@ def train_command(
         image_size=image_size,
         weights=weights,
         weights_file=weights_file,
+        init_from=init_from,
         seed=seed,
         batch_size=batch_size,
     )

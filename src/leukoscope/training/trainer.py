@@ -35,7 +35,14 @@ from leukoscope.data.datasets import read_manifest
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.metrics import accuracy_and_macro_f1
 from leukoscope.fileio import atomic_write_json, atomic_write_text
-from leukoscope.models import HeadConfig, create_model, get_config, save_model
+from leukoscope.models import (
+    HeadConfig,
+    TransferModel,
+    create_model,
+    get_config,
+    load_model,
+    save_model,
+)
 from leukoscope.models.serialization import WEIGHTS_NAME
 from leukoscope.training.augment import normalise, train_augmentation
 from leukoscope.training.cache import (
@@ -99,6 +106,10 @@ class TrainConfig:
     image_size: int | None = None
     weights: str = "imagenet"
     weights_file: Path | None = None
+    init_from: Path | None = None
+    """A saved leukoscope model of the same arch to start from instead of ImageNet weights:
+    its backbone, and its head too when it has the same classes (e.g. to fine-tune a model
+    at another input size)."""
     seed: int = 0
     batch_size: int | None = None
 
@@ -213,6 +224,7 @@ class _Trainer:
             "arch": c.arch,
             "weights": c.weights,
             "weights_file": str(c.weights_file) if c.weights_file else None,
+            "init_from": str(c.init_from) if c.init_from else None,
             "seed": c.seed,
             "world_size": self.ctx.world_size,
             "profile": asdict(self.profile),
@@ -313,12 +325,16 @@ class _Trainer:
             ctx.world_size,
         )
         torch.manual_seed(derive_seed(self.config.seed, _GLOBAL))
+        init_from = self.config.init_from
         model = create_model(
             self.config.arch,
             len(self.classes),
-            weights=self.config.weights,
-            weights_file=self.config.weights_file,
-        ).to(ctx.device)
+            weights="none" if init_from else self.config.weights,
+            weights_file=None if init_from else self.config.weights_file,
+        )
+        if init_from is not None:
+            self._start_from(model, init_from)
+        model = model.to(ctx.device)
         self.model = model
         self.chain = ModelChain(model)
         self.chain.check(size)
@@ -371,6 +387,27 @@ class _Trainer:
             state["best"]["epoch"],
         )
         return self._result(state, skipped)
+
+    def _start_from(self, model: TransferModel, path: Path) -> None:
+        """Copy a saved model's backbone (and head, when its classes are ours) into ``model``."""
+        source, card = load_model(path)
+        if card["arch"] != self.config.arch:
+            raise LeukoscopeError(
+                f"--init-from {path} is a {card['arch']} model, not {self.config.arch}"
+            )
+        model.backbone.load_state_dict(source.backbone.state_dict())
+        same_classes = tuple(card["classes"]) == self.classes
+        if same_classes:
+            try:
+                model.head.load_state_dict(source.head.state_dict())
+            except RuntimeError as exc:
+                raise LeukoscopeError(f"--init-from {path}: its head differs ({exc})") from None
+        logger.info(
+            "starting from %s (backbone%s, sha256 %s)",
+            path,
+            " and head" if same_classes else "; new head",
+            card["sha256"][:12],
+        )
 
     def _result(self, state: dict[str, Any], skipped: list[tuple[str, str]]) -> TrainResult:
         return TrainResult(
