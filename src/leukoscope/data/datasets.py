@@ -133,6 +133,12 @@ def label_from_folder(path: Path) -> str | None:
     return canonical_class(path.parent.name)
 
 
+def square_resize(size: int) -> v2.Compose:
+    """Decoded image -> uint8 CHW tensor of the whole crop resized to ``size`` x ``size``
+    (bilinear, antialiased): the pixels training, evaluation and resized copies all see."""
+    return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
+
+
 def eval_transform(
     input_size: int, mean: Sequence[float], std: Sequence[float]
 ) -> Callable[[Image.Image], torch.Tensor]:
@@ -143,8 +149,7 @@ def eval_transform(
     """
     return v2.Compose(
         [
-            v2.ToImage(),
-            v2.Resize((input_size, input_size), antialias=True),
+            square_resize(input_size),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(mean=list(mean), std=list(std)),
         ]

@@ -16,10 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import to_pil_image
 
-from leukoscope.data.datasets import CellImageDataset, Sample, make_loader, read_manifest_rows
+from leukoscope.data.datasets import (
+    CellImageDataset,
+    Sample,
+    make_loader,
+    read_manifest_rows,
+    square_resize,
+)
 from leukoscope.data.split import SPLITS, Excluded, ManifestRow, SplitResult, write_manifest
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import atomic_write_bytes
@@ -75,7 +80,7 @@ def resize_manifest(
     if on_total:
         on_total(len(rows))
     samples = [Sample(manifest.parent / row["path"]) for row in rows]
-    resize = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
+    resize = square_resize(size)
     written: list[ManifestRow] = []
     excluded: list[Excluded] = []
     loader = make_loader(CellImageDataset(samples, resize), batch_size=32, workers=workers)

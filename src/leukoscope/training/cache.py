@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
-from leukoscope.data.datasets import CellImageDataset, Sample, make_loader
+from leukoscope.data.datasets import CellImageDataset, Sample, make_loader, square_resize
 from leukoscope.fileio import atomic_write_json, cache_dir
 from leukoscope.training.engine import Advance
 from leukoscope.training.seeding import derive_seed
@@ -92,7 +91,7 @@ def build_image_cache(
 ) -> ImageCache:
     """Decode every sample once, resized exactly as ``eval_transform`` does, into
     ``cache_dir()/images/<key>.npy``; reuse it when present."""
-    resize = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
+    resize = square_resize(size)
 
     valid = np.zeros(len(samples), dtype=bool)
 
