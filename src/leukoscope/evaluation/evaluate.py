@@ -3,10 +3,10 @@
 Predictions come from the same :class:`~leukoscope.inference.predictor.Predictor` that
 ``predict`` and the web app use (by default its PyTorch backend, the reference ONNX exports are
 checked against; an ONNX export, int8 included, can be scored too), so the report describes
-exactly what users get. Besides the classification metrics
-the report shows calibration on these images (ECE before and after temperature scaling, a
-reliability diagram, the accuracy-coverage curve at the card's abstention threshold) and the
-most confident mistakes, with Grad-CAM heatmaps when asked.
+exactly what users get. Besides the classification metrics the report shows calibration on
+these images (ECE before and after temperature scaling, a reliability diagram, the
+accuracy-coverage curve at the card's abstention threshold) and the most confident mistakes,
+with Grad-CAM heatmaps when asked.
 """
 
 from __future__ import annotations
@@ -84,12 +84,22 @@ def evaluate_model(
     )
     metrics["skipped"] = [{"path": str(paths[i]), "reason": msg} for i, msg in outputs.errors]
     out = Path(out_dir)
-    sections = [_calibration(predictor, outputs.logits, outputs.features, y_true, out, metrics)]
+    readable = [paths[i] for i in outputs.indices]
+    predictions = predictor.predictions_from_outputs(
+        outputs.logits, outputs.features, [str(p) for p in readable]
+    )
+    markdown, metrics["calibration"] = calibration_section(
+        outputs.logits,
+        y_true,
+        classes,
+        predictor.temperature,
+        out,
+        scores=np.array([p.score for p in predictions]),
+        threshold=predictor.abstainer.threshold if predictor.abstainer else None,
+        calibrated="calibration" in predictor.card,
+    )
+    sections = [markdown]
     if options.mistakes:
-        readable = [paths[i] for i in outputs.indices]
-        predictions = predictor.predictions_from_outputs(
-            outputs.logits, outputs.features, [str(p) for p in readable]
-        )
         truth = [classes[label] for label in y_true]
         mistakes = confident_mistakes(predictions, truth, readable, options.mistakes)
         grid = mistake_heatmaps(predictor, mistakes, out) if options.heatmaps else None
@@ -105,29 +115,3 @@ def evaluate_model(
         )
     write_report(out, metrics, sections)
     return metrics
-
-
-def _calibration(
-    predictor: Predictor,
-    logits: np.ndarray,
-    features: np.ndarray,
-    labels: np.ndarray,
-    out: Path,
-    metrics: dict[str, Any],
-) -> str:
-    """Calibration and abstention on the evaluated images; adds ``metrics["calibration"]``."""
-    abstainer = predictor.abstainer
-    markdown, calibration = calibration_section(
-        logits,
-        labels,
-        predictor.classes,
-        predictor.temperature,
-        out,
-        scores=abstainer.scores(logits, features) if abstainer else None,
-        threshold=abstainer.threshold if abstainer else None,
-    )
-    metrics["calibration"] = calibration
-    if "calibration" not in predictor.card:
-        note = "The model is not calibrated (run `leukoscope calibrate`): T = 1 below.\n\n"
-        markdown = markdown.replace("## Calibration\n\n", "## Calibration\n\n" + note, 1)
-    return markdown

@@ -136,6 +136,7 @@ def calibration_section(
     *,
     scores: np.ndarray | None = None,
     threshold: float | None = None,
+    calibrated: bool = True,
 ) -> tuple[str, dict[str, Any]]:
     """The calibration part of a report: ECE before and after temperature scaling, a
     reliability diagram and the accuracy-coverage curve (PNGs and JSON written to ``out_dir``).
@@ -143,6 +144,7 @@ def calibration_section(
     ``scores`` are the abstention scores of the images (``Predictor.abstainer.scores(logits,
     features)``; default: the calibrated maximum softmax probability); ``threshold`` (the model
     card's) is marked on the curve with the coverage and accuracy it gives on these data.
+    ``calibrated=False`` says in the text that the temperature was never fitted (T = 1).
     Returns Markdown (linking the PNGs by file name) and the metrics.
     """
     out = Path(out_dir)
@@ -184,7 +186,9 @@ def calibration_section(
     lines = [
         "## Calibration",
         "",
-        f"Temperature scaling with T = {temperature:.3f} on {len(labels)} images.",
+        f"Temperature scaling with T = {temperature:.3f} on {len(labels)} images."
+        if calibrated
+        else "The model is not calibrated (run `leukoscope calibrate`): T = 1 below.",
         "",
         "| | uncalibrated | calibrated |",
         "| --- | ---: | ---: |",
