@@ -244,7 +244,7 @@ class _Trainer:
                     f"{self.run_dir} already holds a run: pass --resume to continue it, "
                     "or choose another --out"
                 )
-            saved = json.loads(config_path.read_text(encoding="utf-8"))["settings"]
+            saved = self._saved_settings() or {}
             changed = sorted(k for k in self.settings if saved.get(k) != self.settings[k])
             if changed:
                 raise LeukoscopeError(
