@@ -13,7 +13,7 @@ import pytest
 from leukoscope.cli import main
 from leukoscope.data.datasets import read_manifest
 from leukoscope.inference.predictor import Predictor
-from tests.training.conftest import CLASSES, shape_image, write_dataset
+from tests.training.conftest import CLASSES, shape_image, tiny_train_args, write_dataset
 
 
 def run_cli(args: list[object], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -45,25 +45,7 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_dir(manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model trained by ``leukoscope train`` (random init: the pipeline, not accuracy)."""
     out = tmp_path_factory.mktemp("run")
-    sys.argv, old = (
-        [
-            "leukoscope",
-            "train",
-            "--manifest",
-            str(manifest),
-            "--arch",
-            "squeezenet1_1",
-            "--weights",
-            "none",
-            "--image-size",
-            "48",
-            "--epochs",
-            "1",
-            "--out",
-            str(out),
-        ],
-        sys.argv,
-    )
+    sys.argv, old = ["leukoscope", *tiny_train_args(manifest, out)], sys.argv
     try:
         with pytest.raises(SystemExit) as stop:
             main()

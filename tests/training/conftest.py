@@ -32,6 +32,25 @@ def shape_image(label: int, seed: int, size: int = 48) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype(np.uint8))
 
 
+def tiny_train_args(manifest: Path, out: Path) -> list[str]:
+    """``leukoscope train`` arguments for one epoch of a random-init SqueezeNet at 48 px."""
+    return [
+        "train",
+        "--manifest",
+        str(manifest),
+        "--arch",
+        "squeezenet1_1",
+        "--weights",
+        "none",
+        "--image-size",
+        "48",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+    ]
+
+
 def write_dataset(root: Path, per_class: int, folder_names: dict[str, str] | None = None) -> Path:
     """Write images under ``root/images/<class folder>`` and ``root/manifest.csv`` (half train,
     a quarter each val and test); returns the manifest path."""

@@ -16,7 +16,7 @@ from leukoscope.errors import LeukoscopeError
 from leukoscope.models import load_model
 from leukoscope.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from leukoscope.training.trainer import HISTORY_COLUMNS, EpochRecord, TrainConfig, train
-from tests.training.conftest import CLASSES, write_dataset
+from tests.training.conftest import CLASSES, tiny_train_args, write_dataset
 
 
 class Interrupt(Exception):
@@ -162,19 +162,7 @@ def test_torchrun_ddp_on_cpu_trains_with_two_processes(
         "--nproc_per_node=2",
         "-m",
         "leukoscope",
-        "train",
-        "--manifest",
-        str(synthetic_manifest),
-        "--arch",
-        "squeezenet1_1",
-        "--weights",
-        "none",
-        "--image-size",
-        "48",
-        "--epochs",
-        "1",
-        "--out",
-        str(out),
+        *tiny_train_args(synthetic_manifest, out),
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
