@@ -3,12 +3,26 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 
 from leukoscope.data.datasets import read_manifest
 from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
-from leukoscope.inference.export import export_fp32, export_int8, int8_agreement, onnx_parity
-from leukoscope.inference.predictor import INPUT_NAME, WEIGHTS_SHA_KEY, onnx_runner, onnx_session
-from leukoscope.models import load_model
+from leukoscope.inference.export import (
+    FoldedPixelModel,
+    export_fp32,
+    export_int8,
+    fold_normalisation,
+    int8_agreement,
+    onnx_parity,
+)
+from leukoscope.inference.predictor import (
+    INPUT_NAME,
+    WEIGHTS_SHA_KEY,
+    PixelModel,
+    onnx_runner,
+    onnx_session,
+)
+from leukoscope.models import create_model, get_config, load_model
 from tests.inference.tiny import SIZE, Tiny
 
 
@@ -24,6 +38,30 @@ def test_fp32_export_matches_pytorch(tmp_path: Path, untrained: Path) -> None:
         logits, features = run(np.zeros((batch, SIZE, SIZE, 3), dtype=np.uint8))
         assert logits.shape == (batch, 4) and features.shape[0] == batch
     assert graph.graph.input[0].name == INPUT_NAME
+    # SqueezeNet's first convolution does not pad: the normalisation is folded into it.
+    assert {"Sub", "Div"}.isdisjoint(node.op_type for node in graph.graph.node)
+
+
+def test_normalisation_folds_only_where_exact(untrained: Path) -> None:
+    model, card = load_model(untrained)
+    pixel_model = PixelModel(model, card["mean"], card["std"]).eval()
+    first_weights = model.backbone[0][0].weight.clone()
+    folded = fold_normalisation(pixel_model, SIZE)
+    assert isinstance(folded, FoldedPixelModel)
+    assert torch.equal(model.backbone[0][0].weight, first_weights)  # the original is untouched
+    pixels = torch.randint(0, 256, (3, SIZE, SIZE, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        expected, actual = pixel_model(pixels)[0], folded(pixels)[0]
+    scale = max(1.0, float(expected.abs().max()))
+    assert float((expected - actual).abs().max()) / scale <= 1e-4
+    assert not torch.equal(folded.model.backbone[0][0].weight, first_weights)
+
+    # EfficientNet's stem pads: folding would change the border, so the model stays as it is.
+    config = get_config("efficientnet_lite0")
+    padded = PixelModel(
+        create_model("efficientnet_lite0", 4, weights="none"), config.mean, config.std
+    )
+    assert fold_normalisation(padded.eval(), SIZE) is padded
 
 
 def test_int8_export_predicts_like_fp32(tmp_path: Path, tiny: Tiny) -> None:
