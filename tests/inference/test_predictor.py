@@ -9,10 +9,12 @@ from PIL import Image
 
 from leukoscope.data.datasets import eval_transform
 from leukoscope.errors import LeukoscopeError
-from leukoscope.inference.export import export_fp32
-from leukoscope.inference.predictor import Prediction, Predictor, to_pixels
+from leukoscope.inference.calibration import calibrate, update_card
+from leukoscope.inference.export import export_fp32, onnx_parity
+from leukoscope.inference.predictor import VIEWS_KEY, PixelModel, Prediction, Predictor, to_pixels
+from leukoscope.models import load_model
 from tests.conftest import cell_image
-from tests.inference.tiny import CLASSES, MEAN, STD, Tiny
+from tests.inference.tiny import CLASSES, MEAN, SIZE, STD, Tiny
 
 
 def jpeg_bytes(seed: int) -> bytes:
@@ -111,3 +113,57 @@ def test_predict_images_checks_names(untrained: Path) -> None:
     with pytest.raises(ValueError):
         predictor.predict_images([Image.new("RGB", (8, 8))], [])
     assert np.isfinite(predictor.predict_images([Image.new("L", (8, 8))], ["grey"])[0].score)
+
+
+@pytest.mark.parametrize("views", [4, 8])
+def test_test_time_views_make_predictions_independent_of_turns(untrained: Path, views: int) -> None:
+    model, card = load_model(untrained)
+    single = PixelModel.from_card(model, card)
+    averaged = PixelModel.from_card(model, card | {VIEWS_KEY: views})
+    pixels = torch.randint(0, 256, (3, SIZE, SIZE, 3), dtype=torch.uint8)
+    turned = pixels.rot90(1, (1, 2))
+    with torch.no_grad():
+        logits, features = averaged(pixels)
+        scale = float(logits.abs().max())
+        assert (averaged(turned)[0] - logits).abs().max() <= 1e-4 * scale
+        assert (single(turned)[0] - single(pixels)[0]).abs().max() > 1e-3 * scale
+        if views == 8:
+            assert (averaged(pixels.flip(2))[0] - logits).abs().max() <= 1e-4 * scale
+        # the average of the single-view outputs of the turned (and mirrored) images
+        mirrored = [pixels.flip(2)] if views == 8 else []
+        each = [single(p.rot90(k, (1, 2))) for p in (pixels, *mirrored) for k in range(4)]
+        assert torch.allclose(
+            logits, torch.stack([e[0] for e in each]).mean(0), rtol=1e-4, atol=1e-5
+        )
+        assert torch.allclose(
+            features, torch.stack([e[1] for e in each]).mean(0), rtol=1e-4, atol=1e-5
+        )
+    assert features.shape == (3, model.num_features)
+    with pytest.raises(LeukoscopeError, match="test-time views"):
+        PixelModel.from_card(model, card | {VIEWS_KEY: 3})
+
+
+def test_views_are_set_with_the_calibration_and_kept_by_the_export(
+    tmp_path: Path, tiny: Tiny
+) -> None:
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny.model_dir, model_dir)
+    export_fp32(model_dir, model_dir / "model.onnx")  # one view
+    calibrate(model_dir, tiny.manifest, views=4, fit_per_class=4, out_dir=tmp_path / "report")
+    card = load_model(model_dir)[1]
+    assert card[VIEWS_KEY] == 4
+    assert (
+        card["calibration"]["temperature"]
+        != load_model(tiny.model_dir)[1]["calibration"]["temperature"]
+    )
+    predictor = Predictor.load(model_dir)
+    assert predictor.backend == "torch" and predictor.pixel_model.views == 4
+    with pytest.raises(LeukoscopeError, match="without the card's 4 test-time views"):
+        Predictor.load(model_dir, backend="onnx")
+    export_fp32(model_dir, model_dir / "model.onnx")
+    assert onnx_parity(model_dir, model_dir / "model.onnx") <= 1e-4
+    assert Predictor.load(model_dir).backend == "onnx"
+    calibrate(model_dir, tiny.manifest, fit_per_class=4, out_dir=tmp_path / "report")
+    assert load_model(model_dir)[1][VIEWS_KEY] == 4  # kept unless asked
+    update_card(model_dir, **{VIEWS_KEY: 1})
+    assert Predictor.load(model_dir).backend == "torch"  # the export has 4 views

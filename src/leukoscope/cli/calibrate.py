@@ -21,7 +21,13 @@ from leukoscope.inference.abstention import (
     unknown_class_images,
 )
 from leukoscope.inference.calibration import calibrate
-from leukoscope.inference.predictor import Predictor
+from leukoscope.inference.predictor import VIEW_COUNTS, Predictor
+
+VIEWS_HELP = (
+    f"Test-time views ({', '.join(map(str, VIEW_COUNTS))}): predict from the average of the "
+    "image turned by 90-degree steps (8: and mirrored); that many times slower. Stored in the "
+    "model card. Default: keep the card's."
+)
 
 
 @app.command("calibrate")
@@ -45,6 +51,7 @@ def calibrate_command(
     out: Path | None = typer.Option(None, "--out", help="Report folder (default: the model's)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per model call."),
     workers: int = typer.Option(2, "--workers", min=0, help="Image-decoding processes."),
+    views: int | None = typer.Option(None, "--views", help=VIEWS_HELP),
 ) -> None:
     """Fit temperature scaling and the abstention threshold; store them in the model card.
 
@@ -61,6 +68,7 @@ def calibrate_command(
             out_dir=out,
             batch_size=batch_size,
             workers=workers,
+            views=views,
             on_total=lambda n: progress.update(task, total=n),
             on_progress=lambda n: progress.advance(task, n),
         )

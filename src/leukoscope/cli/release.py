@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from leukoscope.cli.app import app, console, progress_bar
+from leukoscope.cli.calibrate import VIEWS_HELP
 from leukoscope.data.datasets import read_manifest
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
@@ -34,6 +35,7 @@ def release_command(
     name: str = typer.Option(..., "--name", help="Folder name under --models-dir."),
     models_dir: Path = typer.Option(Path("models"), "--models-dir"),
     target_coverage: float = typer.Option(0.95, "--target-coverage", min=0.5, max=1.0),
+    views: int = typer.Option(1, "--views", help=VIEWS_HELP),
 ) -> None:
     """Calibrate on validation, evaluate on test, and publish to models/<name>/."""
     for file in RELEASED_FILES:
@@ -52,6 +54,7 @@ def release_command(
                 staging,
                 manifest,
                 target_coverage=target_coverage,
+                views=views,
                 on_total=lambda n: progress.update(task, total=n),
                 on_progress=lambda n: progress.advance(task, n),
             )
@@ -80,7 +83,8 @@ def release_command(
                 "manifest": manifest.name,
                 "manifest_sha256": sha256_file(manifest),
                 "machine": describe_machine(),
-                "command": f"leukoscope release {run} --manifest {manifest} --name {name}",
+                "command": f"leukoscope release {run} --manifest {manifest} --name {name}"
+                + (f" --views {views}" if views > 1 else ""),
             },
         )
         target = models_dir / name

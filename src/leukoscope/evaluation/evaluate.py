@@ -80,6 +80,7 @@ def evaluate_model(
         model=model_name or str(model_path),
         arch=predictor.card["arch"],
         backend=predictor.backend,
+        test_time_views=predictor.pixel_model.views,
         data=data_description,
     )
     metrics["skipped"] = [{"path": str(paths[i]), "reason": msg} for i, msg in outputs.errors]

@@ -67,12 +67,14 @@ def markdown_report(metrics: dict[str, Any], sections: Sequence[str] = ()) -> st
     """The whole ``report.md``: summary with intervals, the table, then ``sections`` (e.g.
     calibration, mistakes), skipped files and timing."""
     ci = metrics["bootstrap_95ci"]
+    views = metrics.get("test_time_views", 1)
     lines = [
         f"# Evaluation of {metrics['model']}",
         "",
         f"Data: {metrics['data']} ({metrics['n_images']} images, "
         f"{len(metrics['skipped'])} skipped); predictions by the "
-        f"{metrics.get('backend', 'torch')} backend",
+        f"{metrics.get('backend', 'torch')} backend"
+        + (f", averaged over {views} turned views of each image" if views > 1 else ""),
         "",
         f"- accuracy: {metrics['accuracy']:.4f} "
         f"(95% CI {ci['accuracy'][0]:.4f}-{ci['accuracy'][1]:.4f})",

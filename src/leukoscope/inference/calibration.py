@@ -250,8 +250,12 @@ def calibrate(
     workers: int = 2,
     on_total: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    views: int | None = None,
 ) -> dict[str, Any]:
     """Fit the temperature and the abstention rule, and store them with the model.
+
+    ``views`` sets the card's test-time views first (they change the logits, so the
+    calibration is fitted with them); None keeps the card's.
 
     The temperature, the validation percentiles and the threshold come from ``split``; the
     class-conditional feature Gaussians from up to ``fit_per_class`` training images per class.
@@ -260,10 +264,11 @@ def calibrate(
     accuracy-coverage curve go to ``out_dir`` (default: the model's directory). Logits come from
     PyTorch, the reference the ONNX exports are checked against.
     """
-    from leukoscope.inference.predictor import Predictor
+    from leukoscope.inference.predictor import VIEWS_KEY, Predictor
 
     card_free = {"calibration", "abstention"}  # refitted here, so not applied while fitting
     model, card = load_model(model_path)
+    card[VIEWS_KEY] = views or int(card.get(VIEWS_KEY, 1))
     predictor = Predictor.from_model(model, {k: v for k, v in card.items() if k not in card_free})
     val, classes = read_manifest(manifest, split, classes=predictor.classes)
     train = spread(read_manifest(manifest, "train", classes=predictor.classes)[0], fit_per_class)
@@ -305,7 +310,9 @@ def calibrate(
         "n": len(val_labels),
         "split": split,
     }
-    update_card(model_dir, calibration=calibration, abstention=abstention)
+    update_card(
+        model_dir, calibration=calibration, abstention=abstention, **{VIEWS_KEY: card[VIEWS_KEY]}
+    )
     metrics["abstention"] |= abstention
     metrics["unreadable"] = [
         {"path": str(samples[i].path), "error": message}

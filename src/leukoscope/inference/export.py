@@ -38,6 +38,7 @@ from leukoscope.inference.calibration import spread
 from leukoscope.inference.predictor import (
     INPUT_NAME,
     OUTPUT_NAMES,
+    VIEWS_KEY,
     WEIGHTS_SHA_KEY,
     ModelFn,
     PixelModel,
@@ -81,7 +82,9 @@ def fold_normalisation(pixel_model: PixelModel, size: int) -> PixelModel:
         bias = -shift if conv.bias is None else conv.bias - shift
         conv.weight.div_(255.0 * std)
         conv.bias = nn.Parameter(bias)
-        folded = FoldedPixelModel(model, mean.flatten().tolist(), std.flatten().tolist())
+        folded = FoldedPixelModel(
+            model, mean.flatten().tolist(), std.flatten().tolist(), pixel_model.views
+        )
         generator = torch.Generator().manual_seed(0)
         pixels = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8, generator=generator)
         expected, actual = pixel_model.eval()(pixels)[0], folded.eval()(pixels)[0]
@@ -99,6 +102,7 @@ def _stamp(model: onnx.ModelProto, card: dict[str, Any], precision: str) -> byte
             "leukoscope_classes": ",".join(card["classes"]),
             "leukoscope_input": f"uint8 RGB NHWC {card['input_size']}x{card['input_size']}",
             "leukoscope_precision": precision,
+            VIEWS_KEY: str(card.get(VIEWS_KEY, 1)),
         },
     )
     onnx.checker.check_model(model)
@@ -111,7 +115,7 @@ def export_fp32(model_path: str | Path, out: str | Path, *, opset: int = OPSET) 
         raise LeukoscopeError(f"opset {opset} is too old: use {OPSET} or newer")
     model, card = load_model(model_path)
     size = int(card["input_size"])
-    pixel_model = fold_normalisation(PixelModel(model, card["mean"], card["std"]).eval(), size)
+    pixel_model = fold_normalisation(PixelModel.from_card(model, card), size)
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of the dynamo one, which needs the
@@ -190,7 +194,7 @@ def _torch_and_onnx(
 ) -> tuple[ModelFn, ModelFn, dict[str, Any]]:
     """PyTorch and ONNX Runtime runners of one model, and its card."""
     model, card = load_model(model_path)
-    reference = torch_runner(PixelModel(model, card["mean"], card["std"]).eval())
+    reference = torch_runner(PixelModel.from_card(model, card))
     return reference, onnx_runner(onnx_session(onnx_path)), card
 
 
