@@ -240,6 +240,16 @@ class Predictor:
         return int(self.card["input_size"])
 
     @property
+    def draft_size(self) -> int:
+        """Smallest side a JPEG may be scaled down to while decoding: twice the input size.
+
+        Large tiles decode several times faster, and the resize that follows still sees the
+        detail training saw. Drafting down to the input size itself does not: on PBC crops at
+        128 px it cost 3 of 1,227 validation images (98.94% accuracy instead of 99.19%).
+        """
+        return 2 * self.input_size
+
+    @property
     def model(self) -> TransferModel:
         """The PyTorch model (for explanations), whatever backend predicts."""
         return self.pixel_model.model
@@ -262,7 +272,7 @@ class Predictor:
     def predict_bytes(self, data: bytes, name: str) -> Prediction:
         """Predict an uploaded file; an unreadable one gives a prediction with ``error`` set."""
         try:
-            image = decode_rgb(data, name=name, draft_size=self.input_size)
+            image = decode_rgb(data, name=name, draft_size=self.draft_size)
         except ImageDecodeError as exc:
             return self.error_prediction(name, str(exc))
         return self.predict_images([image], [name])[0]
@@ -303,13 +313,12 @@ class Predictor:
         processes while the model runs.
 
         ``batch_size`` is images per model call; with test-time views, ``batch_size // views``
-        files make a batch. JPEGs are decoded in draft mode at the input size: whole-slide tiles
-        decode several times faster, PBC crops (360 px) at half size for inputs up to 180 px.
+        files make a batch. Large JPEGs are decoded in draft mode (see :attr:`draft_size`).
         """
         dataset = CellImageDataset(
             [Sample(Path(p)) for p in paths],
             partial(pixels_tensor, size=self.input_size),
-            draft_size=self.input_size,
+            draft_size=self.draft_size,
         )
         batch_size = max(1, batch_size // self.pixel_model.views)  # the model sees every view
         parallel = workers if math.ceil(len(paths) / batch_size) > 1 else 0
