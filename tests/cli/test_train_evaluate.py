@@ -170,16 +170,18 @@ def test_release_calibrates_evaluates_and_publishes(
     run_dir: Path, manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     models = tmp_path / "models"
-    args = ["release", run_dir, "--manifest", manifest, "--name", "tiny"]
+    args = ["release", run_dir, "--manifest", manifest, "--name", "tiny", "--views", "4"]
     code, stdout, err = run_cli([*args, "--models-dir", models], capsys)
     assert code == 0, err
     released = models / "tiny"
     card = json.loads((released / "model_card.json").read_text())
     assert card["calibration"]["temperature"] > 0 and card["abstention"]["threshold"] is not None
     assert card["test_metrics"]["n_images"] == 9 and card["release"]["name"] == "tiny"
-    assert card["release"]["manifest_sha256"] and "leukoscope release" in card["release"]["command"]
+    assert card["release"]["manifest_sha256"] and "--views 4" in card["release"]["command"]
+    assert card["test_time_views"] == 4
     report = (released / "evaluation" / "report.md").read_text()
     assert "## Calibration" in report and "not calibrated" not in report
+    assert "averaged over 4 turned views" in report
     # No heatmaps: they are images derived from the data and would be published with the model.
     assert not list((released / "evaluation").glob("*mistake*.png"))
     assert not [p for p in models.iterdir() if p.name.startswith(".")]  # no staging left behind

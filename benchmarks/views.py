@@ -1,0 +1,106 @@
+"""Test-time views: how accuracy on one split changes with 1, 4 or 8 views per image.
+
+Each image of ``--split`` (validation by default: the choice of views is made there, never on
+test) is classified in its eight symmetric views (quarter turns, and the same mirrored) by an
+ONNX export of the single-view model; the logits of views 0, 0-3 and 0-7 are averaged exactly
+as the model does with ``test_time_views`` 1, 4 and 8.
+
+Run: python benchmarks/views.py --model models/pbc8-efficientnet_lite0
+     --manifest runs/manifests/pbc8-seed0.csv [--split val] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+
+from leukoscope.data.datasets import CellImageDataset, make_loader, read_manifest
+from leukoscope.fileio import atomic_write_json
+from leukoscope.inference.calibration import update_card
+from leukoscope.inference.export import export_fp32
+from leukoscope.inference.predictor import VIEW_COUNTS, VIEWS_KEY, Predictor, pixels_tensor
+from leukoscope.machine import describe_machine
+from leukoscope.models.weights import sha256_file
+
+
+def eight_views(pixels: np.ndarray) -> list[np.ndarray]:
+    """NHWC pixels turned by 0, 90, 180, 270 degrees, then the mirror image turned the same."""
+    return [
+        np.ascontiguousarray(np.rot90(image, k, axes=(1, 2)))
+        for image in (pixels, pixels[:, :, ::-1])
+        for k in range(4)
+    ]
+
+
+def view_logits(model: Path, manifest: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, 8 views, C) of the split's readable images, and their labels."""
+    with tempfile.TemporaryDirectory() as tmp:
+        single = Path(tmp) / model.name
+        shutil.copytree(model, single)
+        update_card(single, **{VIEWS_KEY: 1})
+        export_fp32(single, single / "model.onnx")
+        predictor = Predictor.load(single, backend="onnx")
+        samples, _ = read_manifest(manifest, split, predictor.classes)
+        size = predictor.input_size
+        dataset = CellImageDataset(samples, partial(pixels_tensor, size=size), draft_size=size)
+        logits, labels = [], []
+        for batch in make_loader(dataset, batch_size=32):
+            if len(batch.indices):
+                views = [predictor.run(v)[0] for v in eight_views(batch.images.numpy())]
+                logits.append(np.stack(views, axis=1))
+                labels.append(batch.labels.numpy())
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/views-MODEL.json")
+    args = parser.parse_args()
+
+    logits, labels = view_logits(args.model, args.manifest, args.split)
+    results = {}
+    for views in VIEW_COUNTS:
+        predicted = logits[:, :views].mean(axis=1).argmax(axis=1)
+        results[str(views)] = {
+            "accuracy": round(float(accuracy_score(labels, predicted)), 4),
+            "macro_f1": round(float(f1_score(labels, predicted, average="macro")), 4),
+            "errors": int((predicted != labels).sum()),
+        }
+        print(f"{views} view(s): {results[str(views)]}", flush=True)
+    out = args.out or Path(f"benchmarks/results/views-{args.model.name}.json")
+    atomic_write_json(
+        out,
+        {
+            "benchmark": "test-time views",
+            "command": "python " + " ".join(sys.argv),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": describe_machine(),
+            "model": str(args.model),
+            "manifest": str(args.manifest),
+            "manifest_sha256": sha256_file(args.manifest),
+            "split": args.split,
+            "n_images": len(labels),
+            "each_view_alone_accuracy": [
+                round(float((logits[:, v].argmax(axis=1) == labels).mean()), 4) for v in range(8)
+            ],
+            "results": results,
+        },
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
