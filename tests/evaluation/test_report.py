@@ -52,9 +52,13 @@ def test_write_report_writes_json_markdown_and_png(
 
 
 def test_timing_reports_latency_throughput_and_machine() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    class Pixels(nn.Module):  # uint8 NHWC in, like PixelModel
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            assert pixels.dtype == torch.uint8 and pixels.shape[1:] == (32, 32, 3)
+            return pixels.float().mean(dim=(1, 2))
+
     timing = measure_inference(
-        model, 32, torch.device("cpu"), latency_runs=3, throughput_batch=4, throughput_runs=1
+        Pixels(), 32, torch.device("cpu"), latency_runs=3, throughput_batch=4, throughput_runs=1
     )
     assert timing["batch1_ms_median"] > 0 and timing["throughput_images_per_s"] > 0
     assert timing["machine"]["device"] == "cpu" and timing["machine"]["torch"] == torch.__version__

@@ -108,7 +108,7 @@ def evaluate_model(
         sections.append(mistakes_section(mistakes, grid.name if grid else None))
     if options.throughput_runs:
         metrics["timing"] = measure_inference(
-            predictor.model,
+            predictor.pixel_model,
             predictor.input_size,
             device or default_device(),
             latency_runs=options.latency_runs,

@@ -32,10 +32,16 @@ def measure_inference(
     throughput_runs: int = 3,
     warmup: int = 2,
 ) -> dict[str, Any]:
-    """Median ms per image at batch 1 and images per second at ``throughput_batch``."""
+    """Median ms per image at batch 1 and images per second at ``throughput_batch``.
+
+    ``model`` takes uint8 RGB pixels (N, H, W, 3), like
+    :class:`~leukoscope.inference.predictor.PixelModel`, so normalisation and test-time views
+    are timed with the network.
+    """
     model.eval().to(device)
-    one = torch.randn(1, 3, input_size, input_size, device=device)
-    many = torch.randn(throughput_batch, 3, input_size, input_size, device=device)
+    shape = (input_size, input_size, 3)
+    one = torch.randint(0, 256, (1, *shape), dtype=torch.uint8, device=device)
+    many = torch.randint(0, 256, (throughput_batch, *shape), dtype=torch.uint8, device=device)
     for _ in range(warmup):
         model(one)
         model(many)
