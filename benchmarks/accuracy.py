@@ -38,6 +38,7 @@ DEFAULT_PAIRS = (
     "models/pbc8-efficientnet_lite0=runs/manifests/pbc8-seed0.csv",
     "models/wbc5-squeezenet1_1=runs/manifests/wbc5-seed0.csv",
     "models/wbc5-squeezenet1_1-160=runs/manifests/wbc5-seed0.csv",
+    "models/wbc5-squeezenet1_1-128=runs/manifests/wbc5-seed0.csv",
 )
 
 
@@ -61,6 +62,7 @@ def score(model: Path, manifest: Path) -> dict[str, Any]:
     return {
         "manifest": str(manifest),
         "classes": len(card["classes"]),
+        "test_time_views": metrics["test_time_views"],
         "n_images": metrics["n_images"],
         "accuracy": round(metrics["accuracy"], 4),
         "macro_f1": round(metrics["macro_f1"], 4),
