@@ -170,6 +170,7 @@ def test_release_calibrates_evaluates_and_publishes(
     run_dir: Path, manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     models = tmp_path / "models"
+    (models / ".tiny-killed").mkdir(parents=True)  # staging left by a killed release
     args = ["release", run_dir, "--manifest", manifest, "--name", "tiny", "--views", "4"]
     code, stdout, err = run_cli([*args, "--models-dir", models], capsys)
     assert code == 0, err

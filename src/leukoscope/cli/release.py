@@ -44,6 +44,8 @@ def release_command(
     if (run / "model.safetensors").stat().st_size > MAX_RELEASE_BYTES:
         raise LeukoscopeError(f"{run / 'model.safetensors'}: larger than 20 MB, not released")
     models_dir.mkdir(parents=True, exist_ok=True)
+    for stale in models_dir.glob(f".{name}-*"):  # staging of a release that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=f".{name}-") as tmp:
         staging = Path(tmp) / name
         staging.mkdir()
