@@ -26,18 +26,15 @@ from leukoscope.data.datasets import CellImageDataset, make_loader, read_manifes
 from leukoscope.fileio import atomic_write_json
 from leukoscope.inference.calibration import update_card
 from leukoscope.inference.export import export_fp32
-from leukoscope.inference.predictor import VIEW_COUNTS, VIEWS_KEY, Predictor, pixels_tensor
+from leukoscope.inference.predictor import (
+    VIEW_COUNTS,
+    VIEWS_KEY,
+    Predictor,
+    pixels_tensor,
+    symmetric_views,
+)
 from leukoscope.machine import describe_machine
 from leukoscope.models.weights import sha256_file
-
-
-def eight_views(pixels: np.ndarray) -> list[np.ndarray]:
-    """NHWC pixels turned by 0, 90, 180, 270 degrees, then the mirror image turned the same."""
-    return [
-        np.ascontiguousarray(np.rot90(image, k, axes=(1, 2)))
-        for image in (pixels, pixels[:, :, ::-1])
-        for k in range(4)
-    ]
 
 
 def view_logits(model: Path, manifest: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -50,11 +47,15 @@ def view_logits(model: Path, manifest: Path, split: str) -> tuple[np.ndarray, np
         predictor = Predictor.load(single, backend="onnx")
         samples, _ = read_manifest(manifest, split, predictor.classes)
         size = predictor.input_size
-        dataset = CellImageDataset(samples, partial(pixels_tensor, size=size), draft_size=size)
+        dataset = CellImageDataset(
+            samples, partial(pixels_tensor, size=size), draft_size=predictor.draft_size
+        )
         logits, labels = [], []
         for batch in make_loader(dataset, batch_size=32):
             if len(batch.indices):
-                views = [predictor.run(v)[0] for v in eight_views(batch.images.numpy())]
+                # the model's own views, in its order, on NHWC pixels
+                turned = symmetric_views(batch.images, 8, dims=(1, 2))
+                views = [predictor.run(v.contiguous().numpy())[0] for v in turned]
                 logits.append(np.stack(views, axis=1))
                 labels.append(batch.labels.numpy())
     return np.concatenate(logits), np.concatenate(labels)

@@ -101,8 +101,7 @@ class PixelModel(nn.Module):
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.normalise(pixels)
         if self.views > 1:
-            mirrored = [x.flip(3)] if self.views == 8 else []
-            x = torch.cat([turned for v in (x, *mirrored) for turned in quarter_turns(v)])
+            x = torch.cat(symmetric_views(x, self.views))
         features = self.model.forward_features(x)
         logits = self.model.head.classifier(features)
         if self.views > 1:
@@ -111,11 +110,18 @@ class PixelModel(nn.Module):
         return logits, features
 
 
-def quarter_turns(x: torch.Tensor) -> list[torch.Tensor]:
-    """Square NCHW images turned by 0, 90, 180 and 270 degrees (``torch.rot90`` in ops that
-    export to ONNX)."""
-    transposed = x.transpose(2, 3)
-    return [x, transposed.flip(2), x.flip((2, 3)), transposed.flip(3)]
+def symmetric_views(
+    x: torch.Tensor, views: int, dims: tuple[int, int] = (2, 3)
+) -> list[torch.Tensor]:
+    """The first ``views`` of: square images turned by 0, 90, 180 and 270 degrees, then their
+    mirror images turned the same (``torch.rot90`` in ops that export to ONNX). ``dims`` are
+    the images' row and column axes (NCHW by default)."""
+    rows, columns = dims
+    turned = []
+    for image in (x, x.flip(columns)) if views > 4 else (x,):
+        transposed = image.transpose(rows, columns)
+        turned += [image, transposed.flip(rows), image.flip(dims), transposed.flip(columns)]
+    return turned[:views]
 
 
 def to_pixels(image: Image.Image, size: int) -> np.ndarray:
