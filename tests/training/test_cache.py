@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import multiprocessing
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ def test_cached_array_is_committed_only_when_complete(tmp_path: Path) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         cached_array(path, (2, 3), np.float16, failing)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir() if p.suffix != ".lock"] == []
 
     calls = []
 
@@ -33,6 +35,29 @@ def test_cached_array_is_committed_only_when_complete(tmp_path: Path) -> None:
     assert len(calls) == 1
     assert meta == meta_again == {"note": "done"}
     assert np.all(again == 7) and again.dtype == np.float16
+
+
+def _slow_fill(array: np.ndarray) -> dict[str, object]:
+    with open(array.filename.parent / "fills.log", "a") as log:  # type: ignore[union-attr]
+        log.write("fill\n")
+    time.sleep(0.5)
+    array[:] = 3
+    return {}
+
+
+def _build(path: Path) -> float:
+    array, _ = cached_array(path, (4, 4), np.uint8, _slow_fill)
+    return float(array.sum())
+
+
+def test_concurrent_builds_share_one_array(tmp_path: Path) -> None:
+    """Two runs that start on the same split at once (two archs trained side by side) must
+    not remove each other's half-built array: the second waits and maps the first's."""
+    path = tmp_path / "shared.npy"
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        sums = pool.map(_build, [path, path])
+    assert sums == [48.0, 48.0]
+    assert (tmp_path / "fills.log").read_text() == "fill\n"
 
 
 def test_image_cache_resizes_and_lists_unreadable_files(tmp_path: Path) -> None:

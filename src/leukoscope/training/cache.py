@@ -3,7 +3,8 @@
 Decoding and resizing a JPEG costs more than the upper layers of a small CNN, and the frozen
 lower layers cost more still, so both are done once. Each array is an ``.npy`` file written
 under a temporary name and renamed into place, then committed by a JSON sidecar written last:
-an interrupted build leaves no array that looks complete.
+an interrupted build leaves no array that looks complete. A lock file beside it makes
+concurrent runs on the same data (two archs trained at once) wait for one build and share it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -29,6 +31,20 @@ from leukoscope.training.seeding import derive_seed
 FORMAT_VERSION = 1
 
 
+def _load_complete(
+    path: Path, shape: tuple[int, ...], dtype: np.dtype[Any] | type
+) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """The committed array at ``path`` and its metadata, if it has this shape and dtype."""
+    meta_path = path.with_suffix(".json")
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    array = np.load(path, mmap_mode="r")
+    if array.shape != shape or array.dtype != np.dtype(dtype):
+        return None
+    return array, meta
+
+
 def cached_array(
     path: Path,
     shape: tuple[int, ...],
@@ -37,27 +53,29 @@ def cached_array(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Memory-map ``path`` if it was completed before; otherwise create it, let ``fill`` write
     it (returning the sidecar's metadata) and commit it. Returns the read-only array and meta."""
-    meta_path = path.with_suffix(".json")
-    if path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        array = np.load(path, mmap_mode="r")
-        if array.shape == shape and array.dtype == np.dtype(dtype):
-            return array, meta
+    done = _load_complete(path, shape, dtype)
+    if done is not None:
+        return done
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)  # uncommit the old array before replacing it
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed build
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-        meta = fill(array)
-        array.flush()
-        del array
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    atomic_write_json(meta_path, meta)
+    with FileLock(path.with_suffix(".lock")):
+        done = _load_complete(path, shape, dtype)  # built by another run while we waited
+        if done is not None:
+            return done
+        meta_path = path.with_suffix(".json")
+        meta_path.unlink(missing_ok=True)  # uncommit the old array before replacing it
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed build
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            meta = fill(array)
+            array.flush()
+            del array
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        atomic_write_json(meta_path, meta)
     return np.load(path, mmap_mode="r"), meta
 
 
