@@ -3,9 +3,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
 from leukoscope.data.datasets import read_manifest
+from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
 from leukoscope.inference.export import (
     FoldedPixelModel,
@@ -92,3 +94,11 @@ def test_int8_export_predicts_like_fp32(tmp_path: Path, tiny: Tiny) -> None:
     assert metrics["n_images"] == reference["n_images"]
     assert abs(metrics["accuracy"] - reference["accuracy"]) <= 1 - agreement + 0.05
     assert "onnx backend" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_int8_calibration_choices(tmp_path: Path, tiny: Tiny) -> None:
+    out = export_int8(tiny.model_dir, tmp_path / "minmax.onnx", tiny.manifest, calibration="minmax")
+    assert int8_agreement(tiny.model_dir, out, tiny.manifest)[0] >= 0.9
+    with pytest.raises(LeukoscopeError, match="unknown int8 calibration 'median'"):
+        export_int8(tiny.model_dir, tmp_path / "x.onnx", tiny.manifest, calibration="median")
+    assert not (tmp_path / "x.onnx").exists()

@@ -8,7 +8,14 @@ import typer
 
 from leukoscope.cli.app import app, console
 from leukoscope.errors import LeukoscopeError
-from leukoscope.inference.export import OPSET, export_fp32, export_int8, int8_agreement, onnx_parity
+from leukoscope.inference.export import (
+    CALIBRATIONS,
+    OPSET,
+    export_fp32,
+    export_int8,
+    int8_agreement,
+    onnx_parity,
+)
 from leukoscope.inference.predictor import ONNX_NAME
 
 PARITY_TOLERANCE = 1e-4
@@ -27,6 +34,11 @@ def export(
     images_per_class: int = typer.Option(
         32, "--images-per-class", min=1, help="Calibration images per class for int8."
     ),
+    calibration: str = typer.Option(
+        "percentile",
+        "--calibration",
+        help=f"int8 activation ranges: {' or '.join(CALIBRATIONS)} of the calibration values.",
+    ),
     opset: int = typer.Option(OPSET, "--opset", min=OPSET, help="ONNX opset."),
 ) -> None:
     """Export to ONNX (uint8 pixels in; logits and features out; any batch size).
@@ -40,7 +52,14 @@ def export(
     if int8:
         if manifest is None:
             raise LeukoscopeError("--int8 needs --calibration-manifest (training images)")
-        export_int8(model, out, manifest, images_per_class=images_per_class, opset=opset)
+        export_int8(
+            model,
+            out,
+            manifest,
+            images_per_class=images_per_class,
+            calibration=calibration,
+            opset=opset,
+        )
         agreement, n = int8_agreement(model, out, manifest, images_per_class=images_per_class)
         console.print(f"int8 predicts the same class as PyTorch on {agreement:.1%} of {n} images")
     else:

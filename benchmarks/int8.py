@@ -1,0 +1,116 @@
+"""int8 calibration: how each way of setting activation ranges keeps a model's accuracy.
+
+For each model, the images of ``--split`` (validation by default: the calibration method is
+chosen there, never on test) are classified by its fp32 ONNX export and by int8 exports
+calibrated each way (``leukoscope export --int8 --calibration ...``) on the manifest's
+training images; accuracy, errors and agreement with fp32 are compared on identical pixels.
+
+Run: python benchmarks/int8.py --models models/wbc5-squeezenet1_1-128,models/wbc5-squeezenet1_1
+     --manifest runs/manifests/wbc5-seed0.csv [--split val] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leukoscope.data.datasets import CellImageDataset, make_loader, read_manifest
+from leukoscope.fileio import atomic_write_json
+from leukoscope.inference.export import CALIBRATIONS, export_fp32, export_int8
+from leukoscope.inference.predictor import Predictor, onnx_runner, onnx_session, pixels_tensor
+from leukoscope.machine import describe_machine
+from leukoscope.models.weights import sha256_file
+
+IMAGES_PER_CLASS = 32
+"""Training images per class that calibrate each int8 export (``export``'s default)."""
+
+
+def split_pixels(model: Path, manifest: Path, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """The split's readable images as the predictor decodes them (NHWC uint8 batches of 64)."""
+    predictor = Predictor.load(model, backend="torch")
+    samples, _ = read_manifest(manifest, split, predictor.classes)
+    dataset = CellImageDataset(
+        samples,
+        partial(pixels_tensor, size=predictor.input_size),
+        draft_size=predictor.draft_size,
+    )
+    batches, labels = [], []
+    for batch in make_loader(dataset, batch_size=64):
+        if len(batch.indices):
+            batches.append(batch.images.numpy())
+            labels.append(batch.labels.numpy())
+    return batches, np.concatenate(labels)
+
+
+def predict(onnx: Path, batches: list[np.ndarray]) -> np.ndarray:
+    """Predicted classes (speed is ``benchmarks/inference.py``'s business)."""
+    run = onnx_runner(onnx_session(onnx))
+    return np.concatenate([run(b)[0].argmax(axis=1) for b in batches])
+
+
+def compare(model: Path, manifest: Path, split: str) -> dict[str, Any]:
+    batches, labels = split_pixels(model, manifest, split)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_fp32(model, Path(tmp) / "fp32.onnx")
+        reference = predict(fp32, batches)
+        results["fp32"] = {
+            "accuracy": round(float((reference == labels).mean()), 4),
+            "errors": int((reference != labels).sum()),
+        }
+        for calibration in CALIBRATIONS:
+            int8 = export_int8(
+                model,
+                Path(tmp) / f"{calibration}.onnx",
+                manifest,
+                images_per_class=IMAGES_PER_CLASS,
+                calibration=calibration,
+            )
+            predicted = predict(int8, batches)
+            results[f"int8-{calibration}"] = {
+                "accuracy": round(float((predicted == labels).mean()), 4),
+                "errors": int((predicted != labels).sum()),
+                "agreement_with_fp32": round(float((predicted == reference).mean()), 4),
+            }
+    for name, result in results.items():
+        print(f"{model.name} {name}: {result}", flush=True)
+    return {"model": str(model), "n_images": len(labels), "results": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--models", required=True, help="comma-separated model directories")
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/int8.json"))
+    args = parser.parse_args()
+
+    models = [compare(Path(m), args.manifest, args.split) for m in args.models.split(",")]
+    atomic_write_json(
+        args.out,
+        {
+            "benchmark": "int8 calibration",
+            "command": "python " + " ".join(sys.argv),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": describe_machine(),
+            "manifest": str(args.manifest),
+            "manifest_sha256": sha256_file(args.manifest),
+            "split": args.split,
+            "calibration_images_per_class": IMAGES_PER_CLASS,
+            "models": models,
+        },
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
