@@ -13,17 +13,15 @@ Run: .venv/bin/python benchmarks/accuracy.py
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from results_file import write_results
+
 from leukoscope.data.datasets import read_manifest
 from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
-from leukoscope.fileio import atomic_write_json
-from leukoscope.machine import describe_machine
 from leukoscope.models import load_model
 from leukoscope.models.weights import sha256_file
 
@@ -85,17 +83,7 @@ def main() -> None:
         model, _, manifest = pair.partition("=")
         results[model] = score(Path(model), Path(manifest))
         print(model, {k: results[model][k] for k in ("accuracy", "macro_f1", "met")}, flush=True)
-    atomic_write_json(
-        args.out,
-        {
-            "benchmark": "accuracy",
-            "command": "python " + " ".join(sys.argv),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": describe_machine(),
-            "results": results,
-        },
-    )
-    print(f"wrote {args.out}")
+    write_results(args.out, "accuracy", results=results)
 
 
 if __name__ == "__main__":

@@ -12,20 +12,17 @@ Run: python benchmarks/int8.py --models models/wbc5-squeezenet1_1-128,models/wbc
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_file import write_results
 
 from leukoscope.data.datasets import CellImageDataset, make_loader, read_manifest
-from leukoscope.fileio import atomic_write_json
 from leukoscope.inference.export import CALIBRATIONS, export_fp32, export_int8
 from leukoscope.inference.predictor import Predictor, onnx_runner, onnx_session, pixels_tensor
-from leukoscope.machine import describe_machine
 from leukoscope.models.weights import sha256_file
 
 IMAGES_PER_CLASS = 32
@@ -95,21 +92,15 @@ def main() -> None:
     args = parser.parse_args()
 
     models = [compare(Path(m), args.manifest, args.split) for m in args.models.split(",")]
-    atomic_write_json(
+    write_results(
         args.out,
-        {
-            "benchmark": "int8 calibration",
-            "command": "python " + " ".join(sys.argv),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": describe_machine(),
-            "manifest": str(args.manifest),
-            "manifest_sha256": sha256_file(args.manifest),
-            "split": args.split,
-            "calibration_images_per_class": IMAGES_PER_CLASS,
-            "models": models,
-        },
+        "int8 calibration",
+        manifest=str(args.manifest),
+        manifest_sha256=sha256_file(args.manifest),
+        split=args.split,
+        calibration_images_per_class=IMAGES_PER_CLASS,
+        models=models,
     )
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+from results_file import write_results
 from sklearn.metrics import accuracy_score, f1_score
 
 from leukoscope.data.datasets import CellImageDataset, make_loader, read_manifest
-from leukoscope.fileio import atomic_write_json
 from leukoscope.inference.calibration import update_card
 from leukoscope.inference.export import export_fp32
 from leukoscope.inference.predictor import (
@@ -33,7 +31,6 @@ from leukoscope.inference.predictor import (
     pixels_tensor,
     symmetric_views,
 )
-from leukoscope.machine import describe_machine
 from leukoscope.models.weights import sha256_file
 
 
@@ -82,25 +79,19 @@ def main() -> None:
         }
         print(f"{views} view(s): {results[str(views)]}", flush=True)
     out = args.out or Path(f"benchmarks/results/views-{args.model.name}.json")
-    atomic_write_json(
+    write_results(
         out,
-        {
-            "benchmark": "test-time views",
-            "command": "python " + " ".join(sys.argv),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": describe_machine(),
-            "model": str(args.model),
-            "manifest": str(args.manifest),
-            "manifest_sha256": sha256_file(args.manifest),
-            "split": args.split,
-            "n_images": len(labels),
-            "each_view_alone_accuracy": [
-                round(float((logits[:, v].argmax(axis=1) == labels).mean()), 4) for v in range(8)
-            ],
-            "results": results,
-        },
+        "test-time views",
+        model=str(args.model),
+        manifest=str(args.manifest),
+        manifest_sha256=sha256_file(args.manifest),
+        split=args.split,
+        n_images=len(labels),
+        each_view_alone_accuracy=[
+            round(float((logits[:, v].argmax(axis=1) == labels).mean()), 4) for v in range(8)
+        ],
+        results=results,
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
