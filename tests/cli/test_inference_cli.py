@@ -62,6 +62,7 @@ def test_predict_lists_a_bad_file_and_carries_on(tmp_path: Path, untrained: Path
     assert len(rows) == 7
     broken = next(r for r in rows if r["source"].endswith("broken.jpg"))
     assert broken["label"] == "" and "broken.jpg" in broken["error"]
+    assert {v for k, v in broken.items() if k not in ("source", "error")} == {""}
     good = [r for r in rows if not r["error"]]
     assert all(r["label"] and r["runner_up"] for r in good)
     assert {"p_basophil", "p_neutrophil", "uncertain", "score"} <= set(rows[0])
@@ -70,14 +71,20 @@ def test_predict_lists_a_bad_file_and_carries_on(tmp_path: Path, untrained: Path
 def test_predict_json_with_glob_and_uncertain_flags(tmp_path: Path, tiny: Tiny) -> None:
     noise = tmp_path / "noise.png"
     synthetic_ood_images(n=1, size=96)["noise"][0].save(noise)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
     out = tmp_path / "p.json"
     pattern = str(tiny.manifest.parent / "images" / "eosinophil" / "test_0*.jpg")
-    result = invoke("predict", "--model", tiny.model_dir, pattern, noise, "--out", out)
+    result = invoke("predict", "--model", tiny.model_dir, pattern, noise, broken, "--out", out)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["calibrated"] and report["summary"]["images"] == 9
+    assert report["calibrated"] and report["summary"]["images"] == 10
+    assert report["summary"]["unreadable"] == 1
     by_source = {Path(p["source"]).name: p for p in report["predictions"]}
     assert by_source["noise.png"]["uncertain"]
+    unread = by_source["broken.png"]
+    assert "broken.png" in unread["error"] and unread["probabilities"] == {}
+    assert unread["label"] is None and unread["confidence"] is None
     assert sum(p["label"] == "eosinophil" for p in report["predictions"]) >= 6
 
 

@@ -56,23 +56,27 @@ def check_output_suffix(out: Path) -> None:
 
 
 def predictions_csv(predictions: Sequence[Prediction], classes: Sequence[str]) -> str:
-    """One row per image: the call, its flag and score, then each class's probability."""
+    """One row per image: the call, its flag and score, then each class's probability. An
+    unreadable file's row holds only its source and error: no zeros that read as results."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     fields = ["source", "label", "confidence", "uncertain", "score", "runner_up"]
     writer.writerow([*fields, "runner_up_probability", *(f"p_{c}" for c in classes), "error"])
     for p in predictions:
+        if p.error is not None:
+            writer.writerow([p.source, *[""] * (len(fields) + len(classes)), p.error])
+            continue
         writer.writerow(
             [
                 p.source,
-                p.label or "",
+                p.label,
                 f"{p.confidence:.6f}",
                 str(p.uncertain).lower(),
                 f"{p.score:.6f}",
                 p.runner_up or "",
                 f"{p.runner_up_probability:.6f}",
                 *(f"{p.probabilities[c]:.6f}" for c in classes),
-                p.error or "",
+                "",
             ]
         )
     return buffer.getvalue()

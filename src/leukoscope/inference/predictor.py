@@ -61,7 +61,15 @@ class Prediction:
     error: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """As JSON holds it; an unreadable file's result fields are null, not zeros."""
+        if self.error is None:
+            return asdict(self)
+        return {
+            **{f: None for f in asdict(self)},
+            "source": self.source,
+            "probabilities": {},
+            "error": self.error,
+        }
 
 
 class PixelModel(nn.Module):
