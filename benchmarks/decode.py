@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from results_file import write_results
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 from leukoscope.cli.data import default_data_dir
@@ -23,7 +23,6 @@ from leukoscope.data.datasets import (
     samples_from_folder,
 )
 from leukoscope.data.images import decode_rgb
-from leukoscope.fileio import atomic_write_json
 from leukoscope.machine import describe_machine
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -76,20 +75,17 @@ def main() -> None:
         results[f"loader_{size}px_{workers}workers_draft"] = _loader_rate(
             paths, size, workers, True
         )
-    report = {
-        "benchmark": "decode",
-        "unit": "images/s",
-        "results": {k: round(v, 1) for k, v in results.items()},
-        "n_images": len(paths),
-        "data": str(args.data),
-        "machine": describe_machine(),
-        "command": "python benchmarks/decode.py " + f"--data {args.data} --n {args.n}",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    atomic_write_json(args.out, report)
-    for key, value in report["results"].items():
+    results = {k: round(v, 1) for k, v in results.items()}
+    for key, value in results.items():
         print(f"{key:40s} {value:8.1f} images/s")
-    print(f"written to {args.out}")
+    write_results(
+        args.out,
+        "decode",
+        unit="images/s",
+        results=results,
+        n_images=len(paths),
+        data=str(args.data),
+    )
 
 
 if __name__ == "__main__":

@@ -17,23 +17,20 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from results_file import write_results
 from torch.utils.flop_counter import FlopCounterMode
 
 from leukoscope.cli.data import default_data_dir
 from leukoscope.data.datasets import samples_from_folder
-from leukoscope.fileio import atomic_write_json
 from leukoscope.inference.export import export_fp32, export_int8
 from leukoscope.inference.predictor import Predictor, cpu_cores
-from leukoscope.machine import describe_machine
 from leukoscope.models import create_model, get_config, list_archs, save_model
 
 LATENCY_IMAGES = 60
@@ -157,25 +154,21 @@ def main() -> None:
                 entry[backend] = row
                 print(arch, backend, row, flush=True)
             results[arch] = entry
-    report = {
-        "benchmark": "inference",
-        "command": "python " + " ".join(sys.argv),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(),
-        "data": str(args.data),
-        "n_images": len(paths),
-        "batch_size": 64,
-        "decode_workers": args.workers,
-        "onnxruntime_threads": cpu_cores(),
-        "matmul_fp32_gflops": round(peak / 1e9, 1),
-        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
-        "notes": "Random weights; uncalibrated models (the abstention score adds one small "
+    write_results(
+        args.out,
+        "inference",
+        data=str(args.data),
+        n_images=len(paths),
+        batch_size=64,
+        decode_workers=args.workers,
+        onnxruntime_threads=cpu_cores(),
+        matmul_fp32_gflops=round(peak / 1e9, 1),
+        load_average_1min={"before": load_before, "after": os.getloadavg()[0]},
+        notes="Random weights; uncalibrated models (the abstention score adds one small "
         "matrix product per image). Bound = measured matmul FLOP/s / model FLOPs per image. "
         "A load average above the core count means other processes shared the cores.",
-        "results": results,
-    }
-    atomic_write_json(args.out, report)
-    print(f"wrote {args.out}")
+        results=results,
+    )
 
 
 if __name__ == "__main__":

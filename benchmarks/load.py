@@ -22,18 +22,17 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 import httpx
 import numpy as np
 from PIL import Image
+from results_file import write_results
 
 from leukoscope.classes import WBC5
 from leukoscope.cli.data import default_data_dir
 from leukoscope.data.images import is_image_name
-from leukoscope.fileio import atomic_write_json
 from leukoscope.machine import describe_machine
 from leukoscope.models import create_model, get_config, save_model
 
@@ -185,36 +184,35 @@ def main() -> None:
     latencies = np.asarray(tally.latencies) * 1000
     done = len(latencies)
     failed = sum(tally.failures.values())
-    report = {
-        "benchmark": "load",
-        "results": {
-            "requests": done + failed,
-            "failed": failed,
-            "failures": tally.failures,
-            "requests_per_s": round((done + failed) / elapsed, 2),
-            "latency_ms_p50": round(float(np.percentile(latencies, 50)), 1) if done else None,
-            "latency_ms_p95": round(float(np.percentile(latencies, 95)), 1) if done else None,
-            "latency_ms_max": round(float(latencies.max()), 1) if done else None,
-        },
-        "settings": {
-            "clients": args.clients,
-            "duration_s": args.duration,
-            "elapsed_s": round(elapsed, 2),
-            "mode": args.mode,
-            "endpoint": "/api/samples/{id}/cells" if args.mode == "sample" else "/api/classify",
-            "images_per_request": 1,
-            "images": source,
-            "model": str(args.model) if args.model else "random squeezenet1_1, 224 px",
-            "server": "leukoscope serve on 127.0.0.1 (uvicorn, 1 process), SQLite, token auth",
-        },
-        "machine": {**describe_machine(), "load_average_1min_before": round(load_before, 2)},
-        "command": "python benchmarks/load.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    results = {
+        "requests": done + failed,
+        "failed": failed,
+        "failures": tally.failures,
+        "requests_per_s": round((done + failed) / elapsed, 2),
+        "latency_ms_p50": round(float(np.percentile(latencies, 50)), 1) if done else None,
+        "latency_ms_p95": round(float(np.percentile(latencies, 95)), 1) if done else None,
+        "latency_ms_max": round(float(latencies.max()), 1) if done else None,
     }
-    atomic_write_json(args.out, report)
-    for key, value in report["results"].items():
+    settings = {
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "elapsed_s": round(elapsed, 2),
+        "mode": args.mode,
+        "endpoint": "/api/samples/{id}/cells" if args.mode == "sample" else "/api/classify",
+        "images_per_request": 1,
+        "images": source,
+        "model": str(args.model) if args.model else "random squeezenet1_1, 224 px",
+        "server": "leukoscope serve on 127.0.0.1 (uvicorn, 1 process), SQLite, token auth",
+    }
+    for key, value in results.items():
         print(f"{key:16s} {value}")
-    print(f"written to {args.out}")
+    write_results(
+        args.out,
+        "load",
+        results=results,
+        settings=settings,
+        machine={**describe_machine(), "load_average_1min_before": round(load_before, 2)},
+    )
 
 
 if __name__ == "__main__":
