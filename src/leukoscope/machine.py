@@ -9,15 +9,32 @@ from typing import Any
 
 import torch
 
+INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+"""CPU flags of instructions that multiply and add int8 values in one step (x86 VNNI and AMX,
+Arm's dot product): without one, ONNX Runtime's int8 kernels are no faster than fp32 ones."""
+
+
+def _cpuinfo() -> str:
+    path = Path("/proc/cpuinfo")
+    return path.read_text(errors="replace") if path.exists() else ""
+
 
 def cpu_model() -> str:
     """The CPU's marketing name (from /proc/cpuinfo on Linux)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def has_int8_dot_product() -> bool | None:
+    """Whether the CPU has int8 dot-product instructions; None where /proc/cpuinfo says
+    nothing about its flags."""
+    for line in _cpuinfo().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return not INT8_DOT_PRODUCT_FLAGS.isdisjoint(value.split())
+    return None
 
 
 def describe_machine() -> dict[str, Any]:
@@ -31,5 +48,6 @@ def describe_machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "int8_dot_product": has_int8_dot_product(),
     }
     return info

@@ -141,6 +141,17 @@ def test_int8_export_needs_a_manifest(untrained: Path) -> None:
     assert isinstance(result.exception, LeukoscopeError)
 
 
+def test_int8_export_says_when_the_cpu_gains_nothing(
+    tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("leukoscope.cli.export.has_int8_dot_product", lambda: False)
+    out = tmp_path / "m.int8.onnx"
+    args = ("export", "--model", tiny.model_dir, "--int8", "--onnx", out)
+    result = invoke(*args, "--calibration-manifest", tiny.manifest, "--images-per-class", "4")
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and "no int8 dot-product instructions" in result.output
+
+
 def test_calibrate_rewrites_the_card(tmp_path: Path, tiny: Tiny, model_copy: Path) -> None:
     report = tmp_path / "report"
     result = invoke(

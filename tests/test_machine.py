@@ -1,0 +1,24 @@
+import pytest
+
+from leukoscope import machine
+
+X86_NO_VNNI = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n"
+X86_VNNI = "model name\t: Intel Xeon\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
+ARM_DOTPROD = "processor\t: 0\nFeatures\t: fp asimd asimddp\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"),
+    [(X86_NO_VNNI, False), (X86_VNNI, True), (ARM_DOTPROD, True), ("", None)],
+)
+def test_int8_dot_product_from_cpu_flags(
+    monkeypatch: pytest.MonkeyPatch, cpuinfo: str, expected: bool | None
+) -> None:
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: cpuinfo)
+    assert machine.has_int8_dot_product() is expected
+    assert machine.describe_machine()["int8_dot_product"] is expected
+
+
+def test_cpu_model_names_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: X86_VNNI)
+    assert machine.cpu_model() == "Intel Xeon"
