@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from results_file import write_results
 
-from leukoscope.data.datasets import CellImageDataset, make_loader, read_manifest
+from leukoscope.data.datasets import make_loader, read_manifest
 from leukoscope.inference.export import CALIBRATIONS, export_fp32, export_int8
-from leukoscope.inference.predictor import Predictor, onnx_runner, onnx_session, pixels_tensor
+from leukoscope.inference.predictor import Predictor, onnx_runner, onnx_session
 from leukoscope.models.weights import sha256_file
 
 IMAGES_PER_CLASS = 32
@@ -33,13 +32,8 @@ def split_pixels(model: Path, manifest: Path, split: str) -> tuple[list[np.ndarr
     """The split's readable images as the predictor decodes them (NHWC uint8 batches of 64)."""
     predictor = Predictor.load(model, backend="torch")
     samples, _ = read_manifest(manifest, split, predictor.classes)
-    dataset = CellImageDataset(
-        samples,
-        partial(pixels_tensor, size=predictor.input_size),
-        draft_size=predictor.draft_size,
-    )
     batches, labels = [], []
-    for batch in make_loader(dataset, batch_size=64):
+    for batch in make_loader(predictor.dataset(samples), batch_size=64):
         if len(batch.indices):
             batches.append(batch.images.numpy())
             labels.append(batch.labels.numpy())

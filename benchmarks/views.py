@@ -14,21 +14,19 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 from results_file import write_results
 from sklearn.metrics import accuracy_score, f1_score
 
-from leukoscope.data.datasets import CellImageDataset, make_loader, read_manifest
+from leukoscope.data.datasets import make_loader, read_manifest
 from leukoscope.inference.calibration import update_card
 from leukoscope.inference.export import export_fp32
 from leukoscope.inference.predictor import (
     VIEW_COUNTS,
     VIEWS_KEY,
     Predictor,
-    pixels_tensor,
     symmetric_views,
 )
 from leukoscope.models.weights import sha256_file
@@ -43,12 +41,8 @@ def view_logits(model: Path, manifest: Path, split: str) -> tuple[np.ndarray, np
         export_fp32(single, single / "model.onnx")
         predictor = Predictor.load(single, backend="onnx")
         samples, _ = read_manifest(manifest, split, predictor.classes)
-        size = predictor.input_size
-        dataset = CellImageDataset(
-            samples, partial(pixels_tensor, size=size), draft_size=predictor.draft_size
-        )
         logits, labels = [], []
-        for batch in make_loader(dataset, batch_size=32):
+        for batch in make_loader(predictor.dataset(samples), batch_size=32):
             if len(batch.indices):
                 # the model's own views, in its order, on NHWC pixels
                 turned = symmetric_views(batch.images, 8, dims=(1, 2))

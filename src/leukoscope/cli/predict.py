@@ -61,10 +61,11 @@ def predictions_csv(predictions: Sequence[Prediction], classes: Sequence[str]) -
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     fields = ["source", "label", "confidence", "uncertain", "score", "runner_up"]
-    writer.writerow([*fields, "runner_up_probability", *(f"p_{c}" for c in classes), "error"])
+    header = [*fields, "runner_up_probability", *(f"p_{c}" for c in classes), "error"]
+    writer.writerow(header)
     for p in predictions:
         if p.error is not None:
-            writer.writerow([p.source, *[""] * (len(fields) + len(classes)), p.error])
+            writer.writerow([p.source, *[""] * (len(header) - 2), p.error])
             continue
         writer.writerow(
             [

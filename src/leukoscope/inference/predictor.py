@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,7 @@ class Prediction:
         if self.error is None:
             return asdict(self)
         return {
-            **{f: None for f in asdict(self)},
+            **{f.name: None for f in fields(self)},
             "source": self.source,
             "probabilities": {},
             "error": self.error,
@@ -263,6 +263,13 @@ class Predictor:
         """
         return 2 * self.input_size
 
+    def dataset(self, samples: Sequence[Sample]) -> CellImageDataset:
+        """``samples`` decoded as this predictor decodes files: uint8 RGB pixels at its input
+        size (see :func:`to_pixels`), large JPEGs drafted to :attr:`draft_size`."""
+        return CellImageDataset(
+            samples, partial(pixels_tensor, size=self.input_size), draft_size=self.draft_size
+        )
+
     @property
     def model(self) -> TransferModel:
         """The PyTorch model (for explanations), whatever backend predicts."""
@@ -329,11 +336,7 @@ class Predictor:
         ``batch_size`` is images per model call; with test-time views, ``batch_size // views``
         files make a batch. Large JPEGs are decoded in draft mode (see :attr:`draft_size`).
         """
-        dataset = CellImageDataset(
-            [Sample(Path(p)) for p in paths],
-            partial(pixels_tensor, size=self.input_size),
-            draft_size=self.draft_size,
-        )
+        dataset = self.dataset([Sample(Path(p)) for p in paths])
         batch_size = max(1, batch_size // self.pixel_model.views)  # the model sees every view
         parallel = workers if math.ceil(len(paths) / batch_size) > 1 else 0
         loader = make_loader(dataset, batch_size=batch_size, workers=parallel)
