@@ -1,0 +1,1 @@
+"""Finding white cells in images: one centred cell (framing) or several in a field."""

@@ -1,0 +1,147 @@
+"""The single-cell locator on drawn cells, blank fields and noise, and against experts' masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from leukoscope.cells.locate import (
+    DEFAULT_CELL_FRACTION,
+    CellLocation,
+    NoCell,
+    frame_cell,
+    locate_cell,
+)
+from tests.conftest import PBC_ROOT
+
+EXTERNAL = PBC_ROOT.parent / "external"
+
+BACKGROUNDS = {"pbc": (236, 218, 206), "tecom": (235, 232, 150), "blue": (215, 222, 240)}
+CYTOPLASM = {"pbc": (200, 180, 215), "tecom": (185, 150, 110), "blue": (175, 180, 220)}
+NUCLEUS = {"pbc": (95, 50, 140), "tecom": (120, 60, 50), "blue": (70, 60, 150)}
+
+
+def drawn_cell(
+    size: tuple[int, int],
+    centre: tuple[float, float],
+    diameter: float,
+    stain: str = "pbc",
+    red_cells: int = 8,
+    seed: int = 0,
+) -> np.ndarray:
+    """A background with red cells clear of a white cell (cytoplasm disc, nucleus at 0.6 of
+    its diameter) of known centre and diameter, plus camera noise."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    image = Image.new("RGB", size, BACKGROUNDS[stain])
+    draw = ImageDraw.Draw(image)
+    radius = diameter / 2
+    red_radius = 0.45 * radius
+    for _ in range(red_cells):
+        for _attempt in range(50):
+            x, y = rng.uniform(0, width), rng.uniform(0, height)
+            if np.hypot(x - centre[0], y - centre[1]) > radius + red_radius + 4:
+                break
+        draw.ellipse(
+            (x - red_radius, y - red_radius, x + red_radius, y + red_radius), fill=(225, 170, 175)
+        )
+    x, y = centre
+    draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=CYTOPLASM[stain])
+    r = 0.6 * radius
+    draw.ellipse((x - r, y - r + 2, x + r, y + r - 2), fill=NUCLEUS[stain])
+    noisy = np.asarray(image, dtype=float) + rng.normal(0, 4, (height, width, 3))
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("size", "centre", "diameter", "stain"),
+    [
+        ((360, 363), (180, 181), 120, "pbc"),
+        ((360, 363), (150, 210), 100, "blue"),
+        ((300, 300), (150, 150), 150, "pbc"),
+        ((120, 120), (60, 60), 72, "tecom"),
+        ((640, 480), (400, 200), 140, "pbc"),
+    ],
+)
+def test_drawn_cell_is_found_at_its_place_and_size(
+    size: tuple[int, int], centre: tuple[float, float], diameter: float, stain: str
+) -> None:
+    location = locate_cell(drawn_cell(size, centre, diameter, stain))
+    assert isinstance(location, CellLocation), location
+    assert np.hypot(location.x - centre[0], location.y - centre[1]) < 0.05 * diameter
+    assert location.diameter == pytest.approx(diameter, rel=0.08)
+    x_min, y_min, x_max, y_max = location.box
+    assert x_min < centre[0] < x_max and y_min < centre[1] < y_max
+    assert location.mask.shape == (size[1], size[0])
+    assert 0 < location.score <= 1
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((360, 360, 3), 230, np.uint8),
+        np.full((120, 200, 3), (235, 232, 150), np.uint8),
+        np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8),
+        np.clip(np.random.default_rng(1).normal(220, 25, (360, 363, 3)), 0, 255).astype(np.uint8),
+    ],
+    ids=["grey", "yellow", "uniform-noise", "gaussian-noise"],
+)
+def test_blank_or_noise_gives_no_cell_with_a_reason(image: np.ndarray) -> None:
+    result = locate_cell(image)
+    assert isinstance(result, NoCell)
+    assert result.reason
+
+
+def test_a_speck_is_not_a_white_cell() -> None:
+    image = drawn_cell((360, 360), (180, 180), 24, red_cells=0)
+    result = locate_cell(image)
+    assert isinstance(result, NoCell)
+    assert "speck" in result.reason or "small" in result.reason
+
+
+def test_rejects_non_rgb() -> None:
+    with pytest.raises(ValueError, match="RGB"):
+        locate_cell(np.zeros((10, 10), np.uint8))
+
+
+def test_frame_makes_the_cell_the_requested_fraction_of_the_side() -> None:
+    image = drawn_cell((300, 300), (120, 170), 150, red_cells=0)
+    location = locate_cell(image)
+    assert isinstance(location, CellLocation)
+    framed = frame_cell(image, location, cell_fraction=0.33)
+    assert framed.shape[0] == framed.shape[1] == round(location.diameter / 0.33)
+    again = locate_cell(framed)
+    assert isinstance(again, CellLocation)
+    assert again.diameter / framed.shape[0] == pytest.approx(0.33, rel=0.08)
+    assert abs(again.x - framed.shape[1] / 2) < 0.05 * again.diameter
+    assert abs(again.y - framed.shape[0] / 2) < 0.05 * again.diameter
+    # Where the frame leaves the image it is filled with the background colour.
+    assert np.abs(framed[0, 0].astype(int) - BACKGROUNDS["pbc"]).max() <= 12
+
+
+def test_frame_reflect_pads_with_image_content() -> None:
+    image = drawn_cell((120, 120), (60, 60), 72, stain="tecom")
+    location = locate_cell(image)
+    assert isinstance(location, CellLocation)
+    framed = frame_cell(image, location, pad="reflect")
+    side = round(location.diameter / DEFAULT_CELL_FRACTION)
+    assert framed.shape == (side, side, 3)
+    with pytest.raises(ValueError, match="cell_fraction"):
+        frame_cell(image, location, cell_fraction=0)
+
+
+@pytest.mark.parametrize("name", ["zheng2018-cellavision", "zheng2018-tecom"])
+def test_agrees_with_experts_masks(name: str) -> None:
+    folder = EXTERNAL / name
+    if not (folder / "masks").is_dir():
+        pytest.skip(f"{folder} not found")
+    ious = []
+    for path in sorted((folder / "images").glob("*/*.png"))[::25]:
+        with Image.open(path) as image:
+            location = locate_cell(np.asarray(image.convert("RGB")))
+        with Image.open(folder / "masks" / path.name) as mask_image:
+            truth = np.asarray(mask_image.convert("L")) > 0
+        assert isinstance(location, CellLocation), (path, location)
+        ious.append((location.mask & truth).sum() / (location.mask | truth).sum())
+    assert np.median(ious) >= 0.75, ious
