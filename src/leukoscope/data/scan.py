@@ -114,7 +114,18 @@ def inspect_file(path: Path, root: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -
     """Check one file: hash its bytes, try to decode it, and take its perceptual hash."""
     rel = path.relative_to(root)
     folder = rel.parts[0]
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # no read permission, a file removed mid-scan, an I/O error
+        return FileRecord(
+            path=rel.as_posix(),
+            folder=folder,
+            label=canonical_class(folder),
+            size=0,
+            sha256="",
+            problem="unreadable",
+            detail=f"cannot read file ({exc.strerror or exc})",
+        )
     record = FileRecord(
         path=rel.as_posix(),
         folder=folder,
