@@ -70,7 +70,9 @@ SECURITY_HEADERS = [
     ),
 ]
 
-BROWSER_IMAGE_FORMATS = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png"}
+BROWSER_IMAGE_FORMATS = {
+    "JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+}  # fmt: skip
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text}

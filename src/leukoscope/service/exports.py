@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -19,7 +20,11 @@ from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import atomic_write_bytes
 from leukoscope.service.store import Sample, cell_bytes, reviewed_cells
 
-EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "TIFF": "tif", "BMP": "bmp"}
+EXTENSIONS = {
+    "JPEG": "jpg", "MPO": "jpg", "PNG": "png", "TIFF": "tif", "BMP": "bmp", "WEBP": "webp",
+}  # fmt: skip
+"""File name ending of every format uploads accept (``data.images.SUPPORTED_FORMATS``); the
+folder scans of ``data split`` and ``train`` recognise each of them."""
 
 CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -85,7 +90,19 @@ def export_reviewed_dir(session: Session, out: Path, *, signed_off: bool = False
     stays in its old class folder); return the count per class."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LeukoscopeError(f"{out}: choose a new or empty folder for the export")
-    return _write_all(session, signed_off, lambda rel, data: atomic_write_bytes(out / rel, data))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside ``out`` and renamed into place when complete: a failed export leaves no
+    # partial folder that a rerun would then refuse.
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        counts = _write_all(
+            session, signed_off, lambda rel, data: atomic_write_bytes(staging / rel, data)
+        )
+        staging.replace(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return counts
 
 
 def export_reviewed_zip(session: Session, *, signed_off: bool = False) -> IO[bytes]:
