@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import os
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -14,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -124,6 +128,40 @@ def make_client(
     yield _make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def make_server(
+    make_settings: Callable[..., Settings], predictor: Any
+) -> Iterator[Callable[..., str]]:
+    """Start real uvicorn servers in background threads (concurrent requests really run in
+    its thread pool); returns their base URLs. All are stopped at the end."""
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def _make(**overrides: Any) -> str:
+        app = create_app(make_settings(**overrides), predictor=predictor)
+        port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}"
+
+    yield _make
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import uvicorn
 
-from leukoscope.service.app import create_app
-from leukoscope.service.settings import Settings
 from tests.service.conftest import N_CELLS, cell_jpeg
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -48,27 +41,10 @@ DROP_FILES = """(items) => {
 """A DataTransfer holding the given files, as a drag-and-drop from the desktop carries."""
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def server_url(make_settings: Callable[..., Settings], predictor: Any) -> Iterator[str]:
-    """uvicorn in a background thread; three files per request so the page sends batches."""
-    app = create_app(make_settings(max_files=3), predictor=predictor)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+def server_url(make_server: Callable[..., str]) -> str:
+    """Three files per request so the page sends batches."""
+    return make_server(max_files=3)
 
 
 def test_upload_review_and_sign_off_in_chromium(server_url: str, tmp_path: Path) -> None:

@@ -96,6 +96,8 @@ class Service:
     runner: ModelRunner
     engine: Engine
     sessions: sessionmaker[Session]
+    writes: sessionmaker[Session]
+    """Sessions that change a sample (see ``store.writer``)."""
 
     def classify(
         self, files: Sequence[UploadFile]
@@ -270,15 +272,16 @@ def add_cells(sample_id: str, files: UploadFiles, service: ServiceDep) -> Upload
         store.add_cells(session, store.get_sample(session, sample_id), [], sha256)
     done, rejected = service.classify(files)
     new_cells = [_new_cell(upload, prediction) for upload, prediction in done]
-    with service.sessions.begin() as session:
-        cells = store.add_cells(session, store.get_sample(session, sample_id), new_cells, sha256)
+    with service.writes.begin() as session:
+        sample = store.lock_sample(session, sample_id)
+        cells = store.add_cells(session, sample, new_cells, sha256)
         return UploadResponse(added=[CellOut.model_validate(c) for c in cells], rejected=rejected)
 
 
 @api.post("/cells/{cell_id}/label", tags=["review"], summary="Reclassify a cell")
 def relabel(cell_id: str, body: RelabelRequest, service: ServiceDep) -> RelabelResponse:
-    with service.sessions.begin() as session:
-        cell = store.relabel(session, store.get_cell(session, cell_id), body.label, body.reviewer)
+    with service.writes.begin() as session:
+        cell = store.relabel(session, cell_id, body.label, body.reviewer)
         sample = cell.sample
         return RelabelResponse(
             cell=CellOut.model_validate(cell),
@@ -289,10 +292,8 @@ def relabel(cell_id: str, body: RelabelRequest, service: ServiceDep) -> RelabelR
 
 @api.post("/samples/{sample_id}/signoff", tags=["review"], summary="Sign off (then read-only)")
 def sign_off(sample_id: str, body: SignOffRequest, service: ServiceDep) -> SampleDetail:
-    with service.sessions.begin() as session:
-        sample = store.get_sample(session, sample_id)
-        store.sign_off(session, sample, body.reviewer, _differential(sample))
-        return _detail(sample)
+    with service.writes.begin() as session:
+        return _detail(store.sign_off(session, sample_id, body.reviewer, _differential))
 
 
 @api.get(
@@ -506,7 +507,9 @@ def create_app(settings: Settings, *, predictor: Predictor | None = None) -> Fas
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
-    app.state.service = Service(settings, runner, engine, store.session_factory(engine))
+    app.state.service = Service(
+        settings, runner, engine, store.session_factory(engine), store.writer(engine)
+    )
     install_error_handlers(app)
     app.include_router(public)
     app.include_router(api)

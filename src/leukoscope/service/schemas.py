@@ -165,6 +165,7 @@ class SignOffOut(BaseModel):
 
     reviewer: str
     signed_at: datetime
+    differential: Differential = Field(description="The differential frozen at sign-off.")
 
 
 class SampleSummary(BaseModel):

@@ -11,7 +11,7 @@ schema is created and upgraded by the Alembic migrations in ``migrations/``, nev
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -21,6 +21,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
     JSON,
+    Connection,
     DateTime,
     Engine,
     ForeignKey,
@@ -204,9 +205,22 @@ class SignOff(Base):
     sample: Mapped[Sample] = relationship(back_populates="signoff")
 
 
+WRITE_LOCK = "leukoscope_write_lock"
+"""Execution option marking the engine of :func:`writer`: its transactions take SQLite's
+write lock when they begin."""
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets foreign keys, WAL and a busy timeout so the server's
-    worker threads can share the file."""
+    worker threads can share the file.
+
+    SQLite transactions are begun by SQLAlchemy rather than by the ``sqlite3`` module, which
+    only opens one at the first write: reads before it saw no lock and could be stale by then
+    (4 concurrent reviewers stored 20 of 159 corrections with a wrong ``from_label``). Read
+    transactions begin with ``BEGIN`` (a consistent snapshot under WAL); the :func:`writer`
+    sessions with ``BEGIN IMMEDIATE``, which waits for the single write lock before the first
+    read, so a change and the checks it rests on are one atomic step.
+    """
     try:
         if not url.startswith("sqlite"):
             return create_engine(url, pool_pre_ping=True)
@@ -218,10 +232,16 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(connection: Connection) -> None:
+        write = connection.get_execution_options().get(WRITE_LOCK, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
 
@@ -247,7 +267,15 @@ def upgrade(engine: Engine) -> None:
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for reading (and for writes that need no lock, such as a new sample)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def writer(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for changes to a sample: begin them, then call :func:`lock_sample` before
+    anything else. On SQLite the transaction holds the database's write lock from its start;
+    on PostgreSQL the sample's row lock serialises the changes to that sample."""
+    return sessionmaker(engine.execution_options(**{WRITE_LOCK: True}), expire_on_commit=False)
 
 
 @dataclass(frozen=True)
@@ -306,15 +334,44 @@ def cell_bytes(session: Session, cell_id: str) -> bytes:
     return image.data
 
 
-def require_open(session: Session, sample: Sample) -> None:
-    """Refuse changes to a signed-off sample. The sample's row stays locked until the
-    transaction ends (PostgreSQL), so a sign-off cannot slip in between check and change."""
-    session.execute(select(Sample.id).where(Sample.id == sample.id).with_for_update())
-    session.refresh(sample, ["signoff"])
+def lock_sample(session: Session, sample_id: str) -> Sample:
+    """Lock the sample's row (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's write lock is
+    already held by a :func:`writer` session) and load it afresh. Call it before reading
+    anything else of the sample: what is read afterwards cannot change until the commit."""
+    query = (
+        select(Sample)
+        .where(Sample.id == sample_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    sample = session.scalars(query).one_or_none()
+    if sample is None:
+        raise NotFoundError(f"no sample {sample_id!r}")
+    return sample
+
+
+def require_open(sample: Sample) -> None:
+    """Refuse changes to a signed-off sample (read under :func:`lock_sample`)."""
     if sample.signoff is not None:
         raise ConflictError(
             f"sample {sample.name!r} was signed off by {sample.signoff.reviewer} and is read-only"
         )
+
+
+def lock_open_sample(session: Session, sample_id: str) -> Sample:
+    """:func:`lock_sample`, refused when the sample is signed off."""
+    sample = lock_sample(session, sample_id)
+    require_open(sample)
+    return sample
+
+
+def lock_cell(session: Session, cell_id: str) -> Cell:
+    """The cell, read after locking its sample (see :func:`lock_sample`)."""
+    sample_id = session.scalar(select(Cell.sample_id).where(Cell.id == cell_id))
+    if sample_id is None:
+        raise NotFoundError(f"no cell {cell_id!r}")
+    lock_sample(session, sample_id)
+    return get_cell(session, cell_id)
 
 
 def add_cells(
@@ -322,7 +379,7 @@ def add_cells(
 ) -> list[Cell]:
     """Store uploads and the predictions of the model ``model_sha256`` at the end of the
     sample; refused if another model classified the sample's cells (the classes could differ)."""
-    require_open(session, sample)
+    require_open(sample)
     if model_sha256 != sample.model_sha256:
         raise ConflictError(
             f"sample {sample.name!r} was classified by another model "
@@ -358,10 +415,12 @@ def add_cells(
     return cells
 
 
-def relabel(session: Session, cell: Cell, to_label: str, reviewer: str) -> Cell:
-    """Record the reviewer's call on a cell; calling it what it already is changes nothing."""
+def relabel(session: Session, cell_id: str, to_label: str, reviewer: str) -> Cell:
+    """Record the reviewer's call on a cell; calling it what it already is changes nothing.
+    Its ``from_label`` is the label the cell had under the sample's lock."""
+    cell = lock_cell(session, cell_id)
     sample = cell.sample
-    require_open(session, sample)
+    require_open(sample)
     if to_label not in sample.classes:
         raise UnknownClassError(
             f"unknown class {to_label!r}: choose one of {', '.join(sample.classes)}"
@@ -374,17 +433,21 @@ def relabel(session: Session, cell: Cell, to_label: str, reviewer: str) -> Cell:
 
 
 def sign_off(
-    session: Session, sample: Sample, reviewer: str, differential: dict[str, Any]
-) -> SignOff:
-    """Release the sample; refused while any cell is unidentified."""
-    require_open(session, sample)
+    session: Session,
+    sample_id: str,
+    reviewer: str,
+    differential: Callable[[Sample], dict[str, Any]],
+) -> Sample:
+    """Release the sample with ``differential(sample)`` frozen as it stands under the lock;
+    refused while any cell is unidentified."""
+    sample = lock_open_sample(session, sample_id)
     if sample.unidentified:
         raise ConflictError(
             f"{len(sample.unidentified)} unidentified cell(s) must be classified before sign-off"
         )
-    sample.signoff = SignOff(reviewer=reviewer, differential=differential)
+    sample.signoff = SignOff(reviewer=reviewer, differential=differential(sample))
     session.flush()
-    return sample.signoff
+    return sample
 
 
 def reviewed_cells(session: Session, *, signed_off: bool = False) -> Iterator[tuple[Cell, str]]:
