@@ -14,7 +14,7 @@ import torch
 from results_file import write_results
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-from leukoscope.cli.data import default_data_dir
+from leukoscope.data import default_dataset_dir
 from leukoscope.data.datasets import (
     CellImageDataset,
     Sample,
@@ -48,7 +48,7 @@ def _loader_rate(paths: list[Path], size: int, workers: int, draft: bool) -> flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=default_data_dir())
+    parser.add_argument("--data", type=Path, default=default_dataset_dir())
     parser.add_argument("--n", type=int, default=600, help="images to decode")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode.json"))
     args = parser.parse_args()

@@ -27,7 +27,7 @@ import torch
 from results_file import write_results
 from torch.utils.flop_counter import FlopCounterMode
 
-from leukoscope.cli.data import default_data_dir
+from leukoscope.data import default_dataset_dir
 from leukoscope.data.datasets import samples_from_folder
 from leukoscope.inference.export import export_fp32, export_int8
 from leukoscope.inference.predictor import Predictor, cpu_cores
@@ -114,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=default_data_dir())
+    parser.add_argument("--data", type=Path, default=default_dataset_dir())
     parser.add_argument("--archs", default=",".join(list_archs()), help="comma-separated")
     parser.add_argument("--n", type=int, default=640, help="images for the end-to-end run")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes")

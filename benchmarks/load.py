@@ -31,7 +31,7 @@ from PIL import Image
 from results_file import write_results
 
 from leukoscope.classes import WBC5
-from leukoscope.cli.data import default_data_dir
+from leukoscope.data import default_dataset_dir
 from leukoscope.data.images import is_image_name
 from leukoscope.machine import describe_machine
 from leukoscope.models import create_model, get_config, save_model
@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load")
     parser.add_argument("--mode", choices=("classify", "sample"), default="classify")
-    parser.add_argument("--images", type=Path, default=default_data_dir())
+    parser.add_argument("--images", type=Path, default=default_dataset_dir())
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/load.json"))
     args = parser.parse_args()
 

@@ -3,11 +3,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
 import typer
+from typer.core import TyperGroup
 
-from leukoscope.cli.app import _register_commands, app
+from leukoscope.cli.app import app
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -21,13 +21,12 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 
 
 def _command_paths() -> list[list[str]]:
-    _register_commands()
     root = typer.main.get_command(app)
     paths: list[list[str]] = []
 
-    def walk(cmd: click.Command, prefix: list[str]) -> None:
+    def walk(cmd: typer.core.TyperCommand, prefix: list[str]) -> None:
         paths.append(prefix)
-        if isinstance(cmd, click.Group):
+        if isinstance(cmd, TyperGroup):
             for name, sub in cmd.commands.items():
                 walk(sub, [*prefix, name])
 
@@ -91,7 +90,7 @@ def test_demo_audits_a_sample_without_a_model(pbc_root: Path, tmp_path: Path) ->
 
 
 def test_demo_classifies_a_sample_with_the_released_model(pbc_root: Path, tmp_path: Path) -> None:
-    from leukoscope.cli.demo import DEFAULT_MODEL
+    from leukoscope.demo import DEFAULT_MODEL
 
     if not (DEFAULT_MODEL / "model.safetensors").is_file():
         pytest.skip("no released model")

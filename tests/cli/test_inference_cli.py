@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from leukoscope.cli.app import _register_commands, app
+from leukoscope.cli.app import app
 from leukoscope.errors import LeukoscopeError
 from leukoscope.inference.abstention import synthetic_ood_images
 from leukoscope.models import load_model
@@ -38,7 +38,6 @@ def model_copy(tmp_path: Path, tiny: Tiny) -> Path:
 
 
 def invoke(*args: str | Path) -> Result:
-    _register_commands()
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
@@ -144,7 +143,7 @@ def test_int8_export_needs_a_manifest(untrained: Path) -> None:
 def test_int8_export_says_when_the_cpu_gains_nothing(
     tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("leukoscope.cli.export.has_int8_dot_product", lambda: False)
+    monkeypatch.setattr("leukoscope.machine.has_int8_dot_product", lambda: False)
     out = tmp_path / "m.int8.onnx"
     args = ("export", "--model", tiny.model_dir, "--int8", "--onnx", out)
     result = invoke(*args, "--calibration-manifest", tiny.manifest, "--images-per-class", "4")

@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from leukoscope.classes import WBC5
 from leukoscope.cli import app as cli_app
-from leukoscope.cli.app import _register_commands
 from leukoscope.data.scan import find_class_folders
 from leukoscope.service import store
 from leukoscope.service.settings import Settings
@@ -216,16 +215,15 @@ def test_reviewed_export_as_zip_and_folder(
     assert len(archive.namelist()) == N_CELLS
     assert archive.read(f"basophil/{sample['cells'][0]['id']}.jpg") == cell_jpeg(0)
 
-    _register_commands()
     out = tmp_path / "reviewed"
     db_url = make_settings().database_url
-    result = CliRunner().invoke(cli_app, ["export-reviewed", "--db", db_url, "--out", str(out)])
+    result = CliRunner().invoke(cli_app, ["review", "export", "--db", db_url, "--out", str(out)])
     assert result.exit_code == 0, result.output
     found = find_class_folders(out)  # what `data split` and `train` read
     assert set(found.folders) == {"basophil", "eosinophil"}
     assert found.unknown == [] and found.loose_files == []
     assert [p.name for p in (out / "basophil").iterdir()] == [f"{sample['cells'][0]['id']}.jpg"]
-    again = CliRunner().invoke(cli_app, ["export-reviewed", "--db", db_url, "--out", str(out)])
+    again = CliRunner().invoke(cli_app, ["review", "export", "--db", db_url, "--out", str(out)])
     assert again.exit_code != 0 and "new or empty folder" in str(again.exception)
 
 
@@ -238,7 +236,6 @@ def test_refuses_to_listen_beyond_loopback_without_token(
     assert make_settings(host=host, token="x" * 16).token == "x" * 16
     with pytest.raises(ValueError, match="at least 16"):
         make_settings(token="short")
-    _register_commands()
     result = CliRunner().invoke(cli_app, ["serve", "--model", "m", "--host", host])
     assert result.exit_code != 0 and "without an API token" in str(result.exception)
 

@@ -2,108 +2,85 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from leukoscope.classes import resolve_classes
-from leukoscope.cli.app import app, console, progress_bar
-from leukoscope.data.audit import audit_folder, summary_lines
-from leukoscope.data.download import download_dataset
-from leukoscope.data.resize import FORMATS, resize_manifest
-from leukoscope.data.split import SPLITS, split_folder, write_manifest
-from leukoscope.fileio import atomic_write_json
-
-DEFAULT_DATA = "../shared/data/pbc"
+from leukoscope.cli.console import console, print_audit, progress_bar
+from leukoscope.cli.options import Command, Group, ImageFormat
 
 data_app = typer.Typer(
-    help="Audit, split, resize and download cell-image datasets.", no_args_is_help=True
+    cls=Group, help="Audit, split, resize and download cell-image datasets.", no_args_is_help=True
 )
-app.add_typer(data_app, name="data")
+
+DataDir = Annotated[Path, typer.Argument(help="Folder of class folders.")]
 
 
-def default_data_dir() -> Path:
-    """``$LEUKOSCOPE_DATA``, else ``../shared/data/pbc``."""
-    return Path(os.environ.get("LEUKOSCOPE_DATA") or DEFAULT_DATA)
-
-
-def run_audit(root: Path, sample_per_class: int | None = None) -> dict[str, Any]:
-    """Audit ``root`` behind a progress bar."""
-    with progress_bar("Auditing images") as (progress, task):
-        return audit_folder(
-            root,
-            sample_per_class=sample_per_class,
-            on_total=lambda n: progress.update(task, total=n),
-            on_progress=lambda n: progress.advance(task, n),
-        )
-
-
-def print_audit(report: dict[str, Any]) -> None:
-    """The audit as a per-class table followed by the findings."""
-    table = Table(title=f"Audit of {report['root']}")
-    table.add_column("class")
-    table.add_column("folders")
-    table.add_column("files", justify="right")
-    table.add_column("usable", justify="right")
-    table.add_column("problems", justify="right")
-    for label, entry in report["classes"].items():
-        table.add_row(
-            label,
-            ", ".join(entry["folders"]),
-            str(entry["files"]),
-            str(entry["usable"]),
-            str(entry["problems"]) if entry["problems"] else "",
-        )
-    console.print(table)
-    for line in summary_lines(report):
-        console.print(f"• {line}", highlight=False)
-
-
-@data_app.command("audit")
+@data_app.command("audit", cls=Command)
 def audit(
-    data_dir: Path = typer.Argument(..., help="Folder of class folders."),
-    out: Path | None = typer.Option(None, "--out", help="Write the full report as JSON here."),
-    sample: int | None = typer.Option(
-        None, "--sample", min=1, help="Only the first N files of each class folder."
-    ),
+    data_dir: DataDir,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the full report as JSON here.")
+    ] = None,
+    sample: Annotated[
+        int | None,
+        typer.Option("--sample", min=1, help="Only the first N files of each class folder."),
+    ] = None,
 ) -> None:
     """Count images per class and find unreadable, hidden, duplicate and conflicting files."""
-    report = run_audit(data_dir, sample)
+    from leukoscope.data.audit import audit_folder
+    from leukoscope.fileio import atomic_write_json
+
+    with progress_bar("Auditing images") as tracker:
+        report = audit_folder(
+            data_dir,
+            sample_per_class=sample,
+            on_total=tracker.set_total,
+            on_progress=tracker.advance,
+        )
     print_audit(report)
     if out is not None:
         atomic_write_json(out, report)
         console.print(f"Full report: {out}")
 
 
-@data_app.command("split")
+@data_app.command("split", cls=Command)
 def split(
-    data_dir: Path = typer.Argument(..., help="Folder of class folders."),
-    classes: str = typer.Option(
-        "wbc5", "--classes", help="wbc5, pbc8, or comma-separated class names."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Random seed; same inputs give the same manifest."),
-    val: float = typer.Option(0.15, "--val", help="Fraction of each class for validation."),
-    test: float = typer.Option(0.15, "--test", help="Fraction of each class for testing."),
-    out: Path = typer.Option(..., "--out", help="Manifest CSV to write."),
+    data_dir: DataDir,
+    out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write.")],
+    classes: Annotated[
+        str, typer.Option("--classes", help="wbc5, pbc8, or comma-separated class names.")
+    ] = "wbc5",
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed; same inputs give the same manifest.")
+    ] = 0,
+    val: Annotated[
+        float, typer.Option("--val", help="Fraction of each class for validation.")
+    ] = 0.15,
+    test: Annotated[
+        float, typer.Option("--test", help="Fraction of each class for testing.")
+    ] = 0.15,
 ) -> None:
     """Write a stratified, seeded, leakage-free train/val/test manifest.
 
     Byte-identical and near-duplicate images always share a split; duplicates labelled
     differently are excluded and listed in <out>.excluded.csv.
     """
+    from leukoscope.classes import resolve_classes
+    from leukoscope.data.split import SPLITS, split_folder, write_manifest
+
     wanted = resolve_classes(classes)
-    with progress_bar("Hashing images") as (progress, task):
+    with progress_bar("Hashing images") as tracker:
         result = split_folder(
             data_dir,
             wanted,
             seed=seed,
             val=val,
             test=test,
-            on_total=lambda n: progress.update(task, total=n),
-            on_progress=lambda n: progress.advance(task, n),
+            on_total=tracker.set_total,
+            on_progress=tracker.advance,
         )
     excluded_path = write_manifest(result, data_dir, out)
     table = Table(title=f"Split of {data_dir} (seed {seed})")
@@ -120,52 +97,68 @@ def split(
             console.print(f"  {item.path}: {item.reason}", highlight=False)
 
 
-@data_app.command("resize")
+@data_app.command("resize", cls=Command)
 def resize(
-    manifest: Path = typer.Argument(..., help="Split manifest CSV (data split)."),
-    out: Path = typer.Option(..., "--out", help="Folder for the copy and its manifest.csv."),
-    size: int = typer.Option(224, "--size", min=16, help="Square side in pixels."),
-    splits: str = typer.Option("train,val,test", "--splits", help="Comma-separated splits."),
-    fmt: str = typer.Option("webp", "--format", help=f"One of {', '.join(FORMATS)}."),
-    quality: int = typer.Option(90, "--quality", min=1, max=100, help="WebP/JPEG quality."),
-    workers: int = typer.Option(2, "--workers", min=0, help="Decoding worker processes."),
+    manifest: Annotated[Path, typer.Argument(help="Split manifest CSV (data split).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the copy and its manifest.csv.")],
+    size: Annotated[int, typer.Option("--size", min=16, help="Square side in pixels.")] = 224,
+    splits: Annotated[
+        str, typer.Option("--splits", help="Comma-separated splits.")
+    ] = "train,val,test",
+    fmt: Annotated[
+        ImageFormat, typer.Option("--format", help="Image format of the copy.")
+    ] = ImageFormat.WEBP,
+    quality: Annotated[
+        int, typer.Option("--quality", min=1, max=100, help="WebP/JPEG quality.")
+    ] = 90,
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, help="Decoding worker processes.")
+    ] = 2,
 ) -> None:
     """Write a resized copy of a manifest's images with a manifest of its own.
 
     Resized as training does, so a model trained on the copy (say, on a GPU machine the
     originals are too large to ship to) sees the same pixels, apart from lossy encoding.
     """
+    from leukoscope.data.resize import resize_manifest
+
     wanted = tuple(s.strip() for s in splits.split(",") if s.strip())
-    with progress_bar("Resizing images") as (progress, task):
+    with progress_bar("Resizing images") as tracker:
         result = resize_manifest(
             manifest,
             out,
             size=size,
             splits=wanted,
-            fmt=fmt,
+            fmt=fmt.value,
             quality=quality,
             workers=workers,
-            on_total=lambda n: progress.update(task, total=n),
-            on_progress=lambda n: progress.advance(task, n),
+            on_total=tracker.set_total,
+            on_progress=tracker.advance,
         )
     console.print(f"Wrote {result.written} images and {result.manifest}")
     for path, reason in result.skipped:
         console.print(f"  skipped {path}: {reason}", highlight=False)
 
 
-@data_app.command("download")
+@data_app.command("download", cls=Command)
 def download(
-    name: str = typer.Argument("pbc", help="Dataset to fetch (pbc)."),
-    dest: Path | None = typer.Option(None, "--dest", help="Where to unpack (default: cache)."),
-    sha256: str | None = typer.Option(None, "--sha256", help="Expected archive checksum."),
+    name: Annotated[str, typer.Argument(help="Dataset to fetch (pbc).")] = "pbc",
+    dest: Annotated[
+        Path | None, typer.Option("--dest", help="Where to unpack (default: cache).")
+    ] = None,
+    sha256: Annotated[
+        str | None, typer.Option("--sha256", help="Expected archive checksum.")
+    ] = None,
 ) -> None:
     """Download the published dataset, verify it and unpack it into the user's cache."""
-    with progress_bar(f"Downloading {name}") as (progress, task):
+    from leukoscope.data.download import download_dataset
+
+    with progress_bar(f"Downloading {name}") as tracker:
         root = download_dataset(
             name,
             dest=dest,
             expected_sha256=sha256,
-            on_total=lambda n: progress.update(task, total=n),
-            on_progress=lambda n: progress.advance(task, n),
+            on_total=tracker.set_total,
+            on_progress=tracker.advance,
         )
     console.print(f"{name} is in {root}; use it with LEUKOSCOPE_DATA={root}")

@@ -2,48 +2,72 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from leukoscope.cli.app import app, console, progress_bar
-from leukoscope.data.datasets import Sample, read_manifest, samples_from_folder
+from leukoscope.cli.console import console, progress_bar
+from leukoscope.cli.options import Backend, BatchSize, Split
 from leukoscope.errors import LeukoscopeError
-from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
-from leukoscope.evaluation.metrics import BOOTSTRAP_RESAMPLES
-from leukoscope.evaluation.report import classification_table
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from leukoscope.data.datasets import Sample
+
+BOOTSTRAP_RESAMPLES = 1000
+"""``leukoscope.evaluation.metrics.BOOTSTRAP_RESAMPLES``, the default of ``--bootstrap``."""
 
 
-@app.command("evaluate")
 def evaluate_command(
-    model: Path = typer.Option(..., "--model", help="Model directory or its model.safetensors."),
-    data: Path | None = typer.Option(
-        None, "--data", help="Folder of class folders (any spelling, any subset of classes)."
-    ),
-    manifest: Path | None = typer.Option(None, "--manifest", help="Split manifest CSV."),
-    split: str = typer.Option("test", "--split", help="Manifest split to evaluate."),
-    out: Path = typer.Option(..., "--out", help="Folder for metrics.json, report.md, PNG."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1),
-    bootstrap: int = typer.Option(
-        BOOTSTRAP_RESAMPLES, "--bootstrap", min=10, help="Bootstrap resamples for the 95% CIs."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
-    timing_runs: int = typer.Option(
-        30, "--timing-runs", min=0, help="Batch-1 latency runs (0 skips timing)."
-    ),
-    mistakes: int = typer.Option(
-        12, "--mistakes", min=0, help="List this many most confident mistakes (0: none)."
-    ),
-    heatmaps: bool = typer.Option(
-        True, "--heatmaps/--no-heatmaps", help="Draw Grad-CAM heatmaps of those mistakes."
-    ),
-    backend: str = typer.Option(
-        "torch", "--backend", help="torch, onnx or auto; --model may name an .onnx export."
-    ),
+    model: Annotated[
+        Path, typer.Option("--model", help="Model directory or its model.safetensors.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for metrics.json, report.md and figures.")
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="Folder of class folders (any spelling, any subset of classes)."
+        ),
+    ] = None,
+    manifest: Annotated[Path | None, typer.Option("--manifest", help="Split manifest CSV.")] = None,
+    split: Annotated[
+        Split, typer.Option("--split", help="Manifest split to evaluate.")
+    ] = Split.TEST,
+    batch_size: BatchSize = 64,
+    bootstrap: Annotated[
+        int,
+        typer.Option("--bootstrap", min=10, help="Bootstrap resamples for the 95% CIs."),
+    ] = BOOTSTRAP_RESAMPLES,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    timing_runs: Annotated[
+        int, typer.Option("--timing-runs", min=0, help="Batch-1 latency runs (0 skips timing).")
+    ] = 30,
+    mistakes: Annotated[
+        int,
+        typer.Option("--mistakes", min=0, help="List this many most confident mistakes (0: none)."),
+    ] = 12,
+    heatmaps: Annotated[
+        bool,
+        typer.Option("--heatmaps/--no-heatmaps", help="Draw Grad-CAM heatmaps of those mistakes."),
+    ] = True,
+    backend: Annotated[
+        Backend,
+        typer.Option("--backend", help="Runtime; --model may name an .onnx export."),
+    ] = Backend.TORCH,
 ) -> None:
-    """Score a model on labelled images: accuracy, macro-F1, per-class table, CIs, speed,
-    calibration, accuracy-coverage and the most confident mistakes with Grad-CAM heatmaps."""
+    """Score a model on labelled images (one of --data or --manifest).
+
+    Accuracy, macro-F1, per-class table, CIs, speed, calibration, accuracy-coverage and the
+    most confident mistakes with Grad-CAM heatmaps.
+    """
+    from leukoscope.data.datasets import read_manifest, samples_from_folder
+    from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
+    from leukoscope.evaluation.report import classification_table
+
     if (data is None) == (manifest is None):
         raise LeukoscopeError("give exactly one of --data DIR or --manifest M.csv")
 
@@ -64,14 +88,9 @@ def evaluate_command(
         heatmaps=heatmaps,
         backend=backend,
     )
-    with progress_bar("Predicting") as (progress, task):
+    with progress_bar("Predicting") as tracker:
         metrics = evaluate_model(
-            model,
-            samples_for,
-            description,
-            out,
-            options=options,
-            advance=lambda n: progress.advance(task, n),
+            model, samples_for, description, out, options=options, advance=tracker.advance
         )
     console.print(classification_table(metrics))
     ci = metrics["bootstrap_95ci"]

@@ -3,44 +3,47 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from leukoscope.cli.app import app, console
+from leukoscope.cli.console import console
+from leukoscope.cli.options import Calibration
 from leukoscope.errors import LeukoscopeError
-from leukoscope.inference.export import (
-    CALIBRATIONS,
-    OPSET,
-    export_fp32,
-    export_int8,
-    int8_agreement,
-    onnx_parity,
-)
-from leukoscope.inference.predictor import ONNX_NAME
-from leukoscope.machine import has_int8_dot_product
 
 PARITY_TOLERANCE = 1e-4
+OPSET = 17
+"""``leukoscope.inference.export.OPSET``, the lowest opset the export supports."""
+ONNX_NAME = "model.onnx"
+"""``leukoscope.inference.predictor.ONNX_NAME``, the export ``--backend auto`` picks up."""
 
 
-@app.command("export")
 def export(
-    model: Path = typer.Option(..., "--model", help="Model directory."),
-    onnx_out: Path | None = typer.Option(
-        None, "--onnx", help=f"ONNX file to write (default: {ONNX_NAME} in the model directory)."
-    ),
-    int8: bool = typer.Option(False, "--int8", help="Quantise to int8 (needs a manifest)."),
-    manifest: Path | None = typer.Option(
-        None, "--calibration-manifest", help="Manifest whose training images calibrate int8."
-    ),
-    images_per_class: int = typer.Option(
-        32, "--images-per-class", min=1, help="Calibration images per class for int8."
-    ),
-    calibration: str = typer.Option(
-        "percentile",
-        "--calibration",
-        help=f"int8 activation ranges: {' or '.join(CALIBRATIONS)} of the calibration values.",
-    ),
-    opset: int = typer.Option(OPSET, "--opset", min=OPSET, help="ONNX opset."),
+    model: Annotated[Path, typer.Option("--model", help="Model directory.")],
+    onnx_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--onnx", help=f"ONNX file to write (default: {ONNX_NAME} in the model directory)."
+        ),
+    ] = None,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Quantise to int8 (needs a manifest).")
+    ] = False,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration-manifest", help="Manifest whose training images calibrate int8."
+        ),
+    ] = None,
+    images_per_class: Annotated[
+        int,
+        typer.Option("--images-per-class", min=1, help="Calibration images per class for int8."),
+    ] = 32,
+    calibration: Annotated[
+        Calibration,
+        typer.Option("--calibration", help="int8 activation ranges from the calibration values."),
+    ] = Calibration.PERCENTILE,
+    opset: Annotated[int, typer.Option("--opset", min=OPSET, help="ONNX opset.")] = OPSET,
 ) -> None:
     """Export to ONNX (uint8 pixels in; logits and features out; any batch size).
 
@@ -48,6 +51,9 @@ def export(
     quantisation (QDQ, per-channel) and reports how often it agrees with PyTorch on the
     manifest's validation images.
     """
+    from leukoscope.inference.export import export_fp32, export_int8, int8_agreement, onnx_parity
+    from leukoscope.machine import has_int8_dot_product
+
     model_dir = model if model.is_dir() else model.parent
     out = onnx_out or model_dir / ("model.int8.onnx" if int8 else ONNX_NAME)
     if int8:
@@ -58,7 +64,7 @@ def export(
             out,
             manifest,
             images_per_class=images_per_class,
-            calibration=calibration,
+            calibration=calibration.value,
             opset=opset,
         )
         agreement, n = int8_agreement(model, out, manifest, images_per_class=images_per_class)

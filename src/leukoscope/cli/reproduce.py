@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from leukoscope.classes import TASKS
-from leukoscope.cli.app import app, console, err_console
-from leukoscope.cli.data import default_data_dir
-from leukoscope.cli.train import log_to_console, rich_progress
+from leukoscope.cli.console import console, err_console, log_to_console, rich_progress
+from leukoscope.cli.options import Arch, DataOption, Profile
+from leukoscope.data import default_dataset_dir
 from leukoscope.errors import LeukoscopeError
-from leukoscope.evaluation.study import (
-    STUDY_ACCURACY,
-    StudyPlan,
-    comparison_markdown,
-    failures,
-    quick_plan,
-    run_study,
-)
-from leukoscope.models import list_archs
 
 
 def _names(text: str | None, known: list[str], what: str) -> tuple[str, ...] | None:
@@ -39,30 +30,40 @@ def _weights_files(items: list[str]) -> dict[str, Path]:
     files = {}
     for item in items:
         arch, sep, path = item.partition("=")
-        if not sep or arch not in list_archs():
+        if not sep or arch not in [a.value for a in Arch]:
             raise LeukoscopeError(f"--weights-file {item!r}: use ARCH=PATH with a known arch")
         files[arch] = Path(path)
     return files
 
 
-@app.command("reproduce")
 def reproduce_command(
-    data: Path | None = typer.Option(
-        None, "--data", help="PBC folder of class folders (default: $LEUKOSCOPE_DATA)."
-    ),
-    out: Path | None = typer.Option(
-        None, "--out", help="Where runs and tables go (runs/reproduce[-quick])."
-    ),
-    quick: bool = typer.Option(
-        False, "--quick", help="CI-sized: a sample per class, 128 px, 3 epochs, two light archs."
-    ),
-    per_class: int = typer.Option(40, "--per-class", min=4, help="Images per class with --quick."),
-    archs: str | None = typer.Option(None, "--archs", help="Comma-separated subset of archs."),
-    tasks: str | None = typer.Option(None, "--tasks", help="wbc5, pbc8 or both (comma)."),
-    profile: str | None = typer.Option(None, "--profile", help="Training profile (fast, full)."),
-    weights_file: list[str] = typer.Option(
-        [], "--weights-file", help="ARCH=PATH local ImageNet weights (repeatable)."
-    ),
+    data: DataOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where runs and tables go (runs/reproduce[-quick])."),
+    ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="CI-sized: a sample per class, 128 px, 3 epochs, two light archs."
+        ),
+    ] = False,
+    per_class: Annotated[
+        int, typer.Option("--per-class", min=4, help="Images per class with --quick.")
+    ] = 40,
+    archs: Annotated[
+        str | None, typer.Option("--archs", help="Comma-separated subset of archs.")
+    ] = None,
+    tasks: Annotated[
+        str | None, typer.Option("--tasks", help="wbc5, pbc8 or both (comma).")
+    ] = None,
+    profile: Annotated[
+        Profile | None, typer.Option("--profile", help="Training profile (default: the plan's).")
+    ] = None,
+    weights_file: Annotated[
+        list[str] | None,
+        typer.Option("--weights-file", help="ARCH=PATH local ImageNet weights (repeatable)."),
+    ] = None,
 ) -> None:
     """Train and test every arch with the study's protocol; compare with its accuracies.
 
@@ -73,17 +74,27 @@ def reproduce_command(
     Resumable: finished archs are skipped, interrupted ones resumed. Archs whose ImageNet
     weights cannot be obtained are reported and the others go on.
     """
+    from leukoscope.classes import TASKS
+    from leukoscope.evaluation.study import (
+        STUDY_ACCURACY,
+        StudyPlan,
+        comparison_markdown,
+        failures,
+        quick_plan,
+        run_study,
+    )
+
     log_to_console()
     plan = quick_plan(per_class) if quick else StudyPlan()
     plan = dataclasses.replace(
         plan,
         archs=_names(archs, list(STUDY_ACCURACY), "arch") or plan.archs,
         tasks=_names(tasks, list(TASKS), "task") or plan.tasks,
-        profile=profile or plan.profile,
-        weights_files=_weights_files(weights_file),
+        profile=profile.value if profile is not None else plan.profile,
+        weights_files=_weights_files(weights_file or []),
     )
     out = out or Path("runs/reproduce-quick" if quick else "runs/reproduce")
-    results = run_study(data or default_data_dir(), out, plan, progress=rich_progress)
+    results = run_study(data or default_dataset_dir(), out, plan, progress=rich_progress)
     console.print(comparison_markdown(results, plan), markup=False, highlight=False, soft_wrap=True)
     console.print(f"Written to {out / 'comparison.md'}")
     problems = failures(results, plan)

@@ -14,9 +14,17 @@ import html
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from scipy.stats import binomtest
+
+from leukoscope.errors import LeukoscopeError
+from leukoscope.fileio import atomic_write_json, atomic_write_text
+from leukoscope.reports.predictions import predictions_csv
+
+if TYPE_CHECKING:
+    from leukoscope.inference.predictor import Prediction
 
 DISCLAIMER = (
     "Research use only. These counts come from an automated image classifier and the flags are "
@@ -330,3 +338,52 @@ def render_html(differential: dict) -> str:
 </body>
 </html>
 """
+
+
+RENDERERS = {"md": render_markdown, "html": render_html}
+"""Report formats of :func:`write_sample_report` and their renderers."""
+
+
+def write_sample_report(
+    predictions: Sequence[Prediction],
+    classes: Sequence[str],
+    out: Path,
+    *,
+    sample: Path,
+    model: Path,
+    fmt: str = "md",
+) -> tuple[dict[str, Any], Path]:
+    """The differential of one sample's predicted cells, written to ``out``.
+
+    Parameters
+    ----------
+    predictions
+        Every cell of the sample, unreadable files included (listed, not counted).
+    classes
+        The model's classes, in its order.
+    out
+        Folder for ``differential.json``, ``differential.<fmt>`` and ``cells.csv`` (every
+        cell's call); each is written atomically.
+    sample, model
+        Recorded in the report.
+    fmt
+        A key of :data:`RENDERERS`.
+
+    Returns
+    -------
+    report, path
+        The differential as written to JSON, and the path of the rendered report.
+    """
+    if fmt not in RENDERERS:
+        raise LeukoscopeError(f"unknown format {fmt!r}: use {' or '.join(RENDERERS)}")
+    cells = [CellCall(p.label, p.uncertain) for p in predictions if p.label is not None]
+    report = compute_differential(cells, classes) | {
+        "sample": str(sample),
+        "model": str(model),
+        "unreadable": [{"source": p.source, "error": p.error} for p in predictions if p.error],
+    }
+    atomic_write_text(out / "cells.csv", predictions_csv(predictions, classes))
+    atomic_write_json(out / "differential.json", report)
+    report_path = out / f"differential.{fmt}"
+    atomic_write_text(report_path, RENDERERS[fmt](report))
+    return report, report_path

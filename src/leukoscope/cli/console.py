@@ -1,0 +1,153 @@
+"""Consoles, progress bars and log output shared by the commands.
+
+The library reports progress through plain callbacks (``on_total(n)``, ``advance(n)``) or a
+:data:`leukoscope.progress.TrackerFactory`; the adapters here draw them as Rich progress bars
+on stderr, so that stdout holds only results.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from leukoscope.progress import Tracker
+
+if TYPE_CHECKING:
+    from leukoscope.inference.predictor import Prediction, Predictor
+
+console = Console()
+err_console = Console(stderr=True)
+
+SHOWN_ERRORS = 10
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None) -> Iterator[Tracker]:
+    """A Rich progress bar with count, elapsed and remaining time (on stderr).
+
+    Returns
+    -------
+    Tracker
+        ``set_total(n)`` for a total known only later, ``advance(n)`` per finished item.
+    """
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield Tracker(
+            set_total=lambda n: progress.update(task, total=n),
+            advance=lambda n: progress.advance(task, n),
+        )
+
+
+@contextmanager
+def rich_progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A :func:`progress_bar` as the trainer's ``ProgressFactory`` (yields ``advance(n)``)."""
+    with progress_bar(description, total) as tracker:
+        yield tracker.advance
+
+
+def log_to_console() -> None:
+    """Show the library's INFO log lines (epoch summaries, skipped files) on stderr."""
+    from rich.logging import RichHandler
+
+    root = logging.getLogger("leukoscope")
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        root.addHandler(RichHandler(console=err_console, show_path=False, markup=False))
+    root.setLevel(logging.INFO)
+
+
+def warn(message: str) -> None:
+    """One yellow warning line on stderr."""
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def print_skipped(messages: Sequence[str]) -> None:
+    """One line per file that was skipped, with its reason."""
+    for message in messages:
+        console.print(f"[yellow]skipped[/] {message}", highlight=False, soft_wrap=True)
+
+
+def print_audit(report: dict[str, Any]) -> None:
+    """The audit as a per-class table followed by the findings."""
+    from leukoscope.data.audit import summary_lines
+
+    table = Table(title=f"Audit of {report['root']}")
+    table.add_column("class")
+    table.add_column("folders")
+    table.add_column("files", justify="right")
+    table.add_column("usable", justify="right")
+    table.add_column("problems", justify="right")
+    for label, entry in report["classes"].items():
+        table.add_row(
+            label,
+            ", ".join(entry["folders"]),
+            str(entry["files"]),
+            str(entry["usable"]),
+            str(entry["problems"]) if entry["problems"] else "",
+        )
+    console.print(table)
+    for line in summary_lines(report):
+        console.print(f"• {line}", highlight=False)
+
+
+def print_unreadable(predictions: Sequence[Prediction]) -> None:
+    """List the files that could not be read (the first few, then a count)."""
+    errors = [p.error for p in predictions if p.error is not None]
+    if not errors:
+        return
+    console.print(f"[yellow]{len(errors)} unreadable file(s) skipped:[/]")
+    for message in errors[:SHOWN_ERRORS]:
+        console.print(f"  {message}", highlight=False, soft_wrap=True)
+    if len(errors) > SHOWN_ERRORS:
+        console.print(f"  ... and {len(errors) - SHOWN_ERRORS} more (all listed in the output)")
+
+
+def load_predictor(model: Path, backend: str) -> Predictor:
+    """Load the model, warning when it has no calibration (nothing will be flagged)."""
+    from leukoscope.inference.predictor import Predictor
+
+    predictor = Predictor.load(model, backend=backend)
+    if predictor.abstainer is None:
+        warn(
+            "the model is not calibrated (run leukoscope calibrate), so no image will be "
+            "flagged uncertain"
+        )
+    return predictor
+
+
+def classify(
+    predictor: Predictor, inputs: Sequence[str | Path], batch_size: int, workers: int
+) -> list[Prediction]:
+    """Predict every image under ``inputs`` (files, folders, globs) behind a progress bar."""
+    from leukoscope.data.datasets import samples_from_paths
+
+    paths = [sample.path for sample in samples_from_paths(inputs)]
+    if len(paths) <= batch_size:
+        # A loader's workers decode whole batches: one batch gains nothing from them and pays
+        # for starting them, which a one-image predict notices.
+        workers = 0
+    with progress_bar("Classifying", total=len(paths)) as tracker:
+        return predictor.predict_paths(
+            paths, batch_size=batch_size, workers=workers, on_progress=tracker.advance
+        )
