@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from leukoscope.cli.app import _register_commands, app
+from leukoscope.cli.app import app
 from leukoscope.data.audit import audit_folder
 from leukoscope.data.split import split_folder
 
@@ -63,7 +63,6 @@ def test_split_excludes_an_unreadable_file(unreadable_dataset: Path) -> None:
 def test_audit_and_split_commands_finish_with_an_unreadable_file(
     unreadable_dataset: Path, tmp_path: Path
 ) -> None:
-    _register_commands()
     runner = CliRunner()
     audit = runner.invoke(app, ["data", "audit", str(unreadable_dataset)])
     assert audit.exit_code == 0, audit.output

@@ -13,7 +13,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from leukoscope.cli import app as cli_app
-from leukoscope.cli.app import _register_commands
 from leukoscope.data.images import SUPPORTED_FORMATS, is_image_name
 from leukoscope.service import exports
 from leukoscope.service.settings import Settings
@@ -32,8 +31,7 @@ def encoded(fmt: str) -> bytes:
 
 
 def export_cli(db_url: str, out: Path) -> object:
-    _register_commands()
-    return CliRunner().invoke(cli_app, ["export-reviewed", "--db", db_url, "--out", str(out)])
+    return CliRunner().invoke(cli_app, ["review", "export", "--db", db_url, "--out", str(out)])
 
 
 @pytest.mark.parametrize("fmt", sorted(SUPPORTED_FORMATS))
