@@ -1,10 +1,6 @@
-"""Reports built from predictions: the white-cell differential of a sample."""
+"""Reports built from predictions: prediction files, a sample's white-cell differential,
+Grad-CAM overlays and figures.
 
-from leukoscope.reports.differential import (
-    CellCall,
-    compute_differential,
-    render_html,
-    render_markdown,
-)
-
-__all__ = ["CellCall", "compute_differential", "render_html", "render_markdown"]
+Nothing is imported here, so that writing a prediction file does not load SciPy for the
+differential's intervals.
+"""

@@ -1,0 +1,57 @@
+"""Prediction files: CSV rows, the JSON summary and the choice of format by suffix."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+
+from leukoscope.errors import LeukoscopeError
+from leukoscope.inference.predictor import Prediction
+from leukoscope.reports.predictions import check_output_suffix, predictions_csv, summarise
+
+CLASSES = ("eosinophil", "neutrophil")
+
+
+def prediction(source: str, label: str, p: float, uncertain: bool = False) -> Prediction:
+    other = next(c for c in CLASSES if c != label)
+    return Prediction(source, label, p, {label: p, other: 1 - p}, other, 1 - p, uncertain, p)
+
+
+PREDICTIONS = [
+    prediction("a.jpg", "neutrophil", 0.9),
+    prediction("b.jpg", "eosinophil", 0.55, uncertain=True),
+    Prediction("c.jpg", None, 0.0, {}, None, 0.0, False, 0.0, error="c.jpg: empty file"),
+]
+
+
+def test_csv_has_a_row_per_image_and_no_numbers_for_an_unreadable_one() -> None:
+    rows = list(csv.DictReader(io.StringIO(predictions_csv(PREDICTIONS, CLASSES))))
+    assert [r["source"] for r in rows] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert rows[0]["p_neutrophil"] == "0.900000" and rows[0]["runner_up"] == "eosinophil"
+    assert rows[1]["uncertain"] == "true"
+    assert {k: v for k, v in rows[2].items() if v} == {
+        "source": "c.jpg",
+        "error": "c.jpg: empty file",
+    }
+
+
+def test_summary_counts_only_confident_calls_per_class() -> None:
+    assert summarise(PREDICTIONS) == {
+        "images": 3,
+        "unreadable": 1,
+        "uncertain": 1,
+        "by_class": {"neutrophil": 1},
+    }
+
+
+@pytest.mark.parametrize("name", ["p.csv", "P.JSON"])
+def test_csv_and_json_are_accepted(name: str) -> None:
+    check_output_suffix(Path(name))
+
+
+def test_another_suffix_is_refused_before_any_work() -> None:
+    with pytest.raises(LeukoscopeError, match=r"p\.xlsx: the output must end in \.csv or \.json"):
+        check_output_suffix(Path("p.xlsx"))
