@@ -14,6 +14,8 @@ from leukoscope.cli.app import app
 from leukoscope.errors import LeukoscopeError
 from leukoscope.inference.abstention import synthetic_ood_images
 from leukoscope.models import load_model
+from leukoscope.reports import differential as differential_report
+from leukoscope.reports.differential import CellCall
 from tests.conftest import cell_image
 from tests.inference.tiny import Tiny, build_tiny, build_untrained, squeezenet_h5
 
@@ -111,6 +113,27 @@ def test_differential_writes_the_report(tmp_path: Path, tiny: Tiny, fmt: str) ->
     assert [u["source"] for u in differential["unreadable"]] == [str(sample / "empty.jpg")]
     assert "not a diagnosis" in (out / f"differential.{fmt}").read_text()
     assert len(list(csv.DictReader((out / "cells.csv").open()))) == 33
+
+
+def test_differential_in_the_terminal_qualifies_weak_flags(
+    tmp_path: Path, untrained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flag whose interval overlaps the reference says so, as the Markdown and HTML do."""
+    counts = {"neutrophil": 17, "lymphocyte": 2, "eosinophil": 1}
+    weak = [CellCall(label, False) for label, n in counts.items() for _ in range(n)]
+    real = differential_report.compute_differential
+    monkeypatch.setattr(
+        differential_report,
+        "compute_differential",
+        lambda _calls, classes: real(weak, classes),
+    )
+    out = tmp_path / "report"
+    folder = cells_folder(tmp_path / "in")
+    result = invoke("differential", "--model", untrained, folder, "--out", out, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    flags = json.loads((out / "differential.json").read_text())["flags"]
+    assert flags and not any(flag["definite"] for flag in flags)
+    assert "(interval overlaps the reference)" in " ".join(result.output.split())
 
 
 def test_explain_writes_overlays(tmp_path: Path, tiny: Tiny) -> None:

@@ -38,6 +38,7 @@ def differential(
     from leukoscope.reports.differential import (
         DISCLAIMER,
         TABLE_HEADER,
+        flag_lines,
         table_rows,
         write_sample_report,
     )
@@ -56,8 +57,8 @@ def differential(
         table.add_row(*cells_text)
     console.print(table)
     console.print(f"For review (not counted): {report['for_review']['total']}")
-    for flag in report["flags"]:
-        console.print(f"[bold yellow]flag:[/] {flag['text']}", highlight=False)
+    for line in flag_lines(report):
+        console.print(f"[bold yellow]flag:[/] {line}", highlight=False)
     print_unreadable(predictions)
     console.print(f"[bold]{DISCLAIMER}[/]", soft_wrap=True)
     console.print(f"Report: {report_path}")

@@ -242,10 +242,16 @@ def _extra_lines(differential: dict[str, Any]) -> list[str]:
         )
     if differential.get("unreadable"):
         lines.append(f"Unreadable images skipped: {len(differential['unreadable'])}.")
+    excluded = {name: n for name, n in (differential.get("excluded") or {}).items() if n}
+    if excluded:
+        counts = ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in excluded.items())
+        lines.append(f"Excluded by the reviewer (not counted): {counts}.")
     return lines
 
 
-def _flag_lines(differential: dict[str, Any]) -> list[str]:
+def flag_lines(differential: dict[str, Any]) -> list[str]:
+    """Each flag's text; a flag whose interval reaches into the reference range says so, so a
+    weak flag never reads as a definite one."""
     return [
         f"{flag['text']}" + ("" if flag["definite"] else " (interval overlaps the reference)")
         for flag in differential["flags"]
@@ -271,7 +277,7 @@ def render_markdown(differential: dict) -> str:
         "",
         "## Flags",
         "",
-        *([f"- {line}" for line in _flag_lines(differential)] or ["- none"]),
+        *([f"- {line}" for line in flag_lines(differential)] or ["- none"]),
         "",
         "## Notes",
         "",
@@ -303,7 +309,7 @@ def render_html(differential: dict) -> str:
         + "</tr>"
         for row, cells in zip(differential["rows"], table_rows(differential), strict=True)
     )
-    flags = _flag_lines(differential) or ["none"]
+    flags = flag_lines(differential) or ["none"]
     model = (
         f"<p>Model: <code>{e(differential['model'])}</code></p>"
         if differential.get("model")
