@@ -121,7 +121,7 @@ def make_client(
 
     def _make(**overrides: Any) -> TestClient:
         app: FastAPI = create_app(make_settings(**overrides), predictor=predictor)
-        client = TestClient(app).__enter__()
+        client = TestClient(app, base_url="http://127.0.0.1").__enter__()
         clients.append(client)
         return client
 

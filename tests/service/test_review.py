@@ -43,7 +43,7 @@ def resolve_all(client: TestClient, sample: dict) -> dict:
     """Classify every unidentified cell as the model's guess; returns the last response."""
     result = {}
     for cell in sample["cells"]:
-        if cell["label"] is None:
+        if cell["label"] is None and cell["exclusion"] is None:
             result = relabel(client, cell["id"], cell["prediction"]["label"])
     return result
 
@@ -133,7 +133,8 @@ def test_csv_and_report(client: TestClient) -> None:
     client.post(f"/api/samples/{sample['id']}/signoff", json={"reviewer": "Dr. <b>C</b>"})
     response = client.get(f"/api/samples/{sample['id']}/cells.csv")
     assert response.headers["content-type"].startswith("text/csv")
-    assert f'filename="sample-{sample["id"]}.csv"' in response.headers["content-disposition"]
+    disposition = response.headers["content-disposition"]
+    assert 'filename="=HYPERLINK(1).csv"' in disposition, "named after the sample"
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert len(rows) == N_CELLS
     assert rows[0]["sample_name"] == "'=HYPERLINK(1)", "formulas are neutralised"
@@ -247,3 +248,199 @@ def test_cells_classified_by_another_model_do_not_mix(client: TestClient) -> Non
         store.get_sample(session, sample["id"]).model_sha256 = "0" * 64
     response = client.post(f"/api/samples/{sample['id']}/cells", files=cells(1))
     assert_error(response, 409, "another model")
+
+
+def exclude(client: TestClient, cell_id: str, category: str, reviewer: str = "Dr. A") -> dict:
+    body = {"exclude": category, "reviewer": reviewer}
+    response = client.post(f"/api/cells/{cell_id}/label", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_excluded_cells_leave_the_differential_and_are_listed_apart(client: TestClient) -> None:
+    sample = new_sample(client)
+    unidentified = next(c for c in sample["cells"] if c["label"] is None)
+    classified = next(c for c in sample["cells"] if c["label"] is not None)
+    before = sample["differential"]
+    result = exclude(client, unidentified["id"], "artefact")
+    assert result["cell"]["exclusion"] == "artefact" and result["cell"]["label"] is None
+    assert result["unidentified_count"] == sample["unidentified_count"] - 1
+    result = exclude(client, classified["id"], "not_white_cell")
+    differential = result["differential"]
+    assert differential["excluded"] == {
+        "artefact": 1, "smudged": 0, "not_white_cell": 1, "duplicate": 0
+    }  # fmt: skip
+    assert differential["white_cells_counted"] == before["white_cells_counted"] - 1
+    assert differential["for_review"]["total"] == before["for_review"]["total"] - 1
+    correction = result["cell"]["corrections"][-1]
+    assert (correction["from_label"], correction["to_label"]) == (
+        classified["label"], "excluded:not_white_cell"
+    )  # fmt: skip
+    assert_error(
+        client.post(f"/api/cells/{classified['id']}/label", json={"exclude": "x", "reviewer": "A"}),
+        422,
+    )
+    both = {"label": "monocyte", "exclude": "artefact", "reviewer": "A"}
+    assert_error(client.post(f"/api/cells/{classified['id']}/label", json=both), 422)
+
+    resolve_all(client, client.get(f"/api/samples/{sample['id']}").json())
+    signed = client.post(f"/api/samples/{sample['id']}/signoff", json={"reviewer": "Dr. A"})
+    assert signed.status_code == 200, signed.text
+    assert signed.json()["excluded_count"] == 2
+    rows = list(
+        csv.DictReader(io.StringIO(client.get(f"/api/samples/{sample['id']}/cells.csv").text))
+    )
+    by_id = {row["cell_id"]: row for row in rows}
+    assert by_id[unidentified["id"]]["label"] == "excluded"
+    assert by_id[unidentified["id"]]["exclusion"] == "artefact"
+    report = client.get(f"/api/samples/{sample['id']}/report.html").text
+    assert "Excluded by the reviewer (not counted): artefact 1, not white cell 1." in report
+    archive = zipfile.ZipFile(io.BytesIO(client.get("/api/reviewed.zip?signed_off=true").content))
+    assert len(archive.namelist()) == N_CELLS - 2 + 1, "excluded cells only in excluded.csv"
+    listed = list(csv.DictReader(io.StringIO(archive.read("excluded.csv").decode())))
+    assert {row["cell_id"]: row["exclusion"] for row in listed} == {
+        unidentified["id"]: "artefact", classified["id"]: "not_white_cell"
+    }  # fmt: skip
+
+
+def test_duplicate_uploads_are_detected_by_content(client: TestClient) -> None:
+    sample = client.post("/api/samples", json={"name": "dups"}).json()
+    url = f"/api/samples/{sample['id']}/cells"
+    first = client.post(url, files=files(("a.jpg", cell_jpeg(0)), ("b.jpg", cell_jpeg(1)))).json()
+    again = client.post(url, files=files(("a-again.jpg", cell_jpeg(0)), ("c.jpg", cell_jpeg(2))))
+    added = again.json()["added"]
+    assert added[0]["duplicate_of"] == first["added"][0]["id"]
+    assert added[0]["exclusion"] == "duplicate" and added[0]["label"] is None
+    assert added[1]["duplicate_of"] is None
+    detail = client.get(f"/api/samples/{sample['id']}").json()
+    assert detail["differential"]["excluded"]["duplicate"] == 1
+    counted = detail["differential"]["white_cells_counted"]
+    assert counted + detail["differential"]["for_review"]["total"] == 3
+    restored = relabel(client, added[0]["id"], "monocyte")  # a reviewer may count it after all
+    assert restored["cell"]["exclusion"] is None
+    assert restored["differential"]["excluded"]["duplicate"] == 0
+
+
+def test_comments_on_samples_and_cells(client: TestClient) -> None:
+    sample = new_sample(client)
+    cell = sample["cells"][2]
+    url = f"/api/samples/{sample['id']}/comments"
+    on_sample = client.post(url, json={"text": "Stain too pale", "reviewer": "Dr. A"})
+    assert on_sample.status_code == 201 and on_sample.json()["cell_id"] is None
+    on_cell = client.post(
+        url, json={"text": "<i>odd</i> nucleus", "cell_id": cell["id"], "reviewer": "B"}
+    )
+    assert on_cell.json()["reviewer"] == "B"
+    assert_error(client.post(url, json={"text": "x", "cell_id": "nope", "reviewer": "A"}), 404)
+    assert_error(client.post(url, json={"text": " ", "reviewer": "A"}), 422)
+    detail = client.get(f"/api/samples/{sample['id']}").json()
+    assert [c["text"] for c in detail["comments"]] == ["Stain too pale", "<i>odd</i> nucleus"]
+    rows = list(
+        csv.DictReader(io.StringIO(client.get(f"/api/samples/{sample['id']}/cells.csv").text))
+    )
+    assert rows[2]["comments"] == "B: <i>odd</i> nucleus"
+    report = client.get(f"/api/samples/{sample['id']}/report.html").text
+    assert "Stain too pale" in report and "&lt;i&gt;odd&lt;/i&gt; nucleus" in report
+
+
+def test_amendment_keeps_the_signed_version(client: TestClient) -> None:
+    sample = new_sample(client)
+    sid = sample["id"]
+    url = f"/api/samples/{sid}/amendments"
+    cell = sample["cells"][0]
+    change = {"reason": "second look", "reviewer": "Dr. B", "changes": []}
+    assert_error(
+        client.post(url, json=change | {"changes": [{"cell_id": cell["id"], "label": "monocyte"}]}),
+        409,
+        "not signed off",
+    )
+    resolve_all(client, sample)
+    signed = client.post(f"/api/samples/{sid}/signoff", json={"reviewer": "Dr. A"}).json()
+    current = signed["cells"][0]["label"]
+    target = next(name for name in WBC5 if name != current)
+    assert_error(client.post(url, json=change), 422)
+    same = {"cell_id": cell["id"], "label": current}
+    assert_error(client.post(url, json=change | {"changes": [same]}), 409, "changes no cell")
+    other = {"cell_id": cell["id"], "label": target}
+    assert_error(client.post(url, json=change | {"reason": "", "changes": [other]}), 422)
+    amended = client.post(url, json=change | {"changes": [other]})
+    assert amended.status_code == 200, amended.text
+    body = amended.json()
+    assert body["signoff"] == signed["signoff"], "the signed version is kept as it was"
+    [amendment] = body["amendments"]
+    assert (amendment["reviewer"], amendment["reason"]) == ("Dr. B", "second look")
+    [correction] = amendment["corrections"]
+    assert (correction["from_label"], correction["to_label"]) == (current, target)
+    assert correction["cell_id"] == cell["id"] and correction["amendment_id"] == amendment["id"]
+    counts = {row["class"]: row["count"] for row in amendment["differential"]["rows"]}
+    frozen = {row["class"]: row["count"] for row in signed["signoff"]["differential"]["rows"]}
+    assert counts[target] == frozen[target] + 1 and counts[current] == frozen[current] - 1
+    assert body["cells"][0]["label"] == target and body["amendment_count"] == 1
+    locked = client.post(f"/api/cells/{cell['id']}/label", json={"label": current, "reviewer": "x"})
+    assert_error(locked, 409, "read-only"), "direct changes stay refused"
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/api/samples/{sid}/cells.csv").text)))
+    assert (rows[0]["signed_call"], rows[0]["label"]) == (current, target)
+    report = client.get(f"/api/samples/{sid}/report.html").text
+    assert "Amended by Dr. B" in report and "second look" in report
+    assert "As signed off before amendment" in report
+
+
+def test_named_reviewer_tokens_identify_the_reviewer(
+    make_client: Callable[..., TestClient],
+) -> None:
+    tokens = {"token-of-doctor-a-0123": "Dr. A", "token-of-doctor-b-4567": "Dr. B"}
+    shared = "shared-token-0123456789"
+    client = make_client(reviewer_tokens=tokens, token=shared)
+    as_a = {"Authorization": "Bearer token-of-doctor-a-0123"}
+    as_shared = {"Authorization": f"Bearer {shared}"}
+    assert client.get("/api/me", headers=as_a).json() == {
+        "reviewer": "Dr. A",
+        "named_reviewers": True,
+    }
+    assert client.get("/api/me", headers=as_shared).json()["reviewer"] is None
+    assert_error(client.get("/api/samples", headers={"Authorization": "Bearer wrong"}), 401)
+    sample = client.post("/api/samples", json={"name": "s"}, headers=as_shared).json()
+    upload = client.post(f"/api/samples/{sample['id']}/cells", files=cells(1), headers=as_shared)
+    cell = upload.json()["added"][0]
+    url = f"/api/cells/{cell['id']}/label"
+    result = client.post(url, json={"label": "basophil"}, headers=as_a)
+    assert result.json()["cell"]["corrections"][-1]["reviewer"] == "Dr. A"
+    forged = client.post(url, json={"label": "monocyte", "reviewer": "Dr. B"}, headers=as_a)
+    assert_error(forged, 403, "belongs to Dr. A")
+    assert_error(
+        client.post(url, json={"label": "monocyte", "reviewer": "Dr. A"}, headers=as_shared),
+        403,
+        "named reviewer",
+    )
+    signed = client.post(f"/api/samples/{sample['id']}/signoff", json={}, headers=as_a).json()
+    assert signed["signoff"]["reviewer"] == "Dr. A"
+
+
+def test_single_token_and_open_modes_take_a_typed_name(client: TestClient) -> None:
+    sample = new_sample(client)
+    cell = sample["cells"][0]
+    assert_error(
+        client.post(f"/api/cells/{cell['id']}/label", json={"label": "basophil"}), 422, "name"
+    )
+    assert client.get("/api/me").json() == {"reviewer": None, "named_reviewers": False}
+
+
+def test_tokenless_server_answers_only_loopback_host_names(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client()
+    for host in ["127.0.0.1:8000", "localhost", "[::1]:8000"]:
+        assert client.get("/api/health", headers={"Host": host}).status_code == 200
+    for host in ["evil.example", "evil.example:8000", "127.0.0.1.nip.io", ""]:
+        assert_error(client.get("/api/health", headers={"Host": host}), 400, "DNS rebinding")
+    with_token = make_client(token="x" * 16)
+    assert with_token.get("/api/health", headers={"Host": "lab-server:8000"}).status_code == 200
+
+
+def test_database_is_private(make_client: Callable[..., TestClient], tmp_path: Path) -> None:
+    client = make_client()
+    new_sample(client)
+    data_dir = tmp_path / "data"
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    for name in ["leukoscope.db", "leukoscope.db-wal", "leukoscope.db-shm"]:
+        assert (data_dir / name).stat().st_mode & 0o777 == 0o600, name

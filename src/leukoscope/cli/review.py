@@ -57,5 +57,5 @@ def export_reviewed(
     for label, count in counts.items():
         table.add_row(label, str(count))
     console.print(table)
-    total = sum(counts.values())
+    total = sum(n for label, n in counts.items() if not label.startswith("excluded"))
     console.print(f"{total} images; split with: leukoscope data split {out} --out split.csv")

@@ -53,6 +53,15 @@ def serve(
             "(prefer the environment variable: command lines are visible to other users).",
         ),
     ] = None,
+    reviewers: Annotated[
+        Path | None,
+        typer.Option(
+            "--reviewers",
+            envvar="LEUKOSCOPE_REVIEWERS",
+            help='JSON file {"reviewer name": "token", ...}: each reviewer signs with their own '
+            "token, recorded on every correction and sign-off instead of a typed name.",
+        ),
+    ] = None,
     max_file_mb: Annotated[
         float | None, typer.Option("--max-file-mb", help="Largest image file, in MiB.")
     ] = None,
@@ -75,7 +84,7 @@ def serve(
     from sqlalchemy.engine import make_url
 
     from leukoscope.service.app import create_app
-    from leukoscope.service.settings import MIB, Settings
+    from leukoscope.service.settings import MIB, Settings, load_reviewers
 
     try:
         settings = Settings(
@@ -86,6 +95,7 @@ def serve(
                 db_url=db,
                 data_dir=data_dir,
                 token=token,
+                reviewer_tokens=None if reviewers is None else load_reviewers(reviewers),
                 max_file_bytes=None if max_file_mb is None else int(max_file_mb * MIB),
                 max_request_bytes=None if max_request_mb is None else int(max_request_mb * MIB),
                 max_files=max_files,
@@ -97,6 +107,12 @@ def serve(
     web_app = create_app(settings)
     database = make_url(settings.database_url).render_as_string(hide_password=True)
     console.print(f"Database: {database}", highlight=False)
-    auth = "token required" if settings.token else "no token (loopback only)"
+    auth = (
+        f"{len(settings.reviewer_tokens)} named reviewer token(s)"
+        if settings.reviewer_tokens
+        else "token required"
+        if settings.token
+        else "no token (loopback only)"
+    )
     console.print(f"Serving on http://{host}:{port}/ ({auth}); Ctrl+C stops.", highlight=False)
     uvicorn.run(web_app, host=host, port=port, server_header=False, log_level="info")

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import html
 import io
+import re
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from typing import Annotated, Any
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Security, UploadFile
 from fastapi.responses import FileResponse, Response, StreamingResponse
@@ -30,16 +34,27 @@ from leukoscope.data.images import decode_rgb
 from leukoscope.inference.predictor import Prediction, Predictor
 from leukoscope.reports.differential import CellCall, compute_differential, render_html
 from leukoscope.service import store
-from leukoscope.service.errors import ApiError, BodySizeLimit, install_error_handlers
+from leukoscope.service.errors import (
+    ApiError,
+    BodySizeLimit,
+    error_response,
+    install_error_handlers,
+)
 from leukoscope.service.exports import export_reviewed_zip, sample_csv
 from leukoscope.service.runner import ModelRunner
 from leukoscope.service.schemas import (
+    AmendmentOut,
+    AmendRequest,
+    CallIn,
     CellOut,
     ClassifyResponse,
+    CommentOut,
+    CommentRequest,
     Differential,
     DifferentialRequest,
     ErrorOut,
     Health,
+    Identity,
     ImagePrediction,
     Limits,
     ModelInfo,
@@ -78,8 +93,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text}
     for code, text in {
         401: "Missing or wrong API token",
+        403: "The token may not make this change (named reviewers)",
         404: "Unknown sample or cell",
-        409: "The sample is signed off, or not ready for sign-off",
+        409: "The sample is signed off, not signed off (amendments), or not ready",
         413: "Upload over a size, count or pixel limit",
         415: "Not a supported image",
         422: "Invalid request",
@@ -125,6 +141,39 @@ class Service:
             raise _unusable([result])
         return result[1]
 
+    def model_label(self, sha256: str) -> str:
+        """The model as reports name it: the released name and sha256 when it is the one
+        loaded, else the sha256 alone."""
+        runner = self.runner
+        name = f"{runner.name}, " if sha256 == runner.sha256 else ""
+        return f"{name}sha256 {sha256}"
+
+    def differential(self, sample: store.Sample) -> dict[str, Any]:
+        return _differential(sample, self.model_label(sample.model_sha256))
+
+    def detail(self, sample: store.Sample) -> SampleDetail:
+        return SampleDetail(
+            **_summary(sample).model_dump(),
+            classes=sample.classes,
+            model_sha256=sample.model_sha256,
+            cells=[CellOut.model_validate(cell) for cell in sample.cells],
+            differential=self.differential(sample),
+            comments=[CommentOut.model_validate(comment) for comment in sample.comments],
+            amendments=[AmendmentOut.model_validate(a) for a in sample.amendments],
+        )
+
+    def report_html(self, sample: store.Sample) -> str:
+        """The printable report: the differential as it stands (as signed off, or as last
+        amended), headed by the sample's state, its amendments and comments."""
+        if sample.amendments:
+            differential = sample.amendments[-1].differential
+        elif sample.signoff:
+            differential = sample.signoff.differential
+        else:
+            differential = self.differential(sample)
+        page = render_html(differential)
+        return page.replace("</h1>", "</h1>" + _report_blocks(sample), 1)
+
     def check_class(self, label: str | None) -> None:
         if label is not None and label not in self.runner.classes:
             raise store.UnknownClassError(
@@ -149,23 +198,60 @@ _bearer = HTTPBearer(auto_error=False, description="The server's API token as a 
 _header = APIKeyHeader(name="X-API-Token", auto_error=False, description="The server's API token.")
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who sent the request: ``reviewer`` is set when the token is a named reviewer's."""
+
+    reviewer: str | None = None
+
+
 def require_token(
     service: ServiceDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     header: Annotated[str | None, Security(_header)],
-) -> None:
-    """Check the API token when the server has one (constant-time comparison)."""
-    expected = service.settings.token
-    if expected is None:
-        return
-    given = bearer.credentials if bearer is not None else header
-    if given is None or not secrets.compare_digest(given.encode(), expected.encode()):
-        raise ApiError(
-            401,
-            "missing or invalid API token",
-            "send 'Authorization: Bearer <token>' or 'X-API-Token: <token>'",
-            {"WWW-Authenticate": "Bearer"},
-        )
+) -> Caller:
+    """Check the API token when the server has one (constant-time comparisons): the shared
+    token, or a named reviewer's, which identifies the caller."""
+    settings = service.settings
+    if settings.open_access:
+        return Caller()
+    given = (bearer.credentials if bearer is not None else header or "").encode()
+    reviewer = None
+    for token, name in settings.reviewer_tokens.items():  # every one, whichever matches
+        if secrets.compare_digest(given, token.encode()):
+            reviewer = name
+    if reviewer is not None:
+        return Caller(reviewer)
+    if settings.token is not None and secrets.compare_digest(given, settings.token.encode()):
+        return Caller()
+    raise ApiError(
+        401,
+        "missing or invalid API token",
+        "send 'Authorization: Bearer <token>' or 'X-API-Token: <token>'",
+        {"WWW-Authenticate": "Bearer"},
+    )
+
+
+CallerDep = Annotated[Caller, Depends(require_token)]
+
+
+def reviewer_name(service: Service, caller: Caller, given: str | None) -> str:
+    """The name recorded for a change: the named token's, else the one the request gives."""
+    if caller.reviewer is not None:
+        if given is not None and given != caller.reviewer:
+            raise store.ForbiddenError(
+                f"this token belongs to {caller.reviewer}; it cannot act as {given}"
+            )
+        return caller.reviewer
+    if service.settings.reviewer_tokens:
+        raise store.ForbiddenError("changes need a named reviewer's token on this server")
+    if given is None:
+        raise ApiError(422, "the reviewer's name is required")
+    return given
+
+
+def _call(body: CallIn) -> str:
+    return body.label if body.label is not None else store.exclusion_call(str(body.exclude))
 
 
 public = APIRouter(prefix="/api", tags=["service"])
@@ -181,7 +267,7 @@ def health(service: ServiceDep) -> Health:
     return Health(
         status="ok",
         version=__version__,
-        model_arch=str(service.runner.card["arch"]),
+        model_arch=service.runner.arch,
         database=service.engine.dialect.name,
     )
 
@@ -191,6 +277,7 @@ def model_info(service: ServiceDep) -> ModelInfo:
     card = service.runner.card
     settings = service.settings
     return ModelInfo(
+        name=service.runner.name,
         arch=card["arch"],
         classes=list(service.runner.classes),
         input_size=card["input_size"],
@@ -203,6 +290,14 @@ def model_info(service: ServiceDep) -> ModelInfo:
             max_files=settings.max_files,
             max_pixels=settings.max_pixels,
         ),
+        exclusions=store.EXCLUSIONS,
+    )
+
+
+@api.get("/me", tags=["service"], summary="Who the request's token identifies")
+def identity(service: ServiceDep, caller: CallerDep) -> Identity:
+    return Identity(
+        reviewer=caller.reviewer, named_reviewers=bool(service.settings.reviewer_tokens)
     )
 
 
@@ -255,13 +350,13 @@ def create_sample(body: SampleCreate, service: ServiceDep) -> SampleDetail:
     with service.sessions.begin() as session:
         runner = service.runner
         sample = store.create_sample(session, body.name, runner.classes, runner.sha256)
-        return _detail(sample)
+        return service.detail(sample)
 
 
 @api.get("/samples/{sample_id}", tags=["review"], summary="A sample with its cells")
 def get_sample(sample_id: str, service: ServiceDep) -> SampleDetail:
     with service.sessions.begin() as session:
-        return _detail(store.get_sample(session, sample_id))
+        return service.detail(store.get_sample(session, sample_id))
 
 
 @api.post("/samples/{sample_id}/cells", tags=["review"], summary="Classify and add images")
@@ -278,22 +373,61 @@ def add_cells(sample_id: str, files: UploadFiles, service: ServiceDep) -> Upload
         return UploadResponse(added=[CellOut.model_validate(c) for c in cells], rejected=rejected)
 
 
-@api.post("/cells/{cell_id}/label", tags=["review"], summary="Reclassify a cell")
-def relabel(cell_id: str, body: RelabelRequest, service: ServiceDep) -> RelabelResponse:
+@api.post("/cells/{cell_id}/label", tags=["review"], summary="Reclassify or exclude a cell")
+def relabel(
+    cell_id: str, body: RelabelRequest, service: ServiceDep, caller: CallerDep
+) -> RelabelResponse:
+    """``label`` sets the cell's class; ``exclude`` leaves it out of the differential as an
+    artefact, a smudged or broken cell, not a white cell, or a duplicate."""
+    reviewer = reviewer_name(service, caller, body.reviewer)
     with service.writes.begin() as session:
-        cell = store.relabel(session, cell_id, body.label, body.reviewer)
+        cell = store.relabel(session, cell_id, _call(body), reviewer)
         sample = cell.sample
         return RelabelResponse(
             cell=CellOut.model_validate(cell),
             unidentified_count=len(sample.unidentified),
-            differential=_differential(sample),
+            excluded_count=len(sample.excluded),
+            differential=service.differential(sample),
         )
 
 
 @api.post("/samples/{sample_id}/signoff", tags=["review"], summary="Sign off (then read-only)")
-def sign_off(sample_id: str, body: SignOffRequest, service: ServiceDep) -> SampleDetail:
+def sign_off(
+    sample_id: str, body: SignOffRequest, service: ServiceDep, caller: CallerDep
+) -> SampleDetail:
+    reviewer = reviewer_name(service, caller, body.reviewer)
     with service.writes.begin() as session:
-        return _detail(store.sign_off(session, sample_id, body.reviewer, _differential))
+        return service.detail(store.sign_off(session, sample_id, reviewer, service.differential))
+
+
+@api.post("/samples/{sample_id}/amendments", tags=["review"], summary="Amend a signed sample")
+def amend(
+    sample_id: str, body: AmendRequest, service: ServiceDep, caller: CallerDep
+) -> SampleDetail:
+    """Change calls after sign-off: the signed version stays as it was, and the amendment keeps
+    who changed which cells, when, why, and the differential after it."""
+    reviewer = reviewer_name(service, caller, body.reviewer)
+    changes = [(change.cell_id, _call(change)) for change in body.changes]
+    with service.writes.begin() as session:
+        sample = store.amend(
+            session, sample_id, reviewer, body.reason, changes, service.differential
+        )
+        return service.detail(sample)
+
+
+@api.post(
+    "/samples/{sample_id}/comments",
+    tags=["review"],
+    status_code=201,
+    summary="Comment on a sample or one of its cells",
+)
+def comment(
+    sample_id: str, body: CommentRequest, service: ServiceDep, caller: CallerDep
+) -> CommentOut:
+    reviewer = reviewer_name(service, caller, body.reviewer)
+    with service.writes.begin() as session:
+        added = store.add_comment(session, sample_id, reviewer, body.text, body.cell_id)
+        return CommentOut.model_validate(added)
 
 
 @api.get(
@@ -309,7 +443,7 @@ def sample_cells_csv(sample_id: str, service: ServiceDep) -> Response:
         return Response(
             sample_csv(sample),
             media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="sample-{sample.id}.csv"'},
+            headers={"Content-Disposition": attachment(f"{sample.name}.csv")},
         )
 
 
@@ -323,7 +457,7 @@ def sample_cells_csv(sample_id: str, service: ServiceDep) -> Response:
 def sample_report(sample_id: str, service: ServiceDep) -> Response:
     with service.sessions.begin() as session:
         sample = store.get_sample(session, sample_id)
-        return Response(_report_html(sample), media_type="text/html; charset=utf-8")
+        return Response(service.report_html(sample), media_type="text/html; charset=utf-8")
 
 
 @api.get(
@@ -415,15 +549,23 @@ def _new_cell(upload: Upload, prediction: Prediction) -> store.NewCell:
     )
 
 
-def _differential(sample: store.Sample) -> dict[str, Any]:
+def _differential(sample: store.Sample, model: str) -> dict[str, Any]:
     """The sample's differential from its current calls. Unidentified cells go in as the
-    model's uncertain guesses: counted for review, left out of the percentages."""
+    model's uncertain guesses: counted for review, left out of the percentages. Excluded
+    cells (artefacts, duplicates...) are left out and counted per category."""
     calls = [
         CellCall(cell.label or str(cell.prediction.label), uncertain=cell.label is None)
         for cell in sample.cells
+        if cell.exclusion is None
     ]
     differential = compute_differential(calls, sample.classes)
-    return {**differential, "sample": sample.name, "model": f"sha256 {sample.model_sha256[:16]}"}
+    excluded = Counter(cell.exclusion for cell in sample.excluded)
+    return {
+        **differential,
+        "sample": sample.name,
+        "model": model,
+        "excluded": {category: excluded[category] for category in store.EXCLUSIONS},
+    }
 
 
 def _summary(sample: store.Sample) -> SampleSummary:
@@ -433,32 +575,58 @@ def _summary(sample: store.Sample) -> SampleSummary:
         created_at=sample.created_at,
         cell_count=len(sample.cells),
         unidentified_count=len(sample.unidentified),
+        excluded_count=len(sample.excluded),
         signoff=SignOffOut.model_validate(sample.signoff) if sample.signoff else None,
+        amendment_count=len(sample.amendments),
     )
 
 
-def _detail(sample: store.Sample) -> SampleDetail:
-    return SampleDetail(
-        **_summary(sample).model_dump(),
-        classes=sample.classes,
-        cells=[CellOut.model_validate(cell) for cell in sample.cells],
-        differential=_differential(sample),
-    )
+def _when(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
 
 
-def _report_html(sample: store.Sample) -> str:
-    """The printable report of the differential (as signed off, if it was), headed by the
-    sample's state."""
+def _report_blocks(sample: store.Sample) -> str:
+    """HTML paragraphs on the sample's state, amendments, exclusions and comments."""
+    e = html.escape
     signoff = sample.signoff
     status = (
-        f"Signed off by {html.escape(signoff.reviewer)} on {signoff.signed_at:%Y-%m-%d %H:%M} UTC"
+        f"Signed off by {e(signoff.reviewer)} on {_when(signoff.signed_at)}"
         if signoff
         else f"Not signed off: preliminary ({len(sample.unidentified)} unidentified cell(s))"
     )
-    created = f"{len(sample.cells)} cells, created {sample.created_at:%Y-%m-%d %H:%M} UTC"
-    block = f"\n<p><strong>{status}</strong></p>\n<p>{created}</p>"
-    page = render_html(signoff.differential if signoff else _differential(sample))
-    return page.replace("</h1>", "</h1>" + block, 1)
+    blocks = [f"<p><strong>{status}</strong></p>"]
+    blocks.append(f"<p>{len(sample.cells)} cells, created {_when(sample.created_at)}</p>")
+    names = {cell.id: cell.original_name for cell in sample.cells}
+    for amendment in sample.amendments:
+        changes = "; ".join(
+            f"{e(names[c.cell_id])}: {e(str(c.from_label))} → {e(c.to_label)}"
+            for c in amendment.corrections
+        )
+        blocks.append(
+            f"<p><strong>Amended by {e(amendment.reviewer)} on {_when(amendment.created_at)}"
+            f"</strong>: {e(amendment.reason)} ({changes})</p>"
+        )
+    if sample.amendments and signoff:
+        signed = ", ".join(f"{row['class']} {row['count']}" for row in signoff.differential["rows"])
+        blocks.append(f"<p>As signed off before amendment: {e(signed)}.</p>")
+    for comment in sample.comments:
+        about = f" on {e(names[comment.cell_id])}" if comment.cell_id else ""
+        blocks.append(
+            f"<p>Comment{about} by {e(comment.reviewer)}, {_when(comment.created_at)}: "
+            f"{e(comment.text)}</p>"
+        )
+    return "\n" + "\n".join(blocks)
+
+
+UNSAFE_IN_FILE_NAMES = re.compile(r'[\x00-\x1f\x7f\\/:*?"<>|]+')
+
+
+def attachment(filename: str) -> str:
+    """A ``Content-Disposition`` that downloads as ``filename`` (a sample's name, so any
+    text): characters unsafe in file names replaced, an ASCII fallback and the UTF-8 name."""
+    safe = UNSAFE_IN_FILE_NAMES.sub("_", filename).strip(" .") or "download"
+    fallback = safe.encode("ascii", "replace").decode().replace("?", "_")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(safe)}"
 
 
 def _png(image: Image.Image) -> bytes:
@@ -482,6 +650,35 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
 
 
+def host_name(header: str) -> str | None:
+    """The host of a ``Host`` header without its port (``[::1]:8000`` -> ``::1``)."""
+    try:
+        return urlsplit(f"//{header}").hostname
+    except ValueError:
+        return None
+
+
+class HostCheck:
+    """Answer only requests addressed to this machine's loopback names. A tokenless server
+    trusts whoever can connect; a web page that rebinds its DNS name to 127.0.0.1 can connect,
+    but its requests still carry its own name in ``Host``."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in {"http", "websocket"}:
+            header = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if host_name(header) not in self.allowed:
+                allowed = ", ".join(sorted(self.allowed))
+                error = f"unexpected Host {header!r}: this server without a token answers only "
+                error += f"to {allowed} (a guard against DNS rebinding)"
+                await error_response(400, error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings, *, predictor: Predictor | None = None) -> FastAPI:
     """Load the model, upgrade the database to the newest schema, and build the app.
 
@@ -489,7 +686,7 @@ def create_app(settings: Settings, *, predictor: Predictor | None = None) -> Fas
     """
     runner = ModelRunner(predictor or Predictor.load(settings.model_path))
     if settings.db_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store.create_private_file(settings.database_path)
     engine = store.make_engine(settings.database_url)
     store.upgrade(engine)
 
@@ -521,4 +718,6 @@ def create_app(settings: Settings, *, predictor: Predictor | None = None) -> Fas
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(SecurityHeaders)
+    if settings.open_access:
+        app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
     return app

@@ -17,7 +17,12 @@ from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from leukoscope.service.store import ConflictError, NotFoundError, UnknownClassError
+from leukoscope.service.store import (
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    UnknownClassError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +69,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
         return error_response(404, str(exc))
+
+    @app.exception_handler(ForbiddenError)
+    async def _forbidden(_: Request, exc: ForbiddenError) -> JSONResponse:
+        return error_response(403, str(exc))
 
     @app.exception_handler(ConflictError)
     async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:

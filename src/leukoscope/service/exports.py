@@ -9,7 +9,8 @@ import io
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 from leukoscope.classes import canonical_class
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import atomic_write_bytes
-from leukoscope.service.store import Sample, cell_bytes, reviewed_cells
+from leukoscope.service.store import Cell, Sample, cell_bytes, reviewed_cells
 
 EXTENSIONS = {
     "JPEG": "jpg", "MPO": "jpg", "PNG": "png", "TIFF": "tif", "BMP": "bmp", "WEBP": "webp",
@@ -35,16 +36,26 @@ def _cell_text(value: object) -> str:
     return "'" + text if text.startswith(CSV_FORMULA_START) else text
 
 
+def _state(cell: Cell) -> str:
+    """The cell's class, else ``excluded`` or ``unidentified``."""
+    return cell.label or ("excluded" if cell.exclusion else "unidentified")
+
+
 def sample_csv(sample: Sample) -> str:
-    """One row per cell: the model's call, the final call and who made it, the sign-off."""
+    """One row per cell: the model's call, the final call (a class, or excluded and why) and
+    who made it, the call as signed off when amended since, comments, the sign-off."""
     classes = list(sample.classes)
     header = [
-        "sample_id", "sample_name", "cell_id", "position", "file_name", "predicted",
-        "confidence", "runner_up", "runner_up_probability", "uncertain", "label",
-        "corrected_by", "corrected_at", "signed_off_by", "signed_off_at",
-        *(f"p_{name}" for name in classes),
+        "sample_id", "sample_name", "cell_id", "position", "file_name", "sha256",
+        "duplicate_of", "predicted", "confidence", "runner_up", "runner_up_probability",
+        "uncertain", "label", "exclusion", "corrected_by", "corrected_at", "signed_call",
+        "comments", "signed_off_by", "signed_off_at", *(f"p_{name}" for name in classes),
     ]  # fmt: skip
     signoff = sample.signoff
+    comments: dict[str, list[str]] = {}
+    for comment in sample.comments:
+        if comment.cell_id is not None:
+            comments.setdefault(comment.cell_id, []).append(f"{comment.reviewer}: {comment.text}")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -52,11 +63,12 @@ def sample_csv(sample: Sample) -> str:
         prediction = cell.prediction
         last = cell.corrections[-1] if cell.corrections else None
         row = [
-            sample.id, sample.name, cell.id, cell.position, cell.original_name, prediction.label,
-            f"{prediction.confidence:.4f}", prediction.runner_up,
-            f"{prediction.runner_up_probability:.4f}", prediction.uncertain,
-            cell.label or "unidentified",
+            sample.id, sample.name, cell.id, cell.position, cell.original_name, cell.sha256,
+            cell.duplicate_of, prediction.label, f"{prediction.confidence:.4f}",
+            prediction.runner_up, f"{prediction.runner_up_probability:.4f}",
+            prediction.uncertain, _state(cell), cell.exclusion,
             last.reviewer if last else None, last.created_at.isoformat() if last else None,
+            cell.signed_call if signoff else None, " | ".join(comments.get(cell.id, [])),
             signoff.reviewer if signoff else None,
             signoff.signed_at.isoformat() if signoff else None,
             *(f"{prediction.probabilities.get(name, 0.0):.4f}" for name in classes),
@@ -65,23 +77,34 @@ def sample_csv(sample: Sample) -> str:
     return buffer.getvalue()
 
 
-def _reviewed_files(session: Session, signed_off: bool) -> Iterator[tuple[str, bytes]]:
-    """``(relative path, original bytes)`` of every reviewed cell."""
-    for cell, label in reviewed_cells(session, signed_off=signed_off):
-        folder = canonical_class(label)
-        if folder is None:
-            raise LeukoscopeError(f"cell {cell.id}: label {label!r} is not a known cell class")
-        yield f"{folder}/{cell.id}.{EXTENSIONS[cell.image_format]}", cell_bytes(session, cell.id)
+EXCLUDED_CSV = "excluded.csv"
+"""Beside the class folders: the reviewed cells left out, with why (not training images)."""
 
 
 def _write_all(
     session: Session, signed_off: bool, write: Callable[[str, bytes], None]
 ) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for relative, data in _reviewed_files(session, signed_off):
-        write(relative, data)
-        folder = relative.split("/", 1)[0]
-        counts[folder] = counts.get(folder, 0) + 1
+    """Write every reviewed cell's original bytes into its class folder and, when some were
+    excluded, ``excluded.csv`` listing them; return the count per class folder and per
+    ``excluded: <category>``."""
+    counts: Counter[str] = Counter()
+    excluded = io.StringIO()
+    writer = csv.writer(excluded, lineterminator="\n")
+    writer.writerow(["cell_id", "sample_id", "sample_name", "file_name", "exclusion"])
+    for cell, label, exclusion in reviewed_cells(session, signed_off=signed_off):
+        if exclusion is not None:
+            row = [cell.id, cell.sample_id, cell.sample.name, cell.original_name, exclusion]
+            writer.writerow([_cell_text(value) for value in row])
+            counts[f"excluded: {exclusion}"] += 1
+            continue
+        folder = canonical_class(str(label))
+        if folder is None:
+            raise LeukoscopeError(f"cell {cell.id}: label {label!r} is not a known cell class")
+        extension = EXTENSIONS[cell.image_format]
+        write(f"{folder}/{cell.id}.{extension}", cell_bytes(session, cell.id))
+        counts[folder] += 1
+    if any(key.startswith("excluded") for key in counts):
+        write(EXCLUDED_CSV, excluded.getvalue().encode())
     return dict(sorted(counts.items()))
 
 

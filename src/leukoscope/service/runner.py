@@ -43,6 +43,16 @@ class ModelRunner:
         return self.predictor.card
 
     @property
+    def arch(self) -> str:
+        return str(self.card["arch"])
+
+    @property
+    def name(self) -> str:
+        """The released model's name (``leukoscope release --name``), else its architecture."""
+        release = self.card.get("release") or {}
+        return str(release.get("name") or self.arch)
+
+    @property
     def sha256(self) -> str:
         return str(self.card.get("sha256", ""))
 

@@ -5,13 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 Reviewer = Annotated[
-    str,
+    str | None,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    Field(description="The reviewer's name, recorded with every correction and sign-off."),
+    Field(
+        description="The reviewer's name, recorded with every correction, comment, sign-off "
+        "and amendment. Required unless the request's token is a named reviewer's (then the "
+        "token's name is recorded; a different name here is refused)."
+    ),
 ]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+Exclusion = Literal["artefact", "smudged", "not_white_cell", "duplicate"]
+"""The categories of ``store.EXCLUSIONS``."""
 
 
 class DifferentialRow(BaseModel):
@@ -64,6 +71,10 @@ class Differential(BaseModel):
     flags: list[DifferentialFlag]
     notes: list[str]
     disclaimer: str
+    excluded: dict[str, int] = Field(
+        default_factory=dict,
+        description="Cells left out of the differential, per exclusion category.",
+    )
 
 
 class ErrorOut(BaseModel):
@@ -88,6 +99,7 @@ class Limits(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    name: str = Field(description="The released model's name (its architecture if unreleased).")
     arch: str
     classes: list[str]
     input_size: int
@@ -95,6 +107,16 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any] | None = Field(description="Test metrics from the model card.")
     card: dict[str, Any] = Field(description="The full model card.")
     limits: Limits
+    exclusions: dict[str, str] = Field(description="Exclusion category -> description.")
+
+
+class Identity(BaseModel):
+    """Who the request's token says the caller is."""
+
+    reviewer: str | None = Field(description="The named reviewer of the token, if any.")
+    named_reviewers: bool = Field(
+        description="The server records reviewers from their tokens (typed names are not used)."
+    )
 
 
 class PredictionOut(BaseModel):
@@ -141,9 +163,13 @@ class SampleCreate(BaseModel):
 class CorrectionOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
+    cell_id: str
     reviewer: str
-    from_label: str | None = Field(description="None: the cell was unidentified.")
+    from_label: str | None = Field(
+        description="None: the cell was unidentified; 'excluded:<category>': excluded."
+    )
     to_label: str
+    amendment_id: int | None = Field(description="Set when made by an amendment.")
     created_at: datetime
 
 
@@ -155,9 +181,33 @@ class CellOut(BaseModel):
     original_name: str
     width: int
     height: int
-    label: str | None = Field(description="The current call; None while unidentified.")
+    sha256: str
+    label: str | None = Field(description="The current class; None if unidentified or excluded.")
+    exclusion: Exclusion | None = Field(description="Why the cell is left out, if it is.")
+    duplicate_of: str | None = Field(description="The sample's earlier cell with these bytes.")
     prediction: PredictionOut
     corrections: list[CorrectionOut]
+
+
+class CommentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    cell_id: str | None = Field(description="None: a comment on the whole sample.")
+    reviewer: str
+    text: str
+    created_at: datetime
+
+
+class AmendmentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    reviewer: str
+    reason: str
+    created_at: datetime
+    corrections: list[CorrectionOut]
+    differential: Differential = Field(description="The differential after this amendment.")
 
 
 class SignOffOut(BaseModel):
@@ -174,13 +224,18 @@ class SampleSummary(BaseModel):
     created_at: datetime
     cell_count: int
     unidentified_count: int
+    excluded_count: int
     signoff: SignOffOut | None
+    amendment_count: int
 
 
 class SampleDetail(SampleSummary):
     classes: list[str]
+    model_sha256: str
     cells: list[CellOut]
-    differential: Differential
+    differential: Differential = Field(description="From the cells' current calls.")
+    comments: list[CommentOut]
+    amendments: list[AmendmentOut]
 
 
 class UploadResponse(BaseModel):
@@ -188,16 +243,45 @@ class UploadResponse(BaseModel):
     rejected: list[RejectedFile]
 
 
-class RelabelRequest(BaseModel):
-    label: str
-    reviewer: Reviewer
+class CallIn(BaseModel):
+    """A cell's new call: a class (``label``) or an exclusion (``exclude``), not both."""
+
+    label: str | None = None
+    exclude: Exclusion | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> CallIn:
+        if (self.label is None) == (self.exclude is None):
+            raise ValueError("give either 'label' (a class) or 'exclude' (a category)")
+        return self
+
+
+class RelabelRequest(CallIn):
+    reviewer: Reviewer = None
 
 
 class RelabelResponse(BaseModel):
     cell: CellOut
     unidentified_count: int
+    excluded_count: int
     differential: Differential
 
 
 class SignOffRequest(BaseModel):
-    reviewer: Reviewer
+    reviewer: Reviewer = None
+
+
+class AmendChange(CallIn):
+    cell_id: str
+
+
+class AmendRequest(BaseModel):
+    reason: Text = Field(description="Why the signed result changes (kept with the amendment).")
+    changes: list[AmendChange] = Field(min_length=1, max_length=10_000)
+    reviewer: Reviewer = None
+
+
+class CommentRequest(BaseModel):
+    text: Text
+    cell_id: str | None = Field(None, description="Comment on this cell; None: on the sample.")
+    reviewer: Reviewer = None

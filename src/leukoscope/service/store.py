@@ -10,11 +10,13 @@ schema is created and upgraded by the Alembic migrations in ``migrations/``, nev
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
+from pathlib import Path
 from typing import Any, ClassVar
 
 from alembic import command
@@ -27,6 +29,7 @@ from sqlalchemy import (
     ForeignKey,
     LargeBinary,
     String,
+    Text,
     create_engine,
     event,
     func,
@@ -57,6 +60,33 @@ class UnknownClassError(LeukoscopeError):
 
 class ConflictError(LeukoscopeError):
     """A change the sample's state forbids (signed off, unidentified cells left)."""
+
+
+class ForbiddenError(LeukoscopeError):
+    """A change the reviewer's token does not allow."""
+
+
+EXCLUSIONS: dict[str, str] = {
+    "artefact": "artefact (noise, blank field, debris)",
+    "smudged": "smudged or broken cell",
+    "not_white_cell": "not a white cell",
+    "duplicate": "duplicate of another cell",
+}
+"""Why a reviewer leaves an image out of the differential (CellaVision's review has such
+categories): category -> description."""
+
+EXCLUDED = "excluded:"
+"""Prefix of an exclusion in a correction's labels (``excluded:artefact``), so a category can
+never be mistaken for a class of some model."""
+
+
+def exclusion_call(category: str) -> str:
+    return EXCLUDED + category
+
+
+def exclusion_of(call: str | None) -> str | None:
+    """The exclusion category of a call, ``None`` for a class or unidentified."""
+    return call.removeprefix(EXCLUDED) if call and call.startswith(EXCLUDED) else None
 
 
 def utcnow() -> datetime:
@@ -108,10 +138,20 @@ class Sample(Base):
     signoff: Mapped[SignOff | None] = relationship(
         back_populates="sample", cascade="all, delete-orphan"
     )
+    comments: Mapped[list[Comment]] = relationship(
+        order_by="Comment.id", cascade="all, delete-orphan", lazy="selectin"
+    )
+    amendments: Mapped[list[Amendment]] = relationship(
+        order_by="Amendment.id", cascade="all, delete-orphan", lazy="selectin"
+    )
 
     @property
     def unidentified(self) -> list[Cell]:
-        return [cell for cell in self.cells if cell.label is None]
+        return [cell for cell in self.cells if cell.call is None]
+
+    @property
+    def excluded(self) -> list[Cell]:
+        return [cell for cell in self.cells if cell.exclusion is not None]
 
 
 class Cell(Base):
@@ -129,6 +169,8 @@ class Cell(Base):
     width: Mapped[int]
     height: Mapped[int]
     byte_size: Mapped[int]
+    duplicate_of: Mapped[str | None] = mapped_column(String(32))
+    """The sample's earlier cell with the same bytes: this one starts excluded as a duplicate."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sample: Mapped[Sample] = relationship(back_populates="cells")
     image: Mapped[CellImage] = relationship(cascade="all, delete-orphan", lazy="raise")
@@ -138,12 +180,32 @@ class Cell(Base):
     )
 
     @property
-    def label(self) -> str | None:
-        """The reviewer's latest call, else the model's when it is confident; ``None`` means
-        unidentified (the reviewer must decide before sign-off)."""
-        if self.corrections:
-            return self.corrections[-1].to_label
+    def initial_call(self) -> str | None:
+        """Before any correction: a duplicate is excluded, else the model's confident class."""
+        if self.duplicate_of is not None:
+            return exclusion_call("duplicate")
         return None if self.prediction.uncertain else self.prediction.label
+
+    @property
+    def call(self) -> str | None:
+        """The reviewer's latest call (a class or ``excluded:<category>``), else the initial
+        one; ``None`` means unidentified (the reviewer must decide before sign-off)."""
+        return self.corrections[-1].to_label if self.corrections else self.initial_call
+
+    @property
+    def signed_call(self) -> str | None:
+        """The call as it stood at sign-off (amendments come after)."""
+        signed = [c for c in self.corrections if c.amendment_id is None]
+        return signed[-1].to_label if signed else self.initial_call
+
+    @property
+    def label(self) -> str | None:
+        """The cell's class; ``None`` while unidentified or when excluded."""
+        return None if exclusion_of(self.call) else self.call
+
+    @property
+    def exclusion(self) -> str | None:
+        return exclusion_of(self.call)
 
 
 class CellImage(Base):
@@ -187,6 +249,11 @@ class Correction(Base):
     reviewer: Mapped[str] = mapped_column(String(200))
     from_label: Mapped[str | None] = mapped_column(String(64))
     to_label: Mapped[str] = mapped_column(String(64))
+    """A class, or ``excluded:<category>``."""
+    amendment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("amendments.id", ondelete="CASCADE"), index=True
+    )
+    """Set when the correction was made by an amendment after sign-off."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -203,6 +270,34 @@ class SignOff(Base):
     signed_at: Mapped[datetime] = mapped_column(default=utcnow)
     differential: Mapped[dict[str, Any]]
     sample: Mapped[Sample] = relationship(back_populates="signoff")
+
+
+class Amendment(Base):
+    """A change after sign-off: who, when, why, its corrections and the differential after it.
+    The sign-off row keeps the version that was signed; nothing is edited in place."""
+
+    __tablename__ = "amendments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[str] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), index=True)
+    reviewer: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    differential: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    corrections: Mapped[list[Correction]] = relationship(order_by="Correction.id", lazy="selectin")
+
+
+class Comment(Base):
+    """A reviewer's note on a sample or one of its cells; only ever added."""
+
+    __tablename__ = "comments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[str] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), index=True)
+    cell_id: Mapped[str | None] = mapped_column(ForeignKey("cells.id", ondelete="CASCADE"))
+    reviewer: Mapped[str] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 WRITE_LOCK = "leukoscope_write_lock"
@@ -244,6 +339,14 @@ def make_engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def create_private_file(path: Path) -> None:
+    """Create the SQLite database file readable by its owner only (0600), in a folder of its
+    own (0700) when the folder is new: it holds patients' cells and reviewers' names. SQLite
+    gives its -wal and -shm files the database file's permissions."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -388,9 +491,14 @@ def add_cells(
     start = session.scalar(
         select(func.coalesce(func.max(Cell.position), -1)).where(Cell.sample_id == sample.id)
     )
+    first_with: dict[str, str] = {}  # content hash -> the sample's first cell with it
+    query = select(Cell.sha256, Cell.id).where(Cell.sample_id == sample.id)
+    for sha256, cell_id in session.execute(query.order_by(Cell.position)):
+        first_with.setdefault(sha256, cell_id)
     cells = []
     for offset, new in enumerate(new_cells):
         cell = Cell(
+            id=new_id(),
             position=start + 1 + offset,
             original_name=new.original_name[:255],
             image_format=new.image_format,
@@ -398,6 +506,7 @@ def add_cells(
             width=new.width,
             height=new.height,
             byte_size=len(new.data),
+            duplicate_of=first_with.get(new.sha256),
             image=CellImage(data=new.data),
             prediction=Prediction(
                 model_sha256=sample.model_sha256,
@@ -409,25 +518,44 @@ def add_cells(
                 uncertain=new.uncertain,
             ),
         )
+        first_with.setdefault(new.sha256, cell.id)
         sample.cells.append(cell)
         cells.append(cell)
     session.flush()
     return cells
 
 
-def relabel(session: Session, cell_id: str, to_label: str, reviewer: str) -> Cell:
-    """Record the reviewer's call on a cell; calling it what it already is changes nothing.
-    Its ``from_label`` is the label the cell had under the sample's lock."""
-    cell = lock_cell(session, cell_id)
-    sample = cell.sample
-    require_open(sample)
-    if to_label not in sample.classes:
+def check_call(sample: Sample, call: str) -> None:
+    """Refuse a call that is neither one of the sample's classes nor an exclusion category."""
+    category = exclusion_of(call)
+    if category is not None and category not in EXCLUSIONS:
         raise UnknownClassError(
-            f"unknown class {to_label!r}: choose one of {', '.join(sample.classes)}"
+            f"unknown exclusion {category!r}: choose one of {', '.join(EXCLUSIONS)}"
         )
-    if cell.label != to_label:
-        correction = Correction(reviewer=reviewer, from_label=cell.label, to_label=to_label)
-        cell.corrections.append(correction)
+    if category is None and call not in sample.classes:
+        choices = ", ".join(sample.classes)
+        raise UnknownClassError(f"unknown class {call!r}: choose one of {choices}")
+
+
+def _correct(cell: Cell, call: str, reviewer: str, amendment: Amendment | None = None) -> bool:
+    """Add a correction to ``call`` unless the cell already has it; True when one was added."""
+    check_call(cell.sample, call)
+    if cell.call == call:
+        return False
+    correction = Correction(reviewer=reviewer, from_label=cell.call, to_label=call)
+    cell.corrections.append(correction)
+    if amendment is not None:
+        amendment.corrections.append(correction)
+    return True
+
+
+def relabel(session: Session, cell_id: str, call: str, reviewer: str) -> Cell:
+    """Record the reviewer's call on a cell (a class or ``excluded:<category>``); calling it
+    what it already is changes nothing. Its ``from_label`` is the call the cell had under the
+    sample's lock."""
+    cell = lock_cell(session, cell_id)
+    require_open(cell.sample)
+    if _correct(cell, call, reviewer):
         session.flush()
     return cell
 
@@ -450,14 +578,65 @@ def sign_off(
     return sample
 
 
-def reviewed_cells(session: Session, *, signed_off: bool = False) -> Iterator[tuple[Cell, str]]:
-    """Cells whose label a person has vouched for, with that label: every corrected cell and,
-    with ``signed_off``, every cell of a signed-off sample."""
+def amend(
+    session: Session,
+    sample_id: str,
+    reviewer: str,
+    reason: str,
+    changes: Sequence[tuple[str, str]],
+    differential: Callable[[Sample], dict[str, Any]],
+) -> Sample:
+    """Change calls of a signed-off sample: ``changes`` are ``(cell id, call)``. The sign-off
+    keeps the signed version; the amendment records who, when, why, each correction and the
+    differential after it."""
+    sample = lock_sample(session, sample_id)
+    if sample.signoff is None:
+        raise ConflictError(f"sample {sample.name!r} is not signed off: change the cells directly")
+    by_id = {cell.id: cell for cell in sample.cells}
+    amendment = Amendment(reviewer=reviewer, reason=reason, differential={})
+    changed = False
+    for cell_id, call in changes:
+        if cell_id not in by_id:
+            raise NotFoundError(f"no cell {cell_id!r} in sample {sample.name!r}")
+        changed |= _correct(by_id[cell_id], call, reviewer, amendment)
+    if not changed:
+        raise ConflictError("the amendment changes no cell's call")
+    if sample.unidentified:
+        raise ConflictError("an amendment cannot leave cells unidentified")
+    amendment.differential = differential(sample)
+    sample.amendments.append(amendment)
+    session.flush()
+    return sample
+
+
+def add_comment(
+    session: Session, sample_id: str, reviewer: str, text: str, cell_id: str | None = None
+) -> Comment:
+    """Add a note on the sample or one of its cells (allowed after sign-off: notes change no
+    result, and each carries its author and time)."""
+    sample = get_sample(session, sample_id)
+    if (
+        cell_id is not None
+        and session.scalar(select(Cell.id).where(Cell.id == cell_id, Cell.sample_id == sample.id))
+        is None
+    ):
+        raise NotFoundError(f"no cell {cell_id!r} in sample {sample.name!r}")
+    comment = Comment(sample_id=sample.id, cell_id=cell_id, reviewer=reviewer, text=text)
+    session.add(comment)
+    session.flush()
+    return comment
+
+
+def reviewed_cells(
+    session: Session, *, signed_off: bool = False
+) -> Iterator[tuple[Cell, str | None, str | None]]:
+    """Cells whose call a person has vouched for, with that ``(label, exclusion)``: every
+    corrected cell and, with ``signed_off``, every cell of a signed-off sample."""
     query = select(Cell).order_by(Cell.created_at, Cell.position)
     if signed_off:
         query = query.where(Cell.corrections.any() | Cell.sample.has(Sample.signoff.has()))
     else:
         query = query.where(Cell.corrections.any())
     for cell in session.scalars(query):
-        if cell.label is not None:
-            yield cell, cell.label
+        if cell.call is not None:
+            yield cell, cell.label, cell.exclusion
