@@ -30,7 +30,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leukoscope import __version__
-from leukoscope.data.images import decode_rgb
 from leukoscope.inference.predictor import Prediction, Predictor
 from leukoscope.reports.differential import CellCall, compute_differential, render_html
 from leukoscope.service import store
@@ -70,7 +69,7 @@ from leukoscope.service.schemas import (
     UploadResponse,
 )
 from leukoscope.service.settings import Settings
-from leukoscope.service.uploads import Upload, read_upload
+from leukoscope.service.uploads import Upload, decode_bounded, read_upload
 
 STATIC = resources.files(__package__) / "static"
 
@@ -473,7 +472,8 @@ def cell_image(cell_id: str, service: ServiceDep) -> Response:
         data = store.cell_bytes(session, cell_id)
     media_type = BROWSER_IMAGE_FORMATS.get(cell.image_format)
     if media_type is None:
-        data, media_type = _png(decode_rgb(data, name=cell_id)), "image/png"
+        image = decode_bounded(data, name=cell_id, max_pixels=service.settings.max_pixels)
+        data, media_type = _png(image), "image/png"
     return Response(
         data, media_type=media_type, headers={"Cache-Control": "private, max-age=86400"}
     )
@@ -496,7 +496,7 @@ def cell_heatmap(
     service.check_class(target)
     with service.sessions.begin() as session:
         data = store.cell_bytes(session, cell_id)
-    image = decode_rgb(data, name=cell_id, max_pixels=service.settings.max_pixels)
+    image = decode_bounded(data, name=cell_id, max_pixels=service.settings.max_pixels)
     return Response(service.runner.heatmap_png(image, target), media_type="image/png")
 
 

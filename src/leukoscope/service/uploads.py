@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -26,6 +27,21 @@ PROBLEM_STATUS = {
     "unreadable": 422,
 }
 """HTTP status for each kind of ImageDecodeError."""
+
+
+MAX_CONCURRENT_DECODES = 2
+"""Uploads decoded at once, whatever the number of requests. Decoding a large image takes
+its own transient buffers besides the pixels (a 6300x6300 16-bit PNG decoded to RGB peaks at
+several hundred MB); the server's thread pool would otherwise decode 40 at once. Two keep
+both cores of a small lab machine busy."""
+
+_decoding = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
+
+
+def decode_bounded(data: bytes, *, name: str, max_pixels: int) -> Image.Image:
+    """``decode_rgb``, waiting while MAX_CONCURRENT_DECODES others decode."""
+    with _decoding:
+        return decode_rgb(data, name=name, max_pixels=max_pixels)
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,7 @@ def read_upload(
             name=name, status=413, error=f"file too large: over the limit of {max_bytes:,} bytes"
         )
     try:
-        image = decode_rgb(data, name=name, max_pixels=max_pixels)
+        image = decode_bounded(data, name=name, max_pixels=max_pixels)
     except ImageDecodeError as exc:
         status = PROBLEM_STATUS[exc.kind]
         return RejectedFile(name=name, status=status, error=exc.reason)
