@@ -22,8 +22,8 @@ from results_file import write_results
 
 from leukoscope.data.datasets import read_manifest
 from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
-from leukoscope.models import load_model
-from leukoscope.models.weights import sha256_file
+from leukoscope.fileio import sha256_file
+from leukoscope.models import load_card
 
 TARGETS: dict[int, dict[str, float]] = {
     5: {"accuracy": 0.995, "macro_f1": 0.99},
@@ -42,9 +42,8 @@ DEFAULT_PAIRS = (
 
 def score(model: Path, manifest: Path) -> dict[str, Any]:
     """Test-split metrics of one model and whether they meet the targets for its task."""
-    _, card = load_model(model)
-    released = card.get("release", {}).get("manifest_sha256")
-    if released != sha256_file(manifest):
+    card = load_card(model / "model_card.json")
+    if card.release is None or card.release.manifest_sha256 != sha256_file(manifest):
         raise SystemExit(f"{manifest} is not the manifest {model} was released with")
     options = EvaluateOptions(throughput_runs=0, mistakes=0, heatmaps=False)
     started = time.perf_counter()
@@ -56,10 +55,10 @@ def score(model: Path, manifest: Path) -> dict[str, Any]:
             tmp,
             options=options,
         )
-    targets = TARGETS.get(len(card["classes"]), {})
+    targets = TARGETS.get(len(card.classes), {})
     return {
         "manifest": str(manifest),
-        "classes": len(card["classes"]),
+        "classes": len(card.classes),
         "test_time_views": metrics["test_time_views"],
         "n_images": metrics["n_images"],
         "accuracy": round(metrics["accuracy"], 4),

@@ -8,21 +8,18 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
+from PIL import Image
 from results_file import write_results
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 from leukoscope.data import default_dataset_dir
-from leukoscope.data.datasets import (
-    CellImageDataset,
-    Sample,
-    eval_transform,
-    make_loader,
-    samples_from_folder,
-)
+from leukoscope.data.datasets import CellImageDataset, Sample, make_loader, samples_from_folder
 from leukoscope.data.images import decode_rgb
+from leukoscope.data.preprocess import Preprocessing, create_transform, to_pixels
 from leukoscope.machine import describe_machine
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -35,10 +32,16 @@ def _rate(fn: Callable[[Path], object], paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
+def _model_input(image: Image.Image, config: Preprocessing) -> torch.Tensor:
+    """Decoded image -> normalised float tensor (3, S, S), as training and prediction make it."""
+    pixels = torch.from_numpy(to_pixels(image, config).copy()).permute(2, 0, 1)
+    return create_transform(config)(pixels)
+
+
 def _loader_rate(paths: list[Path], size: int, workers: int, draft: bool) -> float:
     dataset = CellImageDataset(
         [Sample(p, 0) for p in paths],
-        eval_transform(size, MEAN, STD),
+        partial(_model_input, config=Preprocessing(size, MEAN, STD)),
         draft_size=size if draft else None,
     )
     start = time.perf_counter()

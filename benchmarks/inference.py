@@ -31,7 +31,7 @@ from leukoscope.data import default_dataset_dir
 from leukoscope.data.datasets import samples_from_folder
 from leukoscope.inference.export import export_fp32, export_int8
 from leukoscope.inference.predictor import Predictor, cpu_cores
-from leukoscope.models import create_model, get_config, list_archs, save_model
+from leukoscope.models import ModelCard, create_model, get_config, list_archs, save_model
 
 LATENCY_IMAGES = 60
 
@@ -62,14 +62,7 @@ def build(
     returns backend name -> model path."""
     config = get_config(arch)
     model = create_model(arch, len(classes), weights="none").eval()
-    card = {
-        "arch": arch,
-        "classes": classes,
-        "input_size": size or config.input_size,
-        "mean": list(config.mean),
-        "std": list(config.std),
-        "head": {"hidden": 256, "dropout": 0.3},
-    }
+    card = ModelCard(arch, tuple(classes), model.head_config, config.preprocessing(size))
     save_model(root, model, card)
     paths = {"torch": root, "onnx-fp32": export_fp32(root, root / "model.onnx")}
     if calibration is not None:

@@ -34,21 +34,15 @@ from leukoscope.classes import WBC5
 from leukoscope.data import default_dataset_dir
 from leukoscope.data.images import is_image_name
 from leukoscope.machine import describe_machine
-from leukoscope.models import create_model, get_config, save_model
+from leukoscope.models import ModelCard, create_model, get_config, save_model
 
 
 def random_model(out: Path) -> Path:
     """Random squeezenet1_1 weights with a valid card (speed is what is measured here)."""
     config = get_config("squeezenet1_1")
-    card = {
-        "arch": config.arch,
-        "classes": list(WBC5),
-        "input_size": config.input_size,
-        "mean": list(config.mean),
-        "std": list(config.std),
-        "head": {"hidden": 256, "dropout": 0.3},
-    }
-    save_model(out, create_model(config.arch, len(WBC5), weights="none"), card)
+    model = create_model(config.arch, len(WBC5), weights="none")
+    card = ModelCard(config.arch, WBC5, model.head_config, config.preprocessing())
+    save_model(out, model, card)
     return out
 
 

@@ -21,15 +21,10 @@ from results_file import write_results
 from sklearn.metrics import accuracy_score, f1_score
 
 from leukoscope.data.datasets import make_loader, read_manifest
-from leukoscope.inference.calibration import update_card
+from leukoscope.fileio import sha256_file
 from leukoscope.inference.export import export_fp32
-from leukoscope.inference.predictor import (
-    VIEW_COUNTS,
-    VIEWS_KEY,
-    Predictor,
-    symmetric_views,
-)
-from leukoscope.models.weights import sha256_file
+from leukoscope.inference.predictor import VIEW_COUNTS, Predictor, symmetric_views
+from leukoscope.models import update_card
 
 
 def view_logits(model: Path, manifest: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +32,7 @@ def view_logits(model: Path, manifest: Path, split: str) -> tuple[np.ndarray, np
     with tempfile.TemporaryDirectory() as tmp:
         single = Path(tmp) / model.name
         shutil.copytree(model, single)
-        update_card(single, **{VIEWS_KEY: 1})
+        update_card(single, test_time_views=1)
         export_fp32(single, single / "model.onnx")
         predictor = Predictor.load(single, backend="onnx")
         samples, _ = read_manifest(manifest, split, predictor.classes)

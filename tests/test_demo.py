@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from leukoscope.data.datasets import Sample
-from leukoscope.demo import audit_sample, spaced_sample
+from leukoscope.data.datasets import Sample, evenly_spaced
+from leukoscope.demo import audit_sample
 
 
 def test_sample_is_spread_through_each_class() -> None:
     samples = [Sample(Path(f"a{i}.jpg"), 0) for i in range(10)]
     samples += [Sample(Path(f"b{i}.jpg"), 1) for i in range(3)]
-    picked = spaced_sample(samples, 3)
+    picked = evenly_spaced(samples, 3)
     assert [s.path.name for s in picked] == [
         "a0.jpg",
-        "a3.jpg",
-        "a6.jpg",
+        "a4.jpg",
+        "a8.jpg",
         "b0.jpg",
         "b1.jpg",
         "b2.jpg",

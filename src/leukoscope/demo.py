@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from leukoscope.fileio import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
-    from leukoscope.data.datasets import Sample
     from leukoscope.inference.predictor import Predictor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -28,18 +27,6 @@ DEFAULT_MODEL = REPO_ROOT / "models" / "pbc8-efficientnet_lite0"
 def has_released_model(model: Path) -> bool:
     """Whether ``model`` is a model folder the demo can classify with."""
     return (model / "model.safetensors").is_file()
-
-
-def spaced_sample(samples: list[Sample], per_class: int) -> list[Sample]:
-    """Up to ``per_class`` images of each class, evenly spaced through its sorted files."""
-    by_label: dict[int, list[Sample]] = {}
-    for sample in samples:
-        by_label.setdefault(sample.label, []).append(sample)
-    picked: list[Sample] = []
-    for group in by_label.values():
-        step = max(1, len(group) // per_class)
-        picked += group[::step][:per_class]
-    return picked
 
 
 def classify_sample(
@@ -61,12 +48,12 @@ def classify_sample(
     list of str
         The report's Markdown lines.
     """
-    from leukoscope.data.datasets import samples_from_folder
+    from leukoscope.data.datasets import evenly_spaced, samples_from_folder
     from leukoscope.reports.differential import CellCall, compute_differential, render_markdown
     from leukoscope.reports.predictions import predictions_csv
 
     samples, classes = samples_from_folder(root, predictor.classes)
-    picked = spaced_sample(samples, per_class)
+    picked = evenly_spaced(samples, per_class)
     if on_total is not None:
         on_total(len(picked))
     predictions = predictor.predict_paths(
@@ -79,7 +66,7 @@ def classify_sample(
     lines = [
         f"# leukoscope demo: {len(picked)} images of `{root}` classified by `{model.name}`",
         "",
-        f"- model: {predictor.card['arch']}, {len(classes)} classes, backend {predictor.backend}",
+        f"- model: {predictor.card.arch}, {len(classes)} classes, backend {predictor.backend}",
         f"- unreadable: {len(picked) - len(read)}; flagged uncertain (for review): "
         f"{len(read) - len(sure)}",
         f"- agreement with the folder labels on the {len(sure)} confident calls: "

@@ -18,17 +18,16 @@ from typing import Any
 
 from leukoscope.data.datasets import read_manifest
 from leukoscope.errors import LeukoscopeError
+from leukoscope.evaluation.calibrate import calibrate
 from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
-from leukoscope.inference.calibration import calibrate, update_card
+from leukoscope.fileio import sha256_file
 from leukoscope.machine import describe_machine
-from leukoscope.models.weights import sha256_file
+from leukoscope.models import card, update_card
 from leukoscope.progress import TrackerFactory, no_tracker
 
 MAX_RELEASE_BYTES = 20 * 1024 * 1024
 """Released weights are committed to the repository; larger ones are refused."""
 RELEASED_FILES = ("model.safetensors", "model_card.json")
-TEST_METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "n_images")
-"""The test-split metrics copied into the card (with the intervals and the per-class table)."""
 
 
 @dataclass(frozen=True)
@@ -117,18 +116,17 @@ def release_model(
             )
         update_card(
             staging,
-            test_metrics={key: metrics[key] for key in TEST_METRICS}
-            | {"bootstrap_95ci": metrics["bootstrap_95ci"], "per_class": metrics["per_class"]},
-            release={
-                "name": name,
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "run": str(run),
-                "manifest": manifest.name,
-                "manifest_sha256": sha256_file(manifest),
-                "machine": describe_machine(),
-                "command": f"leukoscope release {run} --manifest {manifest} --name {name}"
+            test_metrics=card.TestMetrics.from_evaluation(metrics),
+            release=card.Release(
+                name=name,
+                date=datetime.now(UTC).isoformat(timespec="seconds"),
+                run=str(run),
+                manifest=manifest.name,
+                manifest_sha256=sha256_file(manifest),
+                machine=describe_machine(),
+                command=f"leukoscope release {run} --manifest {manifest} --name {name}"
                 + (f" --views {views}" if views > 1 else ""),
-            },
+            ),
         )
         target = models_dir / name
         if target.exists():

@@ -12,7 +12,7 @@ from typer.testing import CliRunner, Result
 
 from leukoscope.cli.app import app
 from leukoscope.errors import LeukoscopeError
-from leukoscope.inference.abstention import synthetic_ood_images
+from leukoscope.evaluation.ood import synthetic_ood_images
 from leukoscope.models import load_model
 from leukoscope.reports import differential as differential_report
 from leukoscope.reports.differential import CellCall
@@ -192,7 +192,7 @@ def test_calibrate_rewrites_the_card(tmp_path: Path, tiny: Tiny, model_copy: Pat
     assert result.exit_code == 0, result.output
     assert "Temperature" in result.output
     card = load_model(model_copy)[1]
-    assert card["abstention"]["target_coverage"] == 0.9
+    assert card.abstention is not None and card.abstention.target_coverage == 0.9
     assert {"reliability.png", "accuracy_coverage.png", "calibration.md"} <= {
         p.name for p in report.iterdir()
     }

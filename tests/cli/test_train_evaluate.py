@@ -13,6 +13,7 @@ import pytest
 from leukoscope.cli import main
 from leukoscope.data.datasets import read_manifest
 from leukoscope.inference.predictor import Predictor
+from leukoscope.models import load_card
 from tests.training.conftest import CLASSES, shape_image, tiny_train_args, write_dataset
 
 
@@ -58,8 +59,8 @@ def run_dir(manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_writes_the_model_and_refuses_to_overwrite_it(
     run_dir: Path, manifest: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    card = json.loads((run_dir / "model_card.json").read_text())
-    assert card["classes"] == list(CLASSES) and card["input_size"] == 48
+    card = load_card(run_dir / "model_card.json")
+    assert card.classes == CLASSES and card.preprocessing.input_size == 48
     assert (run_dir / "history.csv").is_file() and (run_dir / "train.log").is_file()
     code, _, err = run_cli(
         ["train", "--manifest", manifest, "--arch", "squeezenet1_1", "--out", run_dir], capsys
@@ -175,11 +176,12 @@ def test_release_calibrates_evaluates_and_publishes(
     code, stdout, err = run_cli([*args, "--models-dir", models], capsys)
     assert code == 0, err
     released = models / "tiny"
-    card = json.loads((released / "model_card.json").read_text())
-    assert card["calibration"]["temperature"] > 0 and card["abstention"]["threshold"] is not None
-    assert card["test_metrics"]["n_images"] == 9 and card["release"]["name"] == "tiny"
-    assert card["release"]["manifest_sha256"] and "--views 4" in card["release"]["command"]
-    assert card["test_time_views"] == 4
+    card = load_card(released / "model_card.json")
+    assert card.calibration and card.abstention and card.test_metrics and card.release
+    assert card.calibration.temperature > 0 and card.abstention.threshold is not None
+    assert card.test_metrics.n_images == 9 and card.release.name == "tiny"
+    assert card.release.manifest_sha256 and "--views 4" in card.release.command
+    assert card.test_time_views == 4
     report = (released / "evaluation" / "report.md").read_text()
     assert "## Calibration" in report and "not calibrated" not in report
     assert "averaged over 4 turned views" in report

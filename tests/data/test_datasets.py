@@ -6,13 +6,12 @@ import torch
 
 from leukoscope.data.datasets import (
     UNLABELLED,
-    CellImageDataset,
-    eval_transform,
     make_loader,
     read_manifest,
     samples_from_folder,
     samples_from_paths,
 )
+from leukoscope.data.preprocess import Preprocessing, pixels_dataset
 from leukoscope.data.split import split_folder, write_manifest
 from leukoscope.errors import LeukoscopeError
 
@@ -22,11 +21,11 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 def test_loader_skips_and_reports_bad_images(messy_dataset: Path) -> None:
     samples, classes = samples_from_folder(messy_dataset)
     assert classes == ("basophil", "eosinophil", "lymphocyte", "neutrophil")
-    dataset = CellImageDataset(samples, eval_transform(32, MEAN, STD))
+    dataset = pixels_dataset(samples, Preprocessing(32, MEAN, STD))
     seen, errors = 0, []
     for batch in make_loader(dataset, batch_size=8, workers=2):
-        assert batch.images.shape[1:] == (3, 32, 32)
-        assert batch.images.dtype == torch.float32
+        assert batch.images.shape[1:] == (32, 32, 3)
+        assert batch.images.dtype == torch.uint8
         seen += len(batch.labels)
         errors += batch.errors
     messages = " | ".join(message for _, message in errors)
@@ -90,8 +89,8 @@ def test_real_sample_loads(pbc_sample: Path) -> None:
     batch = next(
         iter(
             make_loader(
-                CellImageDataset(samples, eval_transform(64, MEAN, STD)), batch_size=48, workers=0
+                pixels_dataset(samples, Preprocessing(64, MEAN, STD)), batch_size=48, workers=0
             )
         )
     )
-    assert batch.images.shape == (48, 3, 64, 64) and not batch.errors
+    assert batch.images.shape == (48, 64, 64, 3) and not batch.errors

@@ -34,7 +34,7 @@ def test_fp32_export_matches_pytorch(tmp_path: Path, untrained: Path) -> None:
     graph = onnx.load(str(out))
     assert graph.opset_import[0].version >= 17
     metadata = {p.key: p.value for p in graph.metadata_props}
-    assert metadata[WEIGHTS_SHA_KEY] == load_model(untrained)[1]["sha256"]
+    assert metadata[WEIGHTS_SHA_KEY] == load_model(untrained)[1].sha256
     run = onnx_runner(onnx_session(out))
     for batch in (1, 5):  # the batch axis is dynamic
         logits, features = run(np.zeros((batch, SIZE, SIZE, 3), dtype=np.uint8))
@@ -46,7 +46,7 @@ def test_fp32_export_matches_pytorch(tmp_path: Path, untrained: Path) -> None:
 
 def test_normalisation_folds_only_where_exact(untrained: Path) -> None:
     model, card = load_model(untrained)
-    pixel_model = PixelModel(model, card["mean"], card["std"]).eval()
+    pixel_model = PixelModel.from_card(model, card)
     first_weights = model.backbone[0][0].weight.clone()
     folded = fold_normalisation(pixel_model, SIZE)
     assert isinstance(folded, FoldedPixelModel)

@@ -7,14 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from leukoscope.data.datasets import eval_transform
 from leukoscope.errors import LeukoscopeError
-from leukoscope.inference.calibration import calibrate, update_card
+from leukoscope.evaluation.calibrate import calibrate
 from leukoscope.inference.export import export_fp32, onnx_parity
-from leukoscope.inference.predictor import VIEWS_KEY, PixelModel, Prediction, Predictor, to_pixels
-from leukoscope.models import load_model
+from leukoscope.inference.predictor import PixelModel, Prediction, Predictor
+from leukoscope.models import load_model, update_card
 from tests.conftest import cell_image
-from tests.inference.tiny import CLASSES, MEAN, SIZE, STD, Tiny
+from tests.inference.tiny import CLASSES, SIZE, Tiny
 
 
 def jpeg_bytes(seed: int) -> bytes:
@@ -68,14 +67,6 @@ def test_predict_paths_keeps_input_order_and_reports_bad_files(
     assert single.probabilities == pytest.approx(predictions[0].probabilities, abs=1e-5)
 
 
-def test_pixels_match_the_evaluation_transform() -> None:
-    image = cell_image(3, size=360)
-    expected = eval_transform(64, MEAN, STD)(image)
-    pixels = torch.from_numpy(to_pixels(image, 64).copy()).permute(2, 0, 1).float() / 255
-    actual = (pixels - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
-    assert (actual - expected).abs().max() <= 1.01 / 255 / min(STD)
-
-
 def test_auto_backend_uses_a_matching_onnx_export(tmp_path: Path, tiny: Tiny) -> None:
     model_dir = tmp_path / "m"
     shutil.copytree(tiny.model_dir, model_dir)
@@ -119,7 +110,7 @@ def test_predict_images_checks_names(untrained: Path) -> None:
 def test_test_time_views_make_predictions_independent_of_turns(untrained: Path, views: int) -> None:
     model, card = load_model(untrained)
     single = PixelModel.from_card(model, card)
-    averaged = PixelModel.from_card(model, card | {VIEWS_KEY: views})
+    averaged = PixelModel.from_card(model, card.replace(test_time_views=views))
     pixels = torch.randint(0, 256, (3, SIZE, SIZE, 3), dtype=torch.uint8)
     turned = pixels.rot90(1, (1, 2))
     with torch.no_grad():
@@ -140,7 +131,7 @@ def test_test_time_views_make_predictions_independent_of_turns(untrained: Path, 
         )
     assert features.shape == (3, model.num_features)
     with pytest.raises(LeukoscopeError, match="test-time views"):
-        PixelModel.from_card(model, card | {VIEWS_KEY: 3})
+        PixelModel.from_card(model, card.replace(test_time_views=3))
 
 
 def test_views_are_set_with_the_calibration_and_kept_by_the_export(
@@ -151,11 +142,10 @@ def test_views_are_set_with_the_calibration_and_kept_by_the_export(
     export_fp32(model_dir, model_dir / "model.onnx")  # one view
     calibrate(model_dir, tiny.manifest, views=4, fit_per_class=4, out_dir=tmp_path / "report")
     card = load_model(model_dir)[1]
-    assert card[VIEWS_KEY] == 4
-    assert (
-        card["calibration"]["temperature"]
-        != load_model(tiny.model_dir)[1]["calibration"]["temperature"]
-    )
+    assert card.test_time_views == 4
+    before = load_model(tiny.model_dir)[1].calibration
+    assert card.calibration is not None and before is not None
+    assert card.calibration.temperature != before.temperature
     predictor = Predictor.load(model_dir)
     assert predictor.backend == "torch" and predictor.pixel_model.views == 4
     with pytest.raises(LeukoscopeError, match="without the card's 4 test-time views"):
@@ -164,6 +154,6 @@ def test_views_are_set_with_the_calibration_and_kept_by_the_export(
     assert onnx_parity(model_dir, model_dir / "model.onnx") <= 1e-4
     assert Predictor.load(model_dir).backend == "onnx"
     calibrate(model_dir, tiny.manifest, fit_per_class=4, out_dir=tmp_path / "report")
-    assert load_model(model_dir)[1][VIEWS_KEY] == 4  # kept unless asked
-    update_card(model_dir, **{VIEWS_KEY: 1})
+    assert load_model(model_dir)[1].test_time_views == 4  # kept unless asked
+    update_card(model_dir, test_time_views=1)
     assert Predictor.load(model_dir).backend == "torch"  # the export has 4 views

@@ -17,9 +17,10 @@ import torch
 from torch.nn import functional as F
 
 from leukoscope.data.images import decode_rgb
-from leukoscope.inference.calibration import calibrate
-from leukoscope.inference.predictor import PixelModel, to_pixels
-from leukoscope.models import HeadConfig, create_model, save_model
+from leukoscope.data.preprocess import Preprocessing, to_pixels
+from leukoscope.evaluation.calibrate import calibrate
+from leukoscope.inference.predictor import PixelModel
+from leukoscope.models import HeadConfig, ModelCard, create_model, save_model
 from leukoscope.models.weights import SQUEEZENET_H5_NAMES, squeezenet_h5_dirs
 from tests.conftest import cell_image
 
@@ -56,15 +57,11 @@ def squeezenet_h5() -> Path | None:
     return None
 
 
-def _card() -> dict[str, object]:
-    return {
-        "arch": "squeezenet1_1",
-        "classes": list(CLASSES),
-        "input_size": SIZE,
-        "mean": list(MEAN),
-        "std": list(STD),
-        "head": {"hidden": 0, "dropout": 0.0},
-    }
+PREPROCESSING = Preprocessing(SIZE, MEAN, STD)
+
+
+def _card() -> ModelCard:
+    return ModelCard("squeezenet1_1", CLASSES, HeadConfig(0, 0.0), PREPROCESSING)
 
 
 def build_untrained(model_dir: Path) -> Path:
@@ -107,7 +104,7 @@ def build_tiny(root: Path, weights_file: Path) -> Tiny:
         "squeezenet1_1", len(CLASSES), weights_file=weights_file, head=HeadConfig(0, 0.0)
     ).eval()
     train = [r for r in rows if r["split"] == "train"]
-    pixels = np.stack([to_pixels(decode_rgb(root / r["path"]), SIZE) for r in train])
+    pixels = np.stack([to_pixels(decode_rgb(root / r["path"]), PREPROCESSING) for r in train])
     with torch.no_grad():  # the backbone stays frozen: only the head learns
         features = PixelModel(model, MEAN, STD)(torch.from_numpy(pixels))[1]
     labels = torch.tensor([CLASSES.index(r["label"]) for r in train])

@@ -4,28 +4,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from leukoscope.errors import LeukoscopeError
-from leukoscope.models import HeadConfig, create_model, get_config, load_model, save_model
-from leukoscope.models.serialization import FORMAT
+from leukoscope.models import (
+    HeadConfig,
+    ModelCard,
+    create_model,
+    get_config,
+    load_model,
+    save_model,
+)
+from leukoscope.models.card import FORMAT
 
-CLASSES = ["basophil", "eosinophil", "lymphocyte"]
+CLASSES = ("basophil", "eosinophil", "lymphocyte")
 
 
-def _card(arch: str, head: HeadConfig) -> dict[str, Any]:
-    config = get_config(arch)
-    return {
-        "arch": arch,
-        "classes": CLASSES,
-        "input_size": 48,
-        "mean": list(config.mean),
-        "std": list(config.std),
-        "head": {"hidden": head.hidden, "dropout": head.dropout},
-    }
+def _card(arch: str, head: HeadConfig) -> ModelCard:
+    return ModelCard(arch, CLASSES, head, get_config(arch).preprocessing(48))
 
 
 @pytest.fixture
@@ -44,16 +42,17 @@ def test_round_trip_gives_identical_logits(saved: tuple[Path, torch.nn.Module]) 
         assert not model.training
         with torch.no_grad():
             assert torch.equal(model(x), original(x))
-        assert card["classes"] == CLASSES
-        assert card["format"] == FORMAT
-        assert len(card["sha256"]) == 64
+        assert card.classes == CLASSES
+        assert len(card.sha256) == 64
 
 
 def test_card_on_disk(saved: tuple[Path, torch.nn.Module]) -> None:
     run_dir, _ = saved
     card = json.loads((run_dir / "model_card.json").read_text())
-    assert {"arch", "classes", "input_size", "mean", "std", "head", "sha256", "format"} <= set(card)
+    assert {"arch", "classes", "preprocessing", "head", "sha256", "format"} <= set(card)
+    assert card["format"] == FORMAT
     assert card["head"] == {"hidden": 32, "dropout": 0.1}
+    assert card["preprocessing"]["input_size"] == 48
 
 
 def test_corrupted_weights_are_named(saved: tuple[Path, torch.nn.Module]) -> None:
@@ -92,7 +91,7 @@ def test_missing_path_is_named(tmp_path: Path) -> None:
         load_model(tmp_path / "nothing")
 
 
-def test_save_needs_a_complete_card(tmp_path: Path) -> None:
-    model = create_model("squeezenet1_1", 2, weights="none")
-    with pytest.raises(ValueError, match="classes"):
-        save_model(tmp_path, model, {"arch": "squeezenet1_1"})
+def test_a_card_records_the_models_real_head() -> None:
+    head = HeadConfig(hidden=0, dropout=0.2)
+    model = create_model("squeezenet1_1", 2, weights="none", head=head)
+    assert model.head_config == head

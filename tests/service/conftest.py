@@ -24,8 +24,10 @@ from PIL import Image
 from sqlalchemy import create_engine, make_url, text
 
 from leukoscope.classes import WBC5
+from leukoscope.data.preprocess import Preprocessing
 from leukoscope.inference.predictor import Predictor
-from leukoscope.models import create_model, save_model
+from leukoscope.models import HeadConfig, ModelCard, create_model, save_model
+from leukoscope.models.card import BestEpoch
 from leukoscope.service.app import create_app
 from leukoscope.service.settings import Settings
 from tests.conftest import cell_image
@@ -41,17 +43,16 @@ def cell_jpeg(seed: int, fmt: str = "JPEG") -> bytes:
     return buffer.getvalue()
 
 
-def tiny_card(**extra: Any) -> dict[str, Any]:
-    return {
-        "arch": "squeezenet1_1",
-        "classes": list(WBC5),
-        "input_size": 64,
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.25, 0.25, 0.25],
-        "head": {"hidden": 256, "dropout": 0.3},
-        "metrics": {"accuracy": 0.5},
-        **extra,
-    }
+def tiny_card() -> ModelCard:
+    return ModelCard(
+        "squeezenet1_1",
+        WBC5,
+        HeadConfig(),
+        Preprocessing(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+        validation=BestEpoch(
+            epoch=1, phase="head", val_loss=1.0, val_accuracy=0.5, val_macro_f1=0.4
+        ),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from leukoscope.data.datasets import Sample
+from leukoscope.data.preprocess import Preprocessing
 from leukoscope.training.cache import build_image_cache, cached_array
 from tests.training.conftest import shape_image
 
@@ -66,7 +67,8 @@ def test_image_cache_resizes_and_lists_unreadable_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     samples = [Sample(good, 0), Sample(bad, 1), Sample(good, 2)]
-    cache = build_image_cache(samples, 32, "test-key", workers=0)
+    preprocessing = Preprocessing(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    cache = build_image_cache(samples, preprocessing, "test-key", workers=0)
     assert cache.images.shape == (3, 3, 32, 32) and cache.images.dtype == np.uint8
     assert cache.rows.tolist() == [0, 2]
     assert cache.labels.tolist() == [0, 2]

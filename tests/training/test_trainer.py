@@ -5,7 +5,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,8 @@ import torch
 from leukoscope.errors import LeukoscopeError
 from leukoscope.models import load_model
 from leukoscope.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from leukoscope.training.trainer import HISTORY_COLUMNS, EpochRecord, TrainConfig, train
+from leukoscope.training.rundir import HISTORY_COLUMNS
+from leukoscope.training.trainer import EpochRecord, TrainConfig, train
 from tests.training.conftest import CLASSES, tiny_train_args, write_dataset
 
 
@@ -76,10 +77,11 @@ def test_run_directory_holds_config_log_history_checkpoint_and_best_model(
     assert [path for path, _ in result.skipped] == [str(bad)]
 
     model, card = load_model(run)
-    assert card["classes"] == list(CLASSES)
-    assert card["input_size"] == 48 and card["arch"] == "squeezenet1_1"
-    assert card["metrics"] == {"split": "val", **result.best}
-    assert card["manifest_sha256"] == config["settings"]["manifest_sha256"]
+    assert card.classes == tuple(CLASSES)
+    assert card.preprocessing.input_size == 48 and card.arch == "squeezenet1_1"
+    assert card.validation is not None and asdict(card.validation) == result.best
+    assert card.training is not None
+    assert card.training.manifest_sha256 == config["settings"]["manifest_sha256"]
     best_row = rows[result.best["epoch"] - 1]
     assert float(best_row["val_macro_f1"]) == pytest.approx(result.best["val_macro_f1"])
     assert load_checkpoint(run / CHECKPOINT_NAME).state["finished"] is True

@@ -57,7 +57,7 @@ def calibrate_command(
 
     Also writes calibration.md/.json with a reliability diagram and the accuracy-coverage curve.
     """
-    from leukoscope.inference.calibration import calibrate
+    from leukoscope.evaluation.calibrate import calibrate
 
     with progress_bar("Calibrating") as tracker:
         metrics = calibrate(
@@ -108,16 +108,17 @@ def ood_check(
 
     The inputs: noise, blank fields, photos, and cell types the model has no class for.
     """
-    from leukoscope.fileio import atomic_write_json
-    from leukoscope.inference.abstention import (
+    from leukoscope.evaluation.ood import (
         ood_catch_rates,
         synthetic_ood_images,
         unknown_class_images,
     )
+    from leukoscope.fileio import atomic_write_json
     from leukoscope.inference.predictor import Predictor
 
     predictor = Predictor.load(model, backend=backend)
-    if predictor.abstainer is None:
+    abstention = predictor.card.abstention
+    if predictor.abstainer is None or abstention is None:
         raise LeukoscopeError(f"{model}: not calibrated; run leukoscope calibrate first")
     kinds = synthetic_ood_images(n)
     root = data or default_dataset_dir()
@@ -132,7 +133,7 @@ def ood_check(
     for kind, r in rates.items():
         table.add_row(kind, str(r["n"]), str(r["caught"]), f"{r['rate']:.0%}")
     console.print(table)
-    target = predictor.card["abstention"]["target_coverage"]
+    target = abstention.target_coverage
     console.print(f"(In-distribution cells: {1 - target:.0%} flagged by design on validation.)")
     if out is not None:
         atomic_write_json(out, {"model": str(model), "target_coverage": target, "rates": rates})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,8 @@ from typing import Any
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
-from leukoscope.classes import PBC8, canonical_class
+from leukoscope.classes import PBC8
 from leukoscope.data.images import DEFAULT_MAX_PIXELS, decode_rgb, is_image_name
 from leukoscope.data.scan import find_class_folders
 from leukoscope.data.split import MANIFEST_COLUMNS, SPLITS
@@ -128,32 +128,25 @@ def samples_from_paths(inputs: Sequence[str | Path]) -> list[Sample]:
     return samples
 
 
-def label_from_folder(path: Path) -> str | None:
-    """The canonical class named by an image's parent folder, if any."""
-    return canonical_class(path.parent.name)
+def evenly_spaced(samples: Sequence[Sample], per_class: int) -> list[Sample]:
+    """At most ``per_class`` samples of each label, evenly spaced through the list, labels in
+    order of first appearance.
 
+    Every subset drawn to fit, check or show something (the abstention fit, int8 calibration,
+    the demo, the unknown-class inputs) is drawn this one way, so that its images spread over
+    the whole of each class (sorted lists: over its folders and file names).
 
-def square_resize(size: int) -> v2.Compose:
-    """Decoded image -> uint8 CHW tensor of the whole crop resized to ``size`` x ``size``
-    (bilinear, antialiased): the pixels training, evaluation and resized copies all see."""
-    return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
-
-
-def eval_transform(
-    input_size: int, mean: Sequence[float], std: Sequence[float]
-) -> Callable[[Image.Image], torch.Tensor]:
-    """Resize the whole cell crop to the model's square input and normalise.
-
-    PBC crops are nearly square with the cell centred, so resizing (not cropping) keeps the
-    whole cell; the aspect change is under 2%.
+    >>> [s.path.name for s in evenly_spaced([Sample(Path(str(i)), 0) for i in range(10)], 3)]
+    ['0', '4', '8']
     """
-    return v2.Compose(
-        [
-            square_resize(input_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(mean), std=list(std)),
-        ]
-    )
+    by_label: dict[int, list[Sample]] = {}
+    for sample in samples:
+        by_label.setdefault(sample.label, []).append(sample)
+    return [
+        s
+        for group in by_label.values()
+        for s in group[:: max(1, math.ceil(len(group) / per_class))][:per_class]
+    ]
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Resized copies of a manifest's images, small enough to ship to a training machine.
 
-The copy is resized exactly as training and evaluation resize (a bilinear, antialiased square),
-so a model trained from it sees the pixels it would see from the originals, apart from the
-lossy encoding. Its manifest keeps every label and split; unreadable images are listed, not
-copied.
+The copy is resized by :func:`leukoscope.data.preprocess.resize`, as training and evaluation
+resize (a bilinear, antialiased square), so a model trained from it at the same size sees the
+pixels it would see from the originals, apart from the lossy encoding. Its manifest keeps
+every label and split; unreadable images are listed, not copied.
 """
 
 from __future__ import annotations
@@ -15,16 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
-from torchvision.transforms.v2.functional import to_pil_image
+from PIL import Image
 
-from leukoscope.data.datasets import (
-    CellImageDataset,
-    Sample,
-    make_loader,
-    read_manifest_rows,
-    square_resize,
-)
+from leukoscope.data.datasets import CellImageDataset, Sample, make_loader, read_manifest_rows
+from leukoscope.data.preprocess import resize
 from leukoscope.data.split import SPLITS, Excluded, ManifestRow, SplitResult, write_manifest
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import atomic_write_bytes
@@ -41,10 +37,21 @@ class ResizeResult:
     ``manifest.excluded.csv``."""
 
 
+@dataclass(frozen=True)
+class _Resized:
+    """A decoded image resized to a ``size`` square, as a uint8 (H, W, 3) tensor (a class, not
+    a closure, so that loader workers can pickle it)."""
+
+    size: int
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(resize(np.asarray(image.convert("RGB")), self.size).copy())
+
+
 def encode_image(image: torch.Tensor, fmt: str, quality: int) -> bytes:
-    """uint8 CHW tensor -> encoded file bytes (``quality`` is ignored by lossless PNG)."""
+    """uint8 (H, W, 3) tensor -> encoded file bytes (``quality`` is ignored by lossless PNG)."""
     buffer = io.BytesIO()
-    pil = to_pil_image(image)
+    pil = Image.fromarray(image.numpy())
     if fmt == "png":
         pil.save(buffer, "PNG")
     else:
@@ -80,10 +87,9 @@ def resize_manifest(
     if on_total:
         on_total(len(rows))
     samples = [Sample(manifest.parent / row["path"]) for row in rows]
-    resize = square_resize(size)
     written: list[ManifestRow] = []
     excluded: list[Excluded] = []
-    loader = make_loader(CellImageDataset(samples, resize), batch_size=32, workers=workers)
+    loader = make_loader(CellImageDataset(samples, _Resized(size)), batch_size=32, workers=workers)
     for batch in loader:
         for index, message in batch.errors:
             source = os.path.relpath(samples[index].path, out_dir)

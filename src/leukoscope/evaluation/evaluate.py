@@ -21,11 +21,11 @@ import torch
 
 from leukoscope.data.datasets import Sample
 from leukoscope.errors import LeukoscopeError
+from leukoscope.evaluation.calibrate import calibration_section
 from leukoscope.evaluation.metrics import BOOTSTRAP_RESAMPLES, classification_metrics
+from leukoscope.evaluation.mistakes import confident_mistakes, mistake_heatmaps
 from leukoscope.evaluation.report import mistakes_section, write_report
 from leukoscope.evaluation.timing import measure_inference
-from leukoscope.inference.calibration import calibration_section
-from leukoscope.inference.explain import confident_mistakes, mistake_heatmaps
 from leukoscope.inference.predictor import Predictor
 
 
@@ -78,7 +78,7 @@ def evaluate_model(
     )
     metrics.update(
         model=model_name or str(model_path),
-        arch=predictor.card["arch"],
+        arch=predictor.card.arch,
         backend=predictor.backend,
         test_time_views=predictor.pixel_model.views,
         data=data_description,
@@ -97,7 +97,7 @@ def evaluate_model(
         out,
         scores=np.array([p.score for p in predictions]),
         threshold=predictor.abstainer.threshold if predictor.abstainer else None,
-        calibrated="calibration" in predictor.card,
+        calibrated=predictor.card.calibration is not None,
     )
     sections = [markdown]
     if options.mistakes:

@@ -30,26 +30,17 @@ alone (erythroblasts, immature granulocytes, platelets: 22/34/44% against 28/42/
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import safetensors.numpy
-from PIL import Image
 from scipy.special import logsumexp, softmax
 from sklearn.covariance import LedoitWolf
 
-from leukoscope.classes import PBC8
-from leukoscope.data.datasets import samples_from_folder
-from leukoscope.data.images import decode_rgb
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import atomic_write_bytes
-from leukoscope.reports.figures import save_figure
-
-if TYPE_CHECKING:
-    from leukoscope.inference.predictor import Predictor
+from leukoscope.models.card import Abstention, ModelCard
 
 CONFIDENCE_SCORES = ("msp", "energy")
 DEFAULT_CONFIDENCE = "msp"
@@ -145,7 +136,7 @@ class Abstainer:
             _percentile(self.val_familiarity, _familiarity(features, self.means, self.whitening)),
         )
 
-    def save(self, model_dir: str | Path, target_coverage: float) -> dict[str, Any]:
+    def save(self, model_dir: str | Path, target_coverage: float) -> Abstention:
         """Write the statistics beside the weights; return the model card's ``abstention``."""
         data = safetensors.numpy.save(
             {
@@ -156,147 +147,33 @@ class Abstainer:
             }
         )
         atomic_write_bytes(Path(model_dir) / STATS_NAME, data)
-        return {
-            "score": "percentile",
-            "confidence": self.confidence,
-            "ood": "mahalanobis",
-            "threshold": self.threshold,
-            "target_coverage": target_coverage,
-            "stats_sha256": hashlib.sha256(data).hexdigest(),
-        }
+        return Abstention(
+            confidence=self.confidence,
+            threshold=self.threshold,
+            target_coverage=target_coverage,
+            stats_sha256=hashlib.sha256(data).hexdigest(),
+        )
 
     @classmethod
-    def load(cls, model_dir: str | Path, card: Mapping[str, Any]) -> Abstainer:
+    def load(cls, model_dir: str | Path, card: ModelCard) -> Abstainer:
         """The abstainer described by a model card and its statistics file."""
-        section = card["abstention"]
+        section, calibration = card.abstention, card.calibration
         path = Path(model_dir) / STATS_NAME
+        if section is None or calibration is None:
+            raise LeukoscopeError(f"{path.parent}: the model is not calibrated")
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise LeukoscopeError(f"{path}: cannot read the abstention statistics ({exc})") from exc
-        if hashlib.sha256(data).hexdigest() != section["stats_sha256"]:
+        if hashlib.sha256(data).hexdigest() != section.stats_sha256:
             raise LeukoscopeError(f"{path}: sha256 does not match the model card; recalibrate")
         arrays = safetensors.numpy.load(data)
         return cls(
-            temperature=float(card["calibration"]["temperature"]),
-            confidence=section["confidence"],
+            temperature=calibration.temperature,
+            confidence=section.confidence,
             means=arrays["means"],
             whitening=arrays["whitening"],
             val_confidence=arrays["val_confidence"],
             val_familiarity=arrays["val_familiarity"],
-            threshold=float(section["threshold"]),
+            threshold=section.threshold,
         )
-
-
-def accuracy_coverage(scores: np.ndarray, correct: np.ndarray, points: int = 100) -> dict[str, Any]:
-    """Accuracy of the predictions kept when only the top-scored fraction is kept.
-
-    Returns the curve at ``points`` evenly spaced coverages (with the score threshold giving
-    each) and the area under the risk-coverage curve (AURC; lower is better).
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-scores, kind="stable")
-    hits = np.asarray(correct, dtype=np.float64)[order]
-    n = hits.size
-    if n == 0:
-        return {"coverage": [], "accuracy": [], "threshold": [], "aurc": None}
-    cumulative = np.cumsum(hits) / np.arange(1, n + 1)
-    kept = np.unique(np.clip(np.round(np.linspace(1 / points, 1.0, points) * n), 1, n)).astype(int)
-    return {
-        "coverage": (kept / n).round(4).tolist(),
-        "accuracy": cumulative[kept - 1].round(4).tolist(),
-        "threshold": scores[order][kept - 1].round(6).tolist(),
-        "aurc": round(float(np.mean(1.0 - cumulative)), 5),
-    }
-
-
-def plot_accuracy_coverage(
-    curve: Mapping[str, Any], path: str | Path, marker: tuple[float, float] | None = None
-) -> Path:
-    """Save the accuracy-coverage curve as a PNG; ``marker`` = the (coverage, accuracy) chosen."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
-    ax.plot(curve["coverage"], curve["accuracy"], color="tab:blue")
-    if marker is not None:
-        ax.plot(*marker, "o", color="tab:red", label=f"threshold: coverage {marker[0]:.1%}")
-        ax.legend(loc="lower left")
-    ax.set(xlabel="coverage (fraction not flagged)", ylabel="accuracy of kept predictions")
-    ax.set_xlim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.set_title("Accuracy-coverage")
-    return save_figure(fig, path)
-
-
-# --- inputs the model does not know -----------------------------------------------------------
-
-
-def synthetic_ood_images(
-    n: int = 20, size: int = 360, seed: int = 0
-) -> dict[str, list[Image.Image]]:
-    """Inputs no cell classifier should trust: Gaussian noise, blank fields, natural photos.
-
-    Photos are random crops of scikit-image's bundled samples (chelsea, astronaut, coffee); the
-    kind is left out when scikit-image is not installed.
-    """
-    rng = np.random.default_rng(seed)
-
-    def field(mean: np.ndarray | float, sd: float) -> Image.Image:
-        pixels = rng.normal(mean, sd, (size, size, 3))
-        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-
-    kinds = {
-        "noise": [field(rng.uniform(60, 200), rng.uniform(20, 80)) for _ in range(n)],
-        "blank": [field(rng.uniform(0, 255, 3), 3.0) for _ in range(n)],
-    }
-    try:
-        from skimage import data
-    except ImportError:
-        return kinds
-    photos = [data.chelsea(), data.astronaut(), data.coffee()]
-    crops = []
-    for i in range(n):
-        photo = photos[i % len(photos)]
-        side = int(rng.integers(min(photo.shape[:2]) // 3, min(photo.shape[:2]) + 1))
-        top = int(rng.integers(0, photo.shape[0] - side + 1))
-        left = int(rng.integers(0, photo.shape[1] - side + 1))
-        crops.append(Image.fromarray(photo[top : top + side, left : left + side]))
-    kinds["photo"] = crops
-    return kinds
-
-
-def unknown_class_images(
-    data_dir: str | Path, model_classes: Sequence[str], n: int = 50
-) -> dict[str, list[Image.Image]]:
-    """Up to ``n`` images (evenly spread) of each PBC class the model has no class for."""
-    kinds: dict[str, list[Image.Image]] = {}
-    for label in (c for c in PBC8 if c not in model_classes):
-        try:
-            samples, _ = samples_from_folder(data_dir, classes=[label])
-        except LeukoscopeError:
-            continue
-        step = max(1, len(samples) // n)
-        kinds[label] = [decode_rgb(s.path) for s in samples[::step][:n]]
-    return kinds
-
-
-def ood_catch_rates(
-    predictor: Predictor, kinds: Mapping[str, Sequence[Image.Image]]
-) -> dict[str, dict[str, float | int]]:
-    """For each kind of input, how many the predictor flags ``uncertain``."""
-    rates: dict[str, dict[str, float | int]] = {}
-    for kind, images in kinds.items():
-        predictions = predictor.predict_images(images, [f"{kind}-{i}" for i in range(len(images))])
-        if not predictions:
-            continue
-        caught = sum(p.uncertain for p in predictions)
-        rates[kind] = {
-            "n": len(predictions),
-            "caught": caught,
-            "rate": round(caught / len(predictions), 4),
-            "median_score": round(float(np.median([p.score for p in predictions])), 4),
-        }
-    return rates

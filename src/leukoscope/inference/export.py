@@ -15,7 +15,6 @@ import copy
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,10 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
-from leukoscope.data.datasets import CellImageDataset, Sample, make_loader, read_manifest
+from leukoscope.data.datasets import Sample, evenly_spaced, make_loader, read_manifest
+from leukoscope.data.preprocess import Preprocessing, pixels_dataset
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import atomic_write_bytes
-from leukoscope.inference.calibration import spread
 from leukoscope.inference.predictor import (
     INPUT_NAME,
     OUTPUT_NAMES,
@@ -45,10 +44,9 @@ from leukoscope.inference.predictor import (
     PixelModel,
     onnx_runner,
     onnx_session,
-    pixels_tensor,
     torch_runner,
 )
-from leukoscope.models import load_model
+from leukoscope.models import ModelCard, load_model
 
 OPSET = 17
 FOLD_TOLERANCE = 1e-4
@@ -93,17 +91,18 @@ def fold_normalisation(pixel_model: PixelModel, size: int) -> PixelModel:
     return folded if error <= FOLD_TOLERANCE else pixel_model
 
 
-def _stamp(model: onnx.ModelProto, card: dict[str, Any], precision: str) -> bytes:
+def _stamp(model: onnx.ModelProto, card: ModelCard, precision: str) -> bytes:
     """Record where the graph came from in its metadata and serialise it."""
+    size = card.preprocessing.input_size
     onnx.helper.set_model_props(
         model,
         {
-            WEIGHTS_SHA_KEY: card["sha256"],
-            "leukoscope_arch": card["arch"],
-            "leukoscope_classes": ",".join(card["classes"]),
-            "leukoscope_input": f"uint8 RGB NHWC {card['input_size']}x{card['input_size']}",
+            WEIGHTS_SHA_KEY: card.sha256,
+            "leukoscope_arch": card.arch,
+            "leukoscope_classes": ",".join(card.classes),
+            "leukoscope_input": f"uint8 RGB NHWC {size}x{size}",
             "leukoscope_precision": precision,
-            VIEWS_KEY: str(card.get(VIEWS_KEY, 1)),
+            VIEWS_KEY: str(card.test_time_views),
         },
     )
     onnx.checker.check_model(model)
@@ -115,7 +114,7 @@ def export_fp32(model_path: str | Path, out: str | Path, *, opset: int = OPSET) 
     if opset < OPSET:
         raise LeukoscopeError(f"opset {opset} is too old: use {OPSET} or newer")
     model, card = load_model(model_path)
-    size = int(card["input_size"])
+    size = card.preprocessing.input_size
     pixel_model = fold_normalisation(PixelModel.from_card(model, card), size)
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -146,10 +145,13 @@ CALIBRATIONS: dict[str, tuple[CalibrationMethod, dict[str, Any]]] = {
 
 
 class PixelBatches(CalibrationDataReader):
-    """Feeds batches of image pixels to ONNX Runtime's quantisation calibrator."""
+    """Feeds batches of image pixels, made as the predictor makes them, to ONNX Runtime's
+    quantisation calibrator."""
 
-    def __init__(self, paths: Sequence[Path], size: int, batch_size: int = 32) -> None:
-        dataset = CellImageDataset([Sample(p) for p in paths], partial(pixels_tensor, size=size))
+    def __init__(
+        self, paths: Sequence[Path], preprocessing: Preprocessing, batch_size: int = 32
+    ) -> None:
+        dataset = pixels_dataset([Sample(p) for p in paths], preprocessing)
         self._batches: Iterator[Any] = iter(make_loader(dataset, batch_size=batch_size))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -184,8 +186,8 @@ def export_int8(
         )
     method, options = CALIBRATIONS[calibration]
     _, card = load_model(model_path)
-    samples, _ = read_manifest(manifest, "train", classes=card["classes"])
-    paths = [s.path for s in spread(samples, images_per_class)]
+    samples, _ = read_manifest(manifest, "train", classes=card.classes)
+    paths = [s.path for s in evenly_spaced(samples, images_per_class)]
     with tempfile.TemporaryDirectory() as tmp:
         fp32, prepared, quantised = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "q.onnx"))
         export_fp32(model_path, fp32, opset=opset)
@@ -194,7 +196,7 @@ def export_int8(
             str(prepared),
             str(quantised),
             # One image per batch: the histogram calibrators stack batches of equal shape.
-            PixelBatches(paths, int(card["input_size"]), batch_size=1),
+            PixelBatches(paths, card.preprocessing, batch_size=1),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             reduce_range=True,
@@ -210,7 +212,7 @@ def export_int8(
 
 def _torch_and_onnx(
     model_path: str | Path, onnx_path: str | Path
-) -> tuple[ModelFn, ModelFn, dict[str, Any]]:
+) -> tuple[ModelFn, ModelFn, ModelCard]:
     """PyTorch and ONNX Runtime runners of one model, and its card."""
     model, card = load_model(model_path)
     reference = torch_runner(PixelModel.from_card(model, card))
@@ -221,7 +223,7 @@ def onnx_parity(model_path: str | Path, onnx_path: str | Path, n: int = 4, seed:
     """Largest difference of the logits of PyTorch and ONNX Runtime on random pixels, in units
     of the largest logit when that exceeds 1 (random-weight deep nets give logits of 1e10)."""
     reference, exported, card = _torch_and_onnx(model_path, onnx_path)
-    size = int(card["input_size"])
+    size = card.preprocessing.input_size
     pixels = np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     expected, actual = reference(pixels)[0], exported(pixels)[0]
     return float(np.abs(expected - actual).max() / max(1.0, float(np.abs(expected).max())))
@@ -238,9 +240,9 @@ def int8_agreement(
     """How often an export predicts the same class as PyTorch on the manifest's ``split``
     images: (fraction, number of images)."""
     reference, exported, card = _torch_and_onnx(model_path, onnx_path)
-    samples, _ = read_manifest(manifest, split, classes=card["classes"])
+    samples, _ = read_manifest(manifest, split, classes=card.classes)
     batches = PixelBatches(
-        [s.path for s in spread(samples, images_per_class)], int(card["input_size"])
+        [s.path for s in evenly_spaced(samples, images_per_class)], card.preprocessing
     )
     same = total = 0
     while (batch := batches.get_next()) is not None:

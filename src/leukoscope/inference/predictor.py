@@ -1,11 +1,11 @@
 """Predictions for cell images from a saved model, on PyTorch or ONNX Runtime.
 
-Images travel as uint8 RGB pixels resized to the model's square input (N, H, W, 3): a quarter of
-the bytes of normalised floats between decoding workers and the model, and the same input for
-both backends. Normalisation happens inside the model (:class:`PixelModel`), so an exported ONNX
-file is self-contained. The model returns logits and pooled features; probabilities are
-temperature-scaled and the abstention flag is set with the calibration stored in the model card
-(see ``leukoscope calibrate``).
+Images travel as uint8 RGB pixels made by :mod:`leukoscope.data.preprocess` from the model
+card's ``preprocessing`` (N, H, W, 3): a quarter of the bytes of normalised floats between
+decoding workers and the model, and the same input for both backends. Normalisation happens
+inside the model (:class:`PixelModel`), so an exported ONNX file is self-contained. The model
+returns logits and pooled features; probabilities are temperature-scaled and the abstention
+flag is set with the calibration stored in the model card (see ``leukoscope calibrate``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,10 @@ from torch import nn
 
 from leukoscope.data.datasets import CellImageDataset, Sample, make_loader
 from leukoscope.data.images import decode_rgb
+from leukoscope.data.preprocess import pixels_dataset, standardise, to_pixels, to_unit
 from leukoscope.errors import ImageDecodeError, LeukoscopeError
 from leukoscope.inference.abstention import Abstainer
-from leukoscope.models import TransferModel, load_model
+from leukoscope.models import ModelCard, TransferModel, load_model
 from leukoscope.models.serialization import WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ OUTPUT_NAMES = ("logits", "features")
 WEIGHTS_SHA_KEY = "leukoscope_weights_sha256"
 """ONNX metadata key tying an export to the exact weights it came from."""
 VIEWS_KEY = "test_time_views"
-"""Model card key: how many symmetric views of each image the model averages (default 1)."""
+"""ONNX metadata key: how many symmetric views of each image the export averages."""
 VIEW_COUNTS = (1, 4, 8)
 
 
@@ -76,8 +76,9 @@ class PixelModel(nn.Module):
     """A classifier taking uint8 RGB pixels (N, H, W, 3) at its input size, returning
     ``(logits, pooled features)``.
 
-    ``x / 255`` then ``(x - mean) / std`` per channel, exactly as ``eval_transform``, so the ONNX
-    export and the torch backend take the same input as the data loaders produce.
+    It normalises with :func:`~leukoscope.data.preprocess.to_unit` and
+    :func:`~leukoscope.data.preprocess.standardise`, the functions training normalises with,
+    so the ONNX export and the torch backend see bit for bit the tensor training saw.
 
     With ``views`` 4 or 8 it averages the logits and features of the image turned by 0, 90, 180
     and 270 degrees (and, with 8, of its mirror image turned the same ways): a cell on a slide
@@ -97,14 +98,14 @@ class PixelModel(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     @classmethod
-    def from_card(cls, model: TransferModel, card: dict[str, Any]) -> PixelModel:
+    def from_card(cls, model: TransferModel, card: ModelCard) -> PixelModel:
         """The pixel model a model card describes (normalisation and test-time views)."""
-        return cls(model, card["mean"], card["std"], int(card.get(VIEWS_KEY, 1))).eval()
+        preprocessing = card.preprocessing
+        return cls(model, preprocessing.mean, preprocessing.std, card.test_time_views).eval()
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """The float, normalised NCHW tensor the backbone expects."""
-        x = pixels.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        return (x - self.mean) / self.std
+        return standardise(to_unit(pixels.permute(0, 3, 1, 2)), self.mean, self.std)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.normalise(pixels)
@@ -130,20 +131,6 @@ def symmetric_views(
         transposed = image.transpose(rows, columns)
         turned += [image, transposed.flip(rows), image.flip(dims), transposed.flip(columns)]
     return turned[:views]
-
-
-def to_pixels(image: Image.Image, size: int) -> np.ndarray:
-    """Resize an RGB image to ``size`` x ``size`` uint8 pixels (H, W, 3).
-
-    Pillow's bilinear resize antialiases like ``v2.Resize(antialias=True)`` in ``eval_transform``
-    (they differ by at most one grey level), so training and prediction see the same input.
-    """
-    return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
-
-
-def pixels_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """:func:`to_pixels` as a tensor, the transform of the prediction data loaders."""
-    return torch.from_numpy(to_pixels(image, size).copy())
 
 
 def cpu_cores() -> int:
@@ -209,7 +196,7 @@ class Predictor:
     """A loaded model ready to classify images; build it with :meth:`Predictor.load`."""
 
     classes: tuple[str, ...]
-    card: dict[str, Any]
+    card: ModelCard
     pixel_model: PixelModel
     backend: str
     run: ModelFn
@@ -229,8 +216,8 @@ class Predictor:
         model_dir = path.parent if is_onnx or path.suffix == ".safetensors" else path
         model, card = load_model(model_dir / WEIGHTS_NAME if is_onnx else path)
         pixel_model = PixelModel.from_card(model, card)
-        abstainer = Abstainer.load(model_dir, card) if "abstention" in card else None
-        classes = tuple(card["classes"])
+        abstainer = Abstainer.load(model_dir, card) if card.abstention else None
+        classes = card.classes
         if backend != "torch":
             onnx_path = path if is_onnx else model_dir / ONNX_NAME
             session = _checked_session(onnx_path, card, required=backend == "onnx" or is_onnx)
@@ -242,33 +229,20 @@ class Predictor:
 
     @classmethod
     def from_model(
-        cls, model: TransferModel, card: dict[str, Any], abstainer: Abstainer | None = None
+        cls, model: TransferModel, card: ModelCard, abstainer: Abstainer | None = None
     ) -> Predictor:
         """A PyTorch predictor for a model in memory (e.g. to calibrate it afresh)."""
         pixel_model = PixelModel.from_card(model, card)
-        classes = tuple(card["classes"])
-        return cls(classes, card, pixel_model, "torch", torch_runner(pixel_model), abstainer)
+        return cls(card.classes, card, pixel_model, "torch", torch_runner(pixel_model), abstainer)
 
     @property
     def input_size(self) -> int:
-        return int(self.card["input_size"])
-
-    @property
-    def draft_size(self) -> int:
-        """Smallest side a JPEG may be scaled down to while decoding: twice the input size.
-
-        Large tiles decode several times faster, and the resize that follows still sees the
-        detail training saw. Drafting down to the input size itself does not: on PBC crops at
-        128 px it cost 3 of 1,227 validation images (98.94% accuracy instead of 99.19%).
-        """
-        return 2 * self.input_size
+        return self.card.preprocessing.input_size
 
     def dataset(self, samples: Sequence[Sample]) -> CellImageDataset:
-        """``samples`` decoded as this predictor decodes files: uint8 RGB pixels at its input
-        size (see :func:`to_pixels`), large JPEGs drafted to :attr:`draft_size`."""
-        return CellImageDataset(
-            samples, partial(pixels_tensor, size=self.input_size), draft_size=self.draft_size
-        )
+        """``samples`` decoded as this predictor decodes files: the uint8 RGB pixels of
+        :func:`~leukoscope.data.preprocess.pixels_dataset` for the card's preprocessing."""
+        return pixels_dataset(samples, self.card.preprocessing)
 
     @property
     def model(self) -> TransferModel:
@@ -277,7 +251,8 @@ class Predictor:
 
     @property
     def temperature(self) -> float:
-        return float(self.card.get("calibration", {}).get("temperature", 1.0))
+        """The card's fitted temperature; 1 (plain softmax) for an uncalibrated model."""
+        return self.card.calibration.temperature if self.card.calibration else 1.0
 
     def predict_images(
         self, images: Sequence[Image.Image], names: Sequence[str]
@@ -287,13 +262,13 @@ class Predictor:
             raise ValueError(f"{len(images)} images but {len(names)} names")
         if not images:
             return []
-        pixels = np.stack([to_pixels(image, self.input_size) for image in images])
+        pixels = np.stack([to_pixels(image, self.card.preprocessing) for image in images])
         return self.predictions_from_outputs(*self.run(pixels), names)
 
     def predict_bytes(self, data: bytes, name: str) -> Prediction:
         """Predict an uploaded file; an unreadable one gives a prediction with ``error`` set."""
         try:
-            image = decode_rgb(data, name=name, draft_size=self.draft_size)
+            image = decode_rgb(data, name=name, draft_size=self.card.preprocessing.draft_size)
         except ImageDecodeError as exc:
             return self.error_prediction(name, str(exc))
         return self.predict_images([image], [name])[0]
@@ -334,7 +309,8 @@ class Predictor:
         processes while the model runs.
 
         ``batch_size`` is images per model call; with test-time views, ``batch_size // views``
-        files make a batch. Large JPEGs are decoded in draft mode (see :attr:`draft_size`).
+        files make a batch. Large JPEGs are decoded in draft mode (see
+        :attr:`~leukoscope.data.preprocess.Preprocessing.draft_size`).
         """
         dataset = self.dataset([Sample(Path(p)) for p in paths])
         batch_size = max(1, batch_size // self.pixel_model.views)  # the model sees every view
@@ -407,7 +383,7 @@ class Predictor:
         )
 
 
-def _checked_session(path: Path, card: dict[str, Any], *, required: bool) -> Any | None:
+def _checked_session(path: Path, card: ModelCard, *, required: bool) -> Any | None:
     """An ORT session for ``path`` if it exists, loads and was exported from the card's weights.
 
     ``required``: raise instead of returning None (which means: use PyTorch).
@@ -424,8 +400,8 @@ def _checked_session(path: Path, card: dict[str, Any], *, required: bool) -> Any
             problem = f"{path}: ONNX Runtime cannot load it ({exc})"
         else:
             metadata = session.get_modelmeta().custom_metadata_map
-            views = int(card.get(VIEWS_KEY, 1))
-            if metadata.get(WEIGHTS_SHA_KEY) != card["sha256"]:
+            views = card.test_time_views
+            if metadata.get(WEIGHTS_SHA_KEY) != card.sha256:
                 problem = f"{path} was exported from other weights than the model card's"
             elif int(metadata.get(VIEWS_KEY, 1)) != views:
                 problem = f"{path} was exported without the card's {views} test-time views"

@@ -24,6 +24,7 @@ from timm.data import (
 )
 from torch import nn
 
+from leukoscope.data.preprocess import Interpolation, Preprocessing
 from leukoscope.errors import LeukoscopeError
 from leukoscope.models.weights import EFFICIENTNET_LITE0_TIMM, load_imagenet_weights
 
@@ -34,13 +35,18 @@ WEIGHTS = ("imagenet", "none")
 class ModelConfig:
     """Preprocessing an arch's weights expect: resize to ``input_size`` with ``interpolation``,
     scale RGB to [0, 1], then ``(x - mean) / std`` per channel (torchvision ``Normalize``).
-    Callers may use another size with ``dataclasses.replace(config, input_size=...)``."""
+    A new training run's card records :meth:`preprocessing`, and prediction then follows the
+    card, not this table."""
 
     arch: str
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    interpolation: str = "bilinear"
+    interpolation: Interpolation = "bilinear"
+
+    def preprocessing(self, input_size: int | None = None) -> Preprocessing:
+        """These defaults as a model's preprocessing, at ``input_size`` (default: the arch's)."""
+        return Preprocessing(input_size or self.input_size, self.mean, self.std, self.interpolation)
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,8 @@ class TransferModel(nn.Module):
         self.backbone = backbone.module
         self.stages = backbone.stages
         self.num_features = backbone.num_features
+        self.head_config = head
+        """The head's shape, which a model card must record to rebuild it."""
         self.head = ClassifierHead(backbone.num_features, num_classes, head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from torchvision.models import Inception_V3_Weights, ResNet50_Weights, WeightsEn
 
 import leukoscope
 from leukoscope.errors import LeukoscopeError
-from leukoscope.fileio import atomic_write_bytes, atomic_write_json, cache_dir
+from leukoscope.fileio import atomic_write_bytes, atomic_write_json, cache_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +58,6 @@ EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdba
 # each of its convolutions.
 _FIRE_INDEX = {2: 3, 3: 4, 4: 6, 5: 7, 6: 9, 7: 10, 8: 11, 9: 12}
 _FIRE_CONVS = {"squeeze1x1": "squeeze", "expand1x1": "expand1x1", "expand3x3": "expand3x3"}
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _verify_sha256(path: Path, expected: str, what: str) -> None:

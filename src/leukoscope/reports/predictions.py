@@ -83,7 +83,7 @@ def write_predictions(predictor: Predictor, predictions: Sequence[Prediction], o
     atomic_write_json(
         out,
         {
-            "model": predictor.card["arch"],
+            "model": predictor.card.arch,
             "backend": predictor.backend,
             "classes": list(predictor.classes),
             "calibrated": predictor.abstainer is not None,

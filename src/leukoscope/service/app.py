@@ -277,12 +277,12 @@ def model_info(service: ServiceDep) -> ModelInfo:
     settings = service.settings
     return ModelInfo(
         name=service.runner.name,
-        arch=card["arch"],
+        arch=card.arch,
         classes=list(service.runner.classes),
-        input_size=card["input_size"],
+        input_size=card.preprocessing.input_size,
         sha256=service.runner.sha256,
-        metrics=card.get("metrics"),
-        card=card,
+        metrics=card.to_json().get("validation"),
+        card=card.to_json(),
         limits=Limits(
             max_file_bytes=settings.max_file_bytes,
             max_request_bytes=settings.max_request_bytes,

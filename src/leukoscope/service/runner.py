@@ -11,13 +11,13 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 from fastapi import UploadFile
 from PIL import Image
 
 from leukoscope.inference.explain import gradcam_overlay
 from leukoscope.inference.predictor import Prediction, Predictor
+from leukoscope.models import ModelCard
 from leukoscope.service.schemas import RejectedFile
 from leukoscope.service.uploads import Upload, read_upload
 
@@ -39,22 +39,22 @@ class ModelRunner:
         return tuple(self.predictor.classes)
 
     @property
-    def card(self) -> dict[str, Any]:
+    def card(self) -> ModelCard:
         return self.predictor.card
 
     @property
     def arch(self) -> str:
-        return str(self.card["arch"])
+        return self.card.arch
 
     @property
     def name(self) -> str:
         """The released model's name (``leukoscope release --name``), else its architecture."""
-        release = self.card.get("release") or {}
-        return str(release.get("name") or self.arch)
+        release = self.card.release
+        return release.name if release is not None else self.arch
 
     @property
     def sha256(self) -> str:
-        return str(self.card.get("sha256", ""))
+        return self.card.sha256
 
     def classify(
         self, files: Sequence[UploadFile], *, max_bytes: int, max_pixels: int

@@ -23,12 +23,15 @@ from filelock import FileLock
 from torch import nn
 from torch.utils.data import Dataset
 
-from leukoscope.data.datasets import CellImageDataset, Sample, make_loader, square_resize
+from leukoscope.data.datasets import Sample, make_loader
+from leukoscope.data.preprocess import Preprocessing, pixels_dataset
 from leukoscope.fileio import atomic_write_json, cache_dir
 from leukoscope.training.engine import Advance
 from leukoscope.training.seeding import derive_seed
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: pixels from :func:`leukoscope.data.preprocess.to_pixels` (Pillow's resize, as prediction),
+no longer torchvision's, which differs by a grey level here and there."""
 
 
 def _load_complete(
@@ -84,7 +87,8 @@ class ImageCache:
     """Decoded, resized uint8 images of one split; rows of unreadable files stay zero."""
 
     images: np.ndarray
-    """(N, 3, S, S) uint8, one row per sample."""
+    """(N, 3, S, S) uint8, one row per sample: :func:`~leukoscope.data.preprocess.to_pixels`
+    transposed to channels first, as the augmentation works on."""
     rows: np.ndarray
     """Indices of the usable rows."""
     labels: np.ndarray
@@ -93,34 +97,38 @@ class ImageCache:
     """(path, reason) of every unreadable file."""
 
 
-def image_cache_key(manifest_sha256: str, split: str, classes: Sequence[str], size: int) -> str:
-    """Cache name for one split of one manifest at one size."""
-    text = f"v{FORMAT_VERSION}:{manifest_sha256}:{split}:{','.join(classes)}:{size}"
+def image_cache_key(
+    manifest_sha256: str, split: str, classes: Sequence[str], preprocessing: Preprocessing
+) -> str:
+    """Cache name for one split of one manifest, made with one preprocessing (whose
+    normalisation is not part of the pixels, and so not of the key)."""
+    pixels = f"{preprocessing.input_size}:{preprocessing.interpolation}"
+    text = f"v{FORMAT_VERSION}:{manifest_sha256}:{split}:{','.join(classes)}:{pixels}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def build_image_cache(
     samples: Sequence[Sample],
-    size: int,
+    preprocessing: Preprocessing,
     key: str,
     *,
     workers: int,
     advance: Advance = lambda n: None,
 ) -> ImageCache:
-    """Decode every sample once, resized exactly as ``eval_transform`` does, into
-    ``cache_dir()/images/<key>.npy``; reuse it when present."""
-    resize = square_resize(size)
-
+    """Decode every sample once into the pixels prediction would give the model
+    (:func:`~leukoscope.data.preprocess.pixels_dataset`), as ``cache_dir()/images/<key>.npy``;
+    reuse it when present."""
+    size = preprocessing.input_size
     valid = np.zeros(len(samples), dtype=bool)
 
     def fill(array: np.ndarray) -> dict[str, Any]:
-        dataset = CellImageDataset(samples, resize)
+        dataset = pixels_dataset(samples, preprocessing)
         skipped: list[tuple[str, str]] = []
         for batch in make_loader(dataset, batch_size=64, workers=workers):
             for index, message in batch.errors:
                 skipped.append((str(samples[index].path), message))
             if len(batch.indices):
-                array[batch.indices.numpy()] = batch.images.numpy()
+                array[batch.indices.numpy()] = batch.images.permute(0, 3, 1, 2).numpy()
                 valid[batch.indices.numpy()] = True
             advance(len(batch.indices) + len(batch.errors))
         return {"rows": np.flatnonzero(valid).tolist(), "skipped": skipped}

@@ -6,14 +6,23 @@ when the frozen part's output is cached), and use autocast with a gradient scale
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import numpy as np
 import torch
 from torch import nn
 
 Advance = Callable[[int], None]
+
+ProgressFactory = Callable[[str, int | None], AbstractContextManager[Advance]]
+"""``progress(description, total or None)`` -> context manager yielding ``advance(n)``."""
+
+
+@contextmanager
+def no_progress(description: str, total: int | None) -> Iterator[Advance]:
+    """A :data:`ProgressFactory` that shows nothing."""
+    yield lambda n: None
 
 
 def _autocast(device: torch.device) -> torch.autocast | nullcontext[None]:

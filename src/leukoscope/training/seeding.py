@@ -18,3 +18,9 @@ def derive_seed(*parts: int) -> int:
 def seeded_generator(*parts: int) -> torch.Generator:
     """A CPU torch generator seeded from ``parts``."""
     return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+VIEW_AUGMENT, VIEW_CHOICE, SHUFFLE, LOADER, GLOBAL = range(5)
+"""Stream tags for :func:`derive_seed`: each random stream of a run has its own seeds
+(augmented views of the feature cache, the view each epoch picks, shuffling, loader workers,
+torch's global RNG). Changing them changes every run's result."""

@@ -4,13 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from leukoscope.training.augment import (
-    HEDJitter,
-    RandomRot90,
-    hed_to_rgb,
-    rgb_to_hed,
-    train_augmentation,
-)
+from leukoscope.data.augment import HEDJitter, RandomRot90, hed_to_rgb, rgb_to_hed
+from leukoscope.data.preprocess import Augmentation, Preprocessing, create_transform
 
 
 def test_hed_conversion_matches_skimage_on_stain_colours() -> None:
@@ -43,8 +38,9 @@ def test_rot90_is_exact_and_reaches_all_four_rotations() -> None:
 
 
 def test_train_augmentation_is_seeded_and_normalises() -> None:
-    augment = train_augmentation(
-        (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), colour_jitter=0.1, hed_sigma=0.05
+    augment = create_transform(
+        Preprocessing(24, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+        Augmentation(colour_jitter=0.1, hed_sigma=0.05),
     )
     image = torch.randint(0, 256, (3, 24, 24), dtype=torch.uint8)
     torch.manual_seed(3)

@@ -1,4 +1,5 @@
-"""Augmentation for stained blood-cell crops.
+"""Augmentation steps for stained blood-cell crops (composed by
+:func:`leukoscope.data.preprocess.create_transform`).
 
 A cell has no canonical orientation, so all eight flips/quarter-turns are equally valid views.
 Colour varies with the stain batch and the microscope, which HED jitter models directly: it
@@ -9,7 +10,6 @@ hue, which would turn a purple nucleus green.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -66,32 +66,3 @@ class RandomRot90(v2.Transform):
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         return torch.rot90(inpt, params["k"], dims=(-2, -1))
-
-
-def normalise(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """uint8 CHW tensor -> float, normalised like the model's ImageNet weights expect."""
-    return v2.Compose(
-        [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
-    )
-
-
-def train_augmentation(
-    mean: Sequence[float], std: Sequence[float], *, colour_jitter: float, hed_sigma: float
-) -> v2.Compose:
-    """Random dihedral view, stain and colour jitter, then normalisation; uint8 CHW in."""
-    steps: list[v2.Transform] = [
-        v2.RandomHorizontalFlip(),
-        v2.RandomVerticalFlip(),
-        RandomRot90(),
-        v2.ToDtype(torch.float32, scale=True),
-    ]
-    if hed_sigma > 0:
-        steps.append(HEDJitter(hed_sigma))
-    if colour_jitter > 0:
-        steps.append(
-            v2.ColorJitter(
-                brightness=colour_jitter, contrast=colour_jitter, saturation=colour_jitter
-            )
-        )
-    steps.append(v2.Normalize(mean=list(mean), std=list(std)))
-    return v2.Compose(steps)

@@ -1,0 +1,301 @@
+"""The model card: everything needed to rebuild, use and judge a saved model, typed and versioned.
+
+A card travels beside the weights as ``model_card.json``. It used to be a free-form dict read
+by string keys in a dozen modules, so a misspelt or missing key surfaced far from the file that
+caused it. Here it is a frozen dataclass with one nested section per concern, validated as a
+whole when it is read (:func:`load_card` names the file and every bad field), and changed only
+by building a new card (:meth:`ModelCard.replace`, :func:`update_card`), like torchvision's
+weight metadata or timm's ``PretrainedCfg``.
+
+Sections, in the order a model's life fills them:
+
+=================== ======================================== ===============================
+field               what                                     written by
+=================== ======================================== ===============================
+``arch``, ``head``  network to rebuild                       training
+``preprocessing``   input size, normalisation, resampling    training (registry defaults)
+``classes``         output classes, in order                 training
+``validation``      best epoch's validation scores           training
+``training``        provenance: manifest, seed, profile...   training
+``sha256``          of ``model.safetensors``                 :func:`~.serialization.save_model`
+``calibration``     temperature scaling                      ``calibrate``
+``abstention``      abstention rule and its threshold        ``calibrate``
+``test_time_views`` symmetric views averaged per image       ``calibrate`` (``--views``)
+``test_metrics``    held-out scores                          ``release``
+``release``         name, date, data, machine, command       ``release``
+=================== ======================================== ===============================
+
+Format history: ``leukoscope-model/1`` was the flat dict (``input_size``, ``mean``, ``std`` and
+``interpolation`` at the top, ``metrics`` for the validation scores, a duplicate top-level
+``manifest_sha256``). :func:`load_card` still reads it, converting it in memory, so models saved
+by older versions keep working; ``save_card(load_card(path), path)`` rewrites such a file in
+the current format (that is how the released models were migrated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from leukoscope.data.preprocess import Preprocessing
+from leukoscope.errors import LeukoscopeError
+from leukoscope.fileio import atomic_write_json
+from leukoscope.models.registry import HeadConfig
+
+FORMAT = "leukoscope-model/2"
+PREVIOUS_FORMAT = "leukoscope-model/1"
+CARD_NAME = "model_card.json"
+
+
+@dataclass(frozen=True)
+class BestEpoch:
+    """Validation scores of the epoch whose weights were kept (the best macro-F1)."""
+
+    epoch: int
+    phase: str
+    val_loss: float
+    val_accuracy: float
+    val_macro_f1: float
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """Provenance: the settings that determine a training run's result.
+
+    A resumed run must have exactly these (see :mod:`leukoscope.training.rundir`).
+    ``profile`` is the training profile as the run recorded it, kept as JSON: it describes the
+    past run and is never used to rebuild anything.
+    """
+
+    manifest: str
+    manifest_sha256: str
+    arch: str
+    weights: str
+    seed: int
+    world_size: int
+    profile: dict[str, Any]
+    weights_file: str | None = None
+    init_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling fitted on ``n`` images of ``split`` (expected calibration error
+    before and after)."""
+
+    temperature: float
+    ece_before: float
+    ece_after: float
+    n: int
+    split: str
+
+
+@dataclass(frozen=True)
+class Abstention:
+    """The abstention rule (see :mod:`leukoscope.inference.abstention`): flag a prediction when
+    its percentile score is below ``threshold``, chosen to keep ``target_coverage`` of the
+    validation cells; the fitted statistics are in ``abstention.safetensors``, whose sha256 is
+    ``stats_sha256``."""
+
+    confidence: str
+    threshold: float
+    target_coverage: float
+    stats_sha256: str
+    score: Literal["percentile"] = "percentile"
+    ood: Literal["mahalanobis"] = "mahalanobis"
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Percentile-bootstrap 95% intervals over images."""
+
+    accuracy: tuple[float, float]
+    macro_f1: tuple[float, float]
+    resamples: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class TestMetrics:
+    """Scores on the held-out test split, recorded at release."""
+
+    __test__: ClassVar[bool] = False  # not a pytest test class despite its name
+
+    accuracy: float
+    macro_f1: float
+    balanced_accuracy: float
+    n_images: int
+    bootstrap_95ci: Bootstrap
+    per_class: dict[str, ClassScores]
+
+    @classmethod
+    def from_evaluation(cls, metrics: dict[str, Any]) -> TestMetrics:
+        """The card's summary of an evaluation's ``metrics.json`` (which also holds the
+        confusion matrix, calibration, timing...: too much for a card)."""
+        fields = ("accuracy", "macro_f1", "balanced_accuracy", "n_images")
+        summary = {key: metrics[key] for key in (*fields, "bootstrap_95ci", "per_class")}
+        return TypeAdapter(cls).validate_python(summary)
+
+
+@dataclass(frozen=True)
+class Release:
+    """Where a released model came from: its run, data (by sha256), machine and command."""
+
+    name: str
+    date: str
+    run: str
+    manifest: str
+    manifest_sha256: str
+    command: str
+    machine: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A saved model's card (see the module docstring for the sections).
+
+    Parameters
+    ----------
+    arch
+        Registry name of the backbone.
+    classes
+        Output classes, in the order of the logits.
+    head
+        The classifier head the weights have.
+    preprocessing
+        How images become the model's input; prediction must repeat what training did.
+    sha256
+        Of ``model.safetensors``; set by :func:`~leukoscope.models.serialization.save_model`
+        (empty before the weights are saved).
+    test_time_views
+        How many symmetric views of each image the model averages (1, 4 or 8).
+    """
+
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
+
+    arch: str
+    classes: tuple[str, ...]
+    head: HeadConfig
+    preprocessing: Preprocessing
+    sha256: str = ""
+    test_time_views: int = 1
+    validation: BestEpoch | None = None
+    training: TrainingRun | None = None
+    calibration: Calibration | None = None
+    abstention: Abstention | None = None
+    test_metrics: TestMetrics | None = None
+    release: Release | None = None
+
+    def replace(self, **changes: Any) -> ModelCard:
+        """A copy with ``changes`` applied (``dataclasses.replace``), validated like a card
+        read from disk, so a wrongly typed change fails here and not in the next reader."""
+        changed = dataclasses.replace(self, **changes)
+        return ModelCard.from_json(
+            {"format": FORMAT, **_ADAPTER.dump_python(changed, mode="json", warnings=False)},
+            "changed model card",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The card as ``model_card.json`` holds it (sections not filled in are left out)."""
+        data: dict[str, Any] = _ADAPTER.dump_python(self, mode="json")
+        return {"format": FORMAT} | {key: value for key, value in data.items() if value is not None}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "model card") -> ModelCard:
+        """Validate parsed JSON (this format or the previous one) into a card.
+
+        Raises
+        ------
+        LeukoscopeError
+            Naming ``source`` and every problem: a foreign or unknown format, a missing or
+            mistyped field, an unknown one.
+        """
+        if not isinstance(data, dict):
+            raise LeukoscopeError(f"{source}: not a leukoscope model card (not a JSON object)")
+        version = data.get("format")
+        if version == PREVIOUS_FORMAT:
+            data = _from_previous_format(data)
+        elif version != FORMAT:
+            raise LeukoscopeError(
+                f"{source}: not a leukoscope model card (format {version!r}; this version "
+                f"reads {FORMAT} and {PREVIOUS_FORMAT})"
+            )
+        fields = {key: value for key, value in data.items() if key != "format"}
+        try:
+            return _ADAPTER.validate_python(fields)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, error['loc'])) or 'card'}: {error['msg']}"
+                for error in exc.errors()
+            )
+            raise LeukoscopeError(f"{source}: invalid {FORMAT} model card ({problems})") from None
+        except LeukoscopeError as exc:  # a section's own check, e.g. an impossible head
+            raise LeukoscopeError(f"{source}: invalid model card ({exc})") from None
+
+
+_ADAPTER = TypeAdapter(ModelCard)
+
+
+def _from_previous_format(old: dict[str, Any]) -> dict[str, Any]:
+    """A ``leukoscope-model/1`` card's dict in the current layout (unknown keys are kept, so
+    validation still reports them)."""
+    moved = {"input_size", "mean", "std", "interpolation", "metrics", "manifest_sha256", "format"}
+    new = {key: value for key, value in old.items() if key not in moved}
+    new["preprocessing"] = {
+        key: old[key] for key in ("input_size", "mean", "std", "interpolation") if key in old
+    }
+    if "metrics" in old and isinstance(old["metrics"], dict):
+        new["validation"] = {k: v for k, v in old["metrics"].items() if k != "split"}
+    return new
+
+
+def card_path(model: str | Path) -> Path:
+    """The card of a model directory, or of the weights file in it."""
+    path = Path(model)
+    return path / CARD_NAME if path.is_dir() else path.with_name(CARD_NAME)
+
+
+def load_card(path: str | Path) -> ModelCard:
+    """Read and validate a card file (current or previous format).
+
+    Raises
+    ------
+    LeukoscopeError
+        Naming the file, when it cannot be read, is not JSON, or is not a valid card.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LeukoscopeError(f"{path}: cannot read the model card ({exc})") from None
+    return ModelCard.from_json(data, str(path))
+
+
+def save_card(card: ModelCard, path: str | Path) -> None:
+    """Write ``card`` to ``path`` atomically, in the current format."""
+    atomic_write_json(path, card.to_json())
+
+
+def update_card(model: str | Path, **changes: Any) -> ModelCard:
+    """Replace fields of a saved model's card, atomically, and return the new card.
+
+    The weights, and so the card's sha256 of them, are untouched: use this for what is fitted
+    or measured after training (calibration, abstention, views, test metrics, release).
+    """
+    path = card_path(model)
+    card = load_card(path).replace(**changes)
+    save_card(card, path)
+    return card

@@ -1,0 +1,88 @@
+"""One preprocessing for every path: the ONNX graph sees the pixels training saw."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from leukoscope.data.datasets import Sample
+from leukoscope.data.images import decode_rgb
+from leukoscope.data.preprocess import (
+    Augmentation,
+    Interpolation,
+    Preprocessing,
+    create_transform,
+    resize,
+    to_pixels,
+)
+from leukoscope.inference.export import export_fp32
+from leukoscope.inference.predictor import Predictor
+from leukoscope.models import ModelCard, create_model, get_config, save_model
+from leukoscope.training.cache import build_image_cache
+from tests.conftest import cell_image
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_the_onnx_graph_sees_the_pixels_training_sees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interpolation: Interpolation
+) -> None:
+    monkeypatch.setenv("LEUKOSCOPE_CACHE", str(tmp_path / "cache"))
+    image_path = tmp_path / "cell.jpg"
+    cell_image(5, size=360).save(image_path, quality=90)
+    config = get_config("squeezenet1_1")
+    preprocessing = Preprocessing(64, config.mean, config.std, interpolation)
+    torch.manual_seed(0)
+    model = create_model("squeezenet1_1", 3, weights="none").eval()
+    model_dir = tmp_path / "model"
+    card = ModelCard("squeezenet1_1", ("a", "b", "c"), model.head_config, preprocessing)
+    save_model(model_dir, model, card)
+    export_fp32(model_dir, model_dir / "model.onnx")
+    predictor = Predictor.load(model_dir)
+    assert predictor.backend == "onnx"
+
+    # Training: the decoded-image cache, then the evaluation transform of the training loop.
+    cache = build_image_cache([Sample(image_path, 0)], preprocessing, "key", workers=0)
+    trained_pixels = torch.from_numpy(np.array(cache.images[0]))  # (3, H, W) uint8
+    trained_input = create_transform(preprocessing)(trained_pixels)
+    # Prediction: the loader that feeds the ONNX graph, and the normalisation inside the graph.
+    graph_pixels = predictor.dataset([Sample(image_path)])[0]["image"]  # (H, W, 3) uint8
+    assert torch.equal(graph_pixels.permute(2, 0, 1), trained_pixels)
+    graph_input = predictor.pixel_model.normalise(graph_pixels[None])[0]
+    assert torch.equal(graph_input, trained_input)
+    # What the graph computes from those pixels is what the trained network computes.
+    onnx_logits = predictor.run(graph_pixels[None].numpy())[0]
+    with torch.no_grad():
+        torch_logits = model(trained_input[None]).numpy()
+    scale = max(1.0, float(np.abs(torch_logits).max()))
+    assert np.abs(onnx_logits - torch_logits).max() / scale <= 1e-4
+
+
+def test_the_interpolation_is_the_cards() -> None:
+    rgb = np.asarray(cell_image(2, size=200))
+    bilinear = resize(rgb, 50, "bilinear")
+    assert not np.array_equal(bilinear, resize(rgb, 50, "bicubic"))
+    config = Preprocessing(50, (0.5,) * 3, (0.5,) * 3, "bicubic")
+    assert np.array_equal(to_pixels(cell_image(2, size=200), config), resize(rgb, 50, "bicubic"))
+
+
+def test_evaluation_transform_is_deterministic_and_training_is_not() -> None:
+    config = Preprocessing(16, (0.5,) * 3, (0.25,) * 3)
+    pixels = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+    plain = create_transform(config)
+    expected = (pixels.float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(plain(pixels), expected)
+    assert torch.equal(plain(pixels), plain(pixels))
+    torch.manual_seed(0)
+    augment = create_transform(config, Augmentation(colour_jitter=0.2, hed_sigma=0.05))
+    assert any(not torch.equal(augment(pixels), plain(pixels)) for _ in range(4))
+
+
+def test_any_image_mode_becomes_rgb_pixels(tmp_path: Path) -> None:
+    path = tmp_path / "cell.png"
+    cell_image(1, size=80).convert("L").save(path)
+    config = Preprocessing(32, (0.5,) * 3, (0.5,) * 3)
+    pixels = to_pixels(decode_rgb(path), config)
+    assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8

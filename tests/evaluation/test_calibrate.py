@@ -1,0 +1,49 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from leukoscope.evaluation.calibrate import accuracy_coverage, calibration_section
+from leukoscope.models import load_model
+from tests.inference.test_calibration import synthetic
+from tests.inference.tiny import Tiny
+
+
+def test_accuracy_coverage_rises_when_low_scores_are_the_mistakes() -> None:
+    scores = np.linspace(0, 1, 200)
+    correct = scores > 0.2  # the 20% least confident are wrong
+    curve = accuracy_coverage(scores, correct)
+    assert curve["accuracy"][0] == 1.0
+    assert curve["accuracy"][-1] == pytest.approx(0.8, abs=0.01)
+    assert curve["coverage"] == sorted(curve["coverage"])
+
+
+def test_calibration_section_writes_figures_and_reports_the_threshold(tmp_path: Path) -> None:
+    logits, labels = synthetic(2.0, n=600)
+    markdown, metrics = calibration_section(
+        logits, labels, ["a", "b", "c", "d", "e"], 2.0, tmp_path, threshold=0.5
+    )
+    for name in ("reliability.png", "accuracy_coverage.png", "accuracy_coverage.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert metrics["ece_after"] < metrics["ece_before"]
+    assert 0 < metrics["abstention"]["coverage"] < 1
+    assert "![Reliability diagram](reliability.png)" in markdown
+    curve = json.loads((tmp_path / "accuracy_coverage.json").read_text())
+    assert curve["coverage"][-1] == 1.0
+    assert curve["accuracy"][-1] == pytest.approx(metrics["accuracy"], abs=1e-4)
+
+
+def test_calibrate_stores_temperature_and_threshold_and_keeps_the_weights_valid(
+    tiny: Tiny,
+) -> None:
+    _, card = load_model(tiny.model_dir)  # the sha256 of the weights still matches
+    assert card.calibration is not None and card.abstention is not None
+    assert card.calibration.temperature > 0
+    assert card.calibration.n == 80
+    assert card.abstention.target_coverage == 0.95
+    assert 0 < card.abstention.threshold < 1
+    report = tiny.model_dir.parent / "calibration"
+    assert (report / "calibration.md").read_text().startswith("# Calibration")
+    metrics = json.loads((report / "calibration.json").read_text())
+    assert metrics["abstention"]["coverage"] >= 0.95
