@@ -1,5 +1,7 @@
 """End to end: Chromium (headless, through Playwright) drives the page against a real uvicorn
-server: upload, results, differential, reclassification by key, sign-off, screenshot."""
+server: upload, results, differential, reclassification by key, exclusion, comments, the URL
+of a sample, confirmed sign-off, amendment, and the layout at four widths (screenshots, no
+sideways scrolling, the selected cell in view)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,28 @@ DROP_FILES = """(items) => {
   return transfer;
 }"""
 """A DataTransfer holding the given files, as a drag-and-drop from the desktop carries."""
+
+
+WIDTHS = (1440, 1024, 800, 390)
+
+OVERFLOW = """() => {
+  const width = document.documentElement.clientWidth;
+  const wide = [...document.querySelectorAll("body *")].filter((node) => {
+    const box = node.getBoundingClientRect();
+    return box.width && box.right > width + 1 && !node.closest(".table-scroll");
+  });
+  return {
+    scroll: document.documentElement.scrollWidth - width,
+    wide: wide.slice(0, 5).map((node) => node.id || node.className || node.tagName),
+  };
+}"""
+"""How far the page scrolls sideways, and the first elements that stick out (those inside a
+scrolling table box may)."""
+
+IN_VIEW = """(selector) => {
+  const box = document.querySelector(selector).getBoundingClientRect();
+  return box.top >= 0 && box.top < window.innerHeight - 40;
+}"""
 
 
 @pytest.fixture
@@ -110,6 +134,9 @@ def test_upload_review_and_sign_off_in_chromium(server_url: str, tmp_path: Path)
         expect(page.locator("#detail-body .cell-name")).to_be_visible()
         page.keyboard.press(str(classes.index(target) + 1))
         expect(count).to_have_text(str(before + 1))
+        expect(page.locator("#sample-list [aria-current=true]")).to_contain_text(
+            f"{n_unidentified} unidentified"
+        )
         expect(page.locator(f'[data-group="{target}"] button.cell.corrected')).to_have_count(1)
 
         # The selected cell is shown with its heatmap; H hides and shows it.
@@ -132,15 +159,63 @@ def test_upload_review_and_sign_off_in_chromium(server_url: str, tmp_path: Path)
             n_unidentified -= 1
         expect(page.locator("#signoff-button")).to_be_enabled()
         expect(total).to_have_text(str(N_CELLS))
+        sidebar = page.locator("#sample-list [aria-current=true]")
+        expect(sidebar).to_contain_text("0 unidentified"), "the sidebar follows the review"
+
+        # Exclude a cell as an artefact (key X): it leaves the count and is listed apart.
+        classified.first.click()
+        page.keyboard.press("x")
+        expect(total).to_have_text(str(N_CELLS - 1))
+        expect(page.locator('[data-group="excluded"] button.cell')).to_have_count(1)
+        expect(page.locator("#differential-body")).to_contain_text(
+            "Excluded, not counted: artefact 1"
+        )
+        expect(sidebar).to_contain_text("1 excluded")
+
+        page.fill("#comment-text", "Stain slightly pale")
+        page.get_by_role("button", name="Add comment").click()
+        expect(page.locator("#comment-list")).to_contain_text("Stain slightly pale")
+
+        # The URL names the sample: a reload opens it again.
+        assert "#sample=" in page.url
+        page.reload()
+        expect(page.locator("#sample-title")).to_have_text("Smear 42")
+        expect(total).to_have_text(str(N_CELLS - 1))
+
+        # Sign-off asks for confirmation first; cancel changes nothing.
         page.get_by_role("button", name="Sign off sample").click()
+        dialog = page.locator("#signoff-dialog")
+        expect(dialog).to_contain_text(f"{N_CELLS - 1} white cells counted, 1 artefact excluded")
+        dialog.get_by_role("button", name="Cancel").click()
+        expect(page.locator("#signoff-state")).not_to_contain_text("Signed off")
+        page.get_by_role("button", name="Sign off sample").click()
+        page.locator("#signoff-confirm").click()
         expect(page.locator("#signoff-state")).to_contain_text("Signed off by Dr. Browser")
         expect(page.locator("#sample-status")).to_contain_text("read-only")
+        page.locator("#gallery button.cell").first.click()
         expect(page.locator(".class-buttons button").first).to_be_disabled()
 
-        shot = tmp_path / "review.png"
-        page.screenshot(path=str(shot), full_page=True)
+        # An amendment after sign-off: recorded apart, with its reason.
+        page.locator('[data-group="excluded"] button.cell').first.click()
+        page.select_option("#amend-call", classes[0])
+        page.fill("#amend-reason", "Not an artefact on second look")
+        page.get_by_role("button", name="Record amendment").click()
+        expect(page.locator("#amendments")).to_contain_text("Not an artefact on second look")
+        expect(total).to_have_text(str(N_CELLS))
+        expect(page.locator("#signoff-state")).to_contain_text("Signed off by Dr. Browser")
+
+        for width in WIDTHS:
+            page.set_viewport_size({"width": width, "height": 900})
+            page.locator("#gallery button.cell").last.click()
+            expect(page.locator("#detail-body .cell-name")).to_be_visible()
+            assert page.evaluate(IN_VIEW, "#detail-body"), f"selected cell out of view at {width}"
+            overflow = page.evaluate(OVERFLOW)
+            assert overflow == {"scroll": 0, "wide": []}, f"{width} px: {overflow}"
+            page.screenshot(path=str(tmp_path / f"review-{width}.png"), full_page=True)
         browser.close()
     assert errors == []
-    assert shot.stat().st_size > 10_000
-    if os.environ.get("LEUKOSCOPE_SCREENSHOT"):
-        shutil.copy(shot, os.environ["LEUKOSCOPE_SCREENSHOT"])
+    shots = [tmp_path / f"review-{width}.png" for width in WIDTHS]
+    assert all(shot.stat().st_size > 10_000 for shot in shots)
+    if os.environ.get("LEUKOSCOPE_SCREENSHOTS"):
+        for shot in shots:
+            shutil.copy(shot, Path(os.environ["LEUKOSCOPE_SCREENSHOTS"]) / shot.name)

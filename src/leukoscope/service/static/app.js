@@ -7,6 +7,7 @@ const $ = (selector) => document.querySelector(selector);
 const state = {
   token: sessionStorage.getItem("leukoscope-token") || "",
   model: null,
+  identity: { reviewer: null, named_reviewers: false },
   samples: [],
   sample: null,
   selected: null,
@@ -112,58 +113,117 @@ async function download(path, filename) {
 
 const percent = (p) => `${(100 * p).toFixed(1)}%`;
 const cellImage = (cell) => `/api/cells/${cell.id}/image`;
-const reviewer = () => $("#reviewer").value.trim();
+const reviewer = () => state.identity.reviewer || $("#reviewer").value.trim();
+const EXCLUDED = "excluded:";
+const exclusionName = (category) => state.model.exclusions[category] || category;
+const callText = (call) =>
+  call === null || call === undefined ? "unidentified" : call.startsWith(EXCLUDED) ? `excluded (${call.slice(EXCLUDED.length).replaceAll("_", " ")})` : call;
+
+// A file name from a sample's name: what a file system accepts, never a path.
+const fileName = (name, extension) => `${name.replace(/[\x00-\x1f\x7f\\/:*?"<>|]+/g, "_").replace(/^[ .]+|[ .]+$/g, "") || "sample"}.${extension}`;
+
+function requireReviewer() {
+  if (reviewer()) return true;
+  showMessage("Enter your name as reviewer first.");
+  $("#reviewer").focus();
+  return false;
+}
 
 // ---- model and samples -------------------------------------------------------------------
 
 async function loadModel() {
   state.model = await apiJson("/api/model");
-  const { arch, classes, limits, metrics } = state.model;
+  state.identity = await apiJson("/api/me");
+  const { name, arch, sha256, classes, limits, metrics } = state.model;
   const accuracy = metrics && typeof metrics.accuracy === "number" ? ` · test accuracy ${percent(metrics.accuracy)}` : "";
-  $("#model-info").textContent = `Model ${arch} · ${classes.join(", ")}${accuracy}`;
+  const info = $("#model-info");
+  info.innerHTML = "";
+  info.append(
+    `Model ${name}${name === arch ? "" : ` (${arch})`} · sha256 `,
+    element("code", { title: sha256, text: sha256.slice(0, 12) }),
+    ` · ${classes.join(", ")}${accuracy}`,
+  );
+  if (state.identity.reviewer) {
+    $("#reviewer").value = state.identity.reviewer;
+    $("#reviewer").readOnly = true;
+    $("#reviewer-note").textContent = "Named by your token; recorded on every change.";
+    $("#reviewer-note").hidden = false;
+  }
   $("#limits").textContent =
-    `JPEG, PNG, TIFF or BMP · up to ${(limits.max_file_bytes / 2 ** 20).toFixed(0)} MB per image · ` +
+    `JPEG, PNG, TIFF, BMP or WebP · up to ${(limits.max_file_bytes / 2 ** 20).toFixed(0)} MB per image · ` +
     `sent in batches of at most ${limits.max_files}`;
   const keys = classes.map((name, i) => `${i + 1} ${name}`).join(" · ");
   $("#shortcuts").innerHTML = "";
   $("#shortcuts").append(
     element("strong", { text: "Keys: " }),
-    `← → select a cell · ${keys} · Enter accept the suggestion · H heatmap`,
+    `← → select a cell · ${keys} · Enter accept the suggestion · X artefact · H heatmap`,
   );
 }
 
 async function loadSamples() {
   state.samples = await apiJson("/api/samples");
+  renderSampleList();
+}
+
+function sampleStatus(sample) {
+  if (sample.signoff) return sample.amendment_count ? "signed off, amended" : "signed off";
+  const excluded = sample.excluded_count ? ` · ${sample.excluded_count} excluded` : "";
+  return `${sample.unidentified_count} unidentified${excluded}`;
+}
+
+function renderSampleList() {
   const list = $("#sample-list");
   list.innerHTML = "";
   for (const sample of state.samples) {
     const current = state.sample && state.sample.id === sample.id;
-    const status = sample.signoff ? "signed off" : `${sample.unidentified_count} unidentified`;
     list.append(
       element(
         "li",
         {},
         element(
-          "button",
+          "a",
           {
-            type: "button",
+            href: `#sample=${sample.id}`,
             class: "sample-link",
+            "data-sample": sample.id,
             "aria-current": current ? "true" : false,
-            onclick: () => guarded(() => openSample(sample.id)),
           },
           element("span", { class: "name", text: sample.name }),
-          element("span", { class: "muted", text: `${sample.cell_count} cells · ${status}` }),
+          element("span", { class: "muted", text: `${sample.cell_count} cells · ${sampleStatus(sample)}` }),
         ),
       ),
     );
   }
 }
 
+// Keep the sidebar's entry of the open sample in step with it, without a reload.
+function syncSummary() {
+  const sample = state.sample;
+  const entry = state.samples.find((s) => s.id === sample.id);
+  if (!entry) return;
+  Object.assign(entry, {
+    cell_count: sample.cells.length,
+    unidentified_count: sample.unidentified_count,
+    excluded_count: sample.excluded_count,
+    signoff: sample.signoff,
+    amendment_count: sample.amendment_count,
+  });
+  renderSampleList();
+}
+
 async function openSample(id) {
   state.sample = await apiJson(`/api/samples/${id}`);
   if (!state.sample.cells.some((cell) => cell.id === state.selected)) state.selected = null;
+  if (location.hash !== `#sample=${id}`) history.pushState(null, "", `#sample=${id}`);
+  document.title = `${state.sample.name} · leukoscope`;
   renderSample();
   await loadSamples();
+}
+
+// The URL names the open sample, so a reload or a shared link opens it again.
+function sampleFromUrl() {
+  const match = /^#sample=([0-9a-f]{32})$/.exec(location.hash);
+  return match ? match[1] : null;
 }
 
 async function createSample(event) {
@@ -260,10 +320,11 @@ async function uploadFiles(fileList) {
 
 // ---- review --------------------------------------------------------------------------------
 
-const labelOf = (cell) => cell.label ?? "unidentified";
+const labelOf = (cell) => cell.label ?? (cell.exclusion ? "excluded" : "unidentified");
+const callOf = (cell) => (cell.exclusion ? EXCLUDED + cell.exclusion : cell.label);
 
 function groups(sample) {
-  const order = ["unidentified", ...sample.classes];
+  const order = ["unidentified", ...sample.classes, "excluded"];
   return order
     .map((name) => ({ name, cells: sample.cells.filter((cell) => labelOf(cell) === name) }))
     .filter((group) => group.name === "unidentified" || group.cells.length);
@@ -276,12 +337,18 @@ function renderGallery() {
   gallery.innerHTML = "";
   const readOnly = Boolean(state.sample.signoff);
   for (const group of groups(state.sample)) {
-    const heading = group.name === "unidentified" ? "Unidentified — classify before sign-off" : group.name;
+    const heading =
+      group.name === "unidentified"
+        ? "Unidentified — classify or exclude before sign-off"
+        : group.name === "excluded"
+          ? "Excluded — not counted"
+          : group.name;
     const list = element("ul", { class: "cells" });
     for (const cell of group.cells) {
       const img = element("img", { alt: "", loading: "lazy", width: 72, height: 72 });
       setImage(img, cellImage(cell));
-      const guess = cell.label ? "" : ` (model: ${cell.prediction.label} ${percent(cell.prediction.confidence)})`;
+      const guess = cell.label || cell.exclusion ? "" : ` (model: ${cell.prediction.label} ${percent(cell.prediction.confidence)})`;
+      const why = cell.exclusion ? ` (${exclusionName(cell.exclusion)})` : "";
       list.append(
         element(
           "li",
@@ -293,8 +360,8 @@ function renderGallery() {
               class: `cell${cell.corrections.length ? " corrected" : ""}`,
               "data-cell": cell.id,
               "aria-pressed": String(cell.id === state.selected),
-              "aria-label": `${cell.original_name}: ${labelOf(cell)}${guess}`,
-              title: `${cell.original_name} · ${labelOf(cell)}${guess}`,
+              "aria-label": `${cell.original_name}: ${labelOf(cell)}${why}${guess}`,
+              title: `${cell.original_name} · ${labelOf(cell)}${why}${guess}`,
               onclick: () => select(cell.id),
             },
             img,
@@ -332,7 +399,7 @@ function renderResults() {
       element("td", { text: cell.prediction.label }),
       element("td", { class: "number", text: percent(cell.prediction.confidence) }),
       element("td", { text: cell.prediction.uncertain ? "uncertain" : "" }),
-      element("td", { text: labelOf(cell) }),
+      element("td", { text: cell.exclusion ? `excluded: ${cell.exclusion.replaceAll("_", " ")}` : labelOf(cell) }),
       element("td", { text: cell.corrections.length ? cell.corrections.at(-1).reviewer : "" }),
     );
     body.append(row);
@@ -373,26 +440,60 @@ function renderDetail() {
         "aria-pressed": String(cell.label === name),
         "aria-keyshortcuts": String(i + 1),
         text: `${i + 1} ${name}`,
-        onclick: () => guarded(() => relabel(cell.id, name)),
+        onclick: () => guarded(() => relabel(cell.id, { label: name })),
       }),
     );
   });
+  const excludes = element("div", { class: "class-buttons exclude-buttons", role: "group", "aria-label": "Exclude as" });
+  for (const category of Object.keys(state.model.exclusions)) {
+    excludes.append(
+      element("button", {
+        type: "button",
+        disabled: readOnly ? "" : false,
+        "aria-pressed": String(cell.exclusion === category),
+        "aria-keyshortcuts": category === "artefact" ? "X" : false,
+        title: exclusionName(category),
+        text: `Exclude: ${category.replaceAll("_", " ")}`,
+        onclick: () => guarded(() => relabel(cell.id, { exclude: category })),
+      }),
+    );
+  }
   const history = element("ul", { class: "history" });
   for (const c of cell.corrections) {
     const when = new Date(c.created_at).toLocaleString();
-    history.append(element("li", { text: `${c.from_label ?? "unidentified"} → ${c.to_label} by ${c.reviewer}, ${when}` }));
+    const amended = c.amendment_id ? " (amendment)" : "";
+    history.append(element("li", { text: `${callText(c.from_label)} → ${callText(c.to_label)} by ${c.reviewer}, ${when}${amended}` }));
   }
+  for (const c of state.sample.comments.filter((comment) => comment.cell_id === cell.id)) {
+    history.append(element("li", { text: `“${c.text}” — ${c.reviewer}, ${new Date(c.created_at).toLocaleString()}` }));
+  }
+  const original = cell.duplicate_of && state.sample.cells.find((c) => c.id === cell.duplicate_of);
+  const commentForm = element(
+    "form",
+    {
+      class: "row",
+      onsubmit: (event) => {
+        event.preventDefault();
+        guarded(() => addComment(event.target.elements.text.value, cell.id));
+      },
+    },
+    element("input", { name: "text", maxlength: 2000, required: "", placeholder: "Comment on this cell", "aria-label": "Comment on this cell" }),
+    element("button", { type: "submit", class: "secondary", text: "Add" }),
+  );
   body.append(
     element("p", { class: "cell-name", text: cell.original_name }),
+    ...(original ? [element("p", { class: "duplicate", text: `Same bytes as ${original.original_name}: excluded as a duplicate.` })] : []),
     pictures,
-    element("p", {}, element("strong", { text: labelOf(cell) }), ` · model: ${probabilities}`),
+    element("p", {}, element("strong", { text: cell.exclusion ? `excluded: ${exclusionName(cell.exclusion)}` : labelOf(cell) }), ` · model: ${probabilities}`),
     element(
       "button",
       { type: "button", class: "secondary", "aria-keyshortcuts": "H", onclick: toggleHeatmap },
       state.showHeatmap ? "Hide heatmap (H)" : "Show heatmap (H)",
     ),
     buttons,
+    excludes,
     history,
+    commentForm,
   );
 }
 
@@ -411,6 +512,10 @@ function select(cellId) {
   const button = $(`#gallery [data-cell="${cellId}"]`);
   if (button && document.activeElement !== button) button.focus({ preventScroll: false });
   renderDetail();
+  // The panel is sticky; bring it back if it was scrolled away (a click must show a change).
+  const detail = $("#detail");
+  const box = detail.getBoundingClientRect();
+  if (box.top < 0 || box.top > window.innerHeight - 80) detail.scrollIntoView({ block: "nearest" });
 }
 
 function moveSelection(step) {
@@ -421,28 +526,37 @@ function moveSelection(step) {
   select(cells[next].id);
 }
 
-async function relabel(cellId, label) {
-  if (!reviewer()) {
-    showMessage("Enter your name as reviewer first.");
-    $("#reviewer").focus();
-    return;
-  }
+async function relabel(cellId, call) {
+  if (!requireReviewer()) return;
   const before = galleryOrder(state.sample);
   const index = before.findIndex((cell) => cell.id === cellId);
   const result = await apiJson(`/api/cells/${cellId}/label`, {
     method: "POST",
-    json: { label, reviewer: reviewer() },
+    json: { ...call, reviewer: reviewer() },
   });
   const sample = state.sample;
   sample.cells = sample.cells.map((cell) => (cell.id === cellId ? result.cell : cell));
   sample.unidentified_count = result.unidentified_count;
+  sample.excluded_count = result.excluded_count;
   sample.differential = result.differential;
   // Stay in the reviewer's flow: move on to the cell that followed this one.
   const following = before.slice(index + 1).find((cell) => cell.id !== cellId);
   state.selected = following ? following.id : cellId;
   renderSample();
   select(state.selected);
-  $("#upload-status").textContent = `Cell reclassified as ${label}.`;
+  syncSummary();
+  $("#upload-status").textContent = call.label ? `Cell reclassified as ${call.label}.` : `Cell excluded (${exclusionName(call.exclude)}).`;
+}
+
+async function addComment(text, cellId = null) {
+  if (!requireReviewer()) return;
+  const comment = await apiJson(`/api/samples/${state.sample.id}/comments`, {
+    method: "POST",
+    json: { text, cell_id: cellId, reviewer: reviewer() },
+  });
+  state.sample.comments.push(comment);
+  renderComments();
+  renderDetail();
 }
 
 function onKey(event) {
@@ -457,9 +571,11 @@ function onKey(event) {
   else if (event.key === "ArrowLeft" || event.key === "ArrowUp") moveSelection(-1);
   else if ((event.key === "h" || event.key === "H") && cell) toggleHeatmap();
   else if (editable && digit >= 1 && digit <= state.sample.classes.length) {
-    guarded(() => relabel(cell.id, state.sample.classes[digit - 1]));
-  } else if (editable && event.key === "Enter" && !cell.label && onCell) {
-    guarded(() => relabel(cell.id, cell.prediction.label));
+    guarded(() => relabel(cell.id, { label: state.sample.classes[digit - 1] }));
+  } else if (editable && (event.key === "x" || event.key === "X")) {
+    guarded(() => relabel(cell.id, { exclude: "artefact" }));
+  } else if (editable && event.key === "Enter" && !cell.label && !cell.exclusion && onCell) {
+    guarded(() => relabel(cell.id, { label: cell.prediction.label }));
   } else return;
   event.preventDefault();
 }
@@ -496,15 +612,23 @@ function renderDifferential(differential) {
   );
   body.append(
     element(
+      "div",
+      { class: "table-scroll" },
+      element(
       "table",
       { class: "differential" },
       element("caption", { class: "visually-hidden", text: `Differential, ${differential.interval}` }),
       element("thead", {}, element("tr", {}, ...head)),
       element("tbody", {}, ...rows),
       element("tfoot", {}, total),
+      ),
     ),
   );
   const lines = [`Unidentified, not counted until classified: ${differential.for_review.total}.`];
+  const excluded = Object.entries(differential.excluded || {}).filter(([, n]) => n);
+  if (excluded.length) {
+    lines.push(`Excluded, not counted: ${excluded.map(([name, n]) => `${name.replaceAll("_", " ")} ${n}`).join(", ")}.`);
+  }
   if (differential.erythroblasts) {
     const per100 = differential.erythroblasts.per_100_white_cells;
     lines.push(`Erythroblasts: ${differential.erythroblasts.count} (${per100 === null ? "–" : per100.toFixed(1)} per 100 white cells).`);
@@ -523,34 +647,92 @@ function renderSignoff() {
   const sample = state.sample;
   const stateText = $("#signoff-state");
   const button = $("#signoff-button");
+  const amendForm = $("#amend-form");
+  const amendments = $("#amendments");
+  amendments.innerHTML = "";
+  for (const amendment of sample.amendments) {
+    const changes = amendment.corrections
+      .map((c) => `${sample.cells.find((cell) => cell.id === c.cell_id)?.original_name}: ${callText(c.from_label)} → ${callText(c.to_label)}`)
+      .join("; ");
+    amendments.append(
+      element("li", { text: `Amended by ${amendment.reviewer}, ${new Date(amendment.created_at).toLocaleString()}: ${amendment.reason} (${changes})` }),
+    );
+  }
   if (sample.signoff) {
     const when = new Date(sample.signoff.signed_at).toLocaleString();
     stateText.textContent = `Signed off by ${sample.signoff.reviewer} on ${when}. The sample is read-only.`;
     button.hidden = true;
+    amendForm.hidden = false;
+    const select = $("#amend-call");
+    const current = select.value;
+    select.innerHTML = "";
+    for (const name of sample.classes) select.append(element("option", { value: name, text: name }));
+    for (const category of Object.keys(state.model.exclusions)) {
+      select.append(element("option", { value: EXCLUDED + category, text: `excluded: ${exclusionName(category)}` }));
+    }
+    if (current) select.value = current;
     return;
   }
+  amendForm.hidden = true;
   button.hidden = false;
   const left = sample.unidentified_count;
   button.disabled = left > 0 || sample.cells.length === 0;
   stateText.textContent = left
-    ? `${left} unidentified cell(s) must be classified first.`
+    ? `${left} unidentified cell(s) must be classified or excluded first.`
     : sample.cells.length
-      ? "All cells are classified."
+      ? "All cells are classified or excluded."
       : "Add images first.";
 }
 
-async function signOff() {
-  if (!reviewer()) {
-    showMessage("Enter your name as reviewer first.");
-    $("#reviewer").focus();
-    return;
+function renderComments() {
+  const list = $("#comment-list");
+  list.innerHTML = "";
+  const names = new Map(state.sample.cells.map((cell) => [cell.id, cell.original_name]));
+  for (const c of state.sample.comments) {
+    const about = c.cell_id ? ` (on ${names.get(c.cell_id)})` : "";
+    list.append(element("li", { text: `“${c.text}”${about} — ${c.reviewer}, ${new Date(c.created_at).toLocaleString()}` }));
   }
+  if (!state.sample.comments.length) list.append(element("li", { class: "muted", text: "No comments." }));
+}
+
+// A confirmation that shows what will be signed: counts, exclusions, who signs.
+function confirmSignOff() {
+  if (!requireReviewer()) return;
+  const sample = state.sample;
+  const differential = sample.differential;
+  const excluded = Object.entries(differential.excluded || {}).filter(([, n]) => n);
+  $("#signoff-summary").textContent =
+    `${sample.name}: ${differential.white_cells_counted} white cells counted` +
+    (excluded.length ? `, ${excluded.map(([name, n]) => `${n} ${name.replaceAll("_", " ")}`).join(", ")} excluded` : "") +
+    `. Signed by ${reviewer()}.`;
+  $("#signoff-dialog").showModal();
+}
+
+async function signOff() {
   state.sample = await apiJson(`/api/samples/${state.sample.id}/signoff`, {
     method: "POST",
     json: { reviewer: reviewer() },
   });
   renderSample();
-  await loadSamples();
+  syncSummary();
+}
+
+async function amend(event) {
+  event.preventDefault();
+  if (!requireReviewer()) return;
+  if (!state.selected) {
+    showMessage("Select the cell to amend first.");
+    return;
+  }
+  const value = $("#amend-call").value;
+  const change = value.startsWith(EXCLUDED) ? { exclude: value.slice(EXCLUDED.length) } : { label: value };
+  state.sample = await apiJson(`/api/samples/${state.sample.id}/amendments`, {
+    method: "POST",
+    json: { reason: $("#amend-reason").value, reviewer: reviewer(), changes: [{ cell_id: state.selected, ...change }] },
+  });
+  $("#amend-reason").value = "";
+  renderSample();
+  syncSummary();
 }
 
 function renderSample() {
@@ -558,9 +740,11 @@ function renderSample() {
   $("#empty-hint").hidden = true;
   $("#sample-body").hidden = false;
   $("#sample-title").textContent = sample.name;
+  const excluded = sample.excluded_count ? ` · ${sample.excluded_count} excluded` : "";
+  const amended = sample.amendment_count ? ` · amended ${sample.amendment_count}×` : "";
   const status = sample.signoff
-    ? `Signed off by ${sample.signoff.reviewer} — read-only`
-    : `${sample.cells.length} cells · ${sample.unidentified_count} unidentified`;
+    ? `Signed off by ${sample.signoff.reviewer} — read-only${amended}`
+    : `${sample.cells.length} cells · ${sample.unidentified_count} unidentified${excluded}`;
   $("#sample-status").textContent = status;
   $("#upload").hidden = Boolean(sample.signoff);
   renderGallery();
@@ -568,13 +752,14 @@ function renderSample() {
   renderDetail();
   renderDifferential(sample.differential);
   renderSignoff();
+  renderComments();
 }
 
 // ---- wiring ------------------------------------------------------------------------------
 
 function wire() {
   $("#reviewer").value = localStorage.getItem("leukoscope-reviewer") || "";
-  $("#reviewer").addEventListener("change", () => localStorage.setItem("leukoscope-reviewer", reviewer()));
+  $("#reviewer").addEventListener("change", () => localStorage.setItem("leukoscope-reviewer", $("#reviewer").value.trim()));
   $("#new-sample").addEventListener("submit", (event) => guarded(() => createSample(event)));
   $("#file-input").addEventListener("change", (event) => guarded(() => uploadFiles(event.target.files)));
   const zone = $("#drop-zone");
@@ -588,9 +773,30 @@ function wire() {
     zone.classList.remove("dragging");
     guarded(() => uploadFiles(event.dataTransfer.files));
   });
-  $("#signoff-button").addEventListener("click", () => guarded(signOff));
+  $("#signoff-button").addEventListener("click", confirmSignOff);
+  $("#signoff-dialog").addEventListener("close", () => {
+    if ($("#signoff-dialog").returnValue === "confirm") guarded(signOff);
+  });
+  $("#amend-form").addEventListener("submit", (event) => guarded(() => amend(event)));
+  $("#comment-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    guarded(async () => {
+      await addComment($("#comment-text").value);
+      $("#comment-text").value = "";
+    });
+  });
+  $("#sample-list").addEventListener("click", (event) => {
+    const link = event.target.closest("a[data-sample]");
+    if (!link || event.ctrlKey || event.metaKey || event.shiftKey) return;
+    event.preventDefault();
+    guarded(() => openSample(link.dataset.sample));
+  });
+  window.addEventListener("popstate", () => {
+    const id = sampleFromUrl();
+    if (id && (!state.sample || state.sample.id !== id)) guarded(() => openSample(id));
+  });
   $("#download-csv").addEventListener("click", () =>
-    guarded(() => download(`/api/samples/${state.sample.id}/cells.csv`, `sample-${state.sample.id}.csv`)),
+    guarded(() => download(`/api/samples/${state.sample.id}/cells.csv`, fileName(state.sample.name, "csv"))),
   );
   $("#open-report").addEventListener("click", () =>
     guarded(async () => {
@@ -614,6 +820,8 @@ function wire() {
 async function start() {
   await loadModel();
   await loadSamples();
+  const id = sampleFromUrl();
+  if (id) await openSample(id);
 }
 
 wire();
