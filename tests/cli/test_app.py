@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import typer
 from typer.core import TyperArgument, TyperGroup, TyperOption
 from typer.testing import CliRunner
 
+import leukoscope.cli
 from leukoscope.cli import main
 from leukoscope.cli.app import app
 from leukoscope.cli.options import Command, Group
@@ -94,3 +97,22 @@ def test_help_and_usage_errors_import_no_heavy_library(args: list[str]) -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
     )
     assert "imported: []" in result.stdout, result.stdout + result.stderr
+
+
+def test_command_modules_import_no_other_command_module() -> None:
+    """Only the app imports the command modules; they share cli.console and cli.options."""
+    package = Path(leukoscope.cli.__file__).parent
+    shared = {"leukoscope.cli.console", "leukoscope.cli.options"}
+    for path in package.glob("*.py"):
+        if path.stem in ("__init__", "app"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        cli = {name for name in imported if name and name.startswith("leukoscope.cli")}
+        assert cli <= shared, f"{path.name} imports {sorted(cli - shared)}"
