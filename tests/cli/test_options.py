@@ -7,6 +7,7 @@ from enum import Enum
 import pytest
 
 from leukoscope.cli import evaluate, export, options
+from leukoscope.data.download import DATASETS
 from leukoscope.data.resize import FORMATS
 from leukoscope.data.split import SPLITS
 from leukoscope.evaluation.metrics import BOOTSTRAP_RESAMPLES
@@ -32,6 +33,7 @@ from leukoscope.training.profiles import PROFILES
         (options.Calibration, onnx_export.CALIBRATIONS),
         (options.ImageFormat, FORMATS),
         (options.ReportFormat, RENDERERS),
+        (options.Dataset, DATASETS),
     ],
     ids=lambda value: value.__name__ if isinstance(value, type) else "",
 )

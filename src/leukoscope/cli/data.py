@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from leukoscope.cli.console import console, print_audit, progress_bar
-from leukoscope.cli.options import Command, Group, ImageFormat
+from leukoscope.cli.options import Command, Dataset, Group, ImageFormat
 
 data_app = typer.Typer(
     cls=Group, help="Audit, split, resize and download cell-image datasets.", no_args_is_help=True
@@ -142,7 +142,7 @@ def resize(
 
 @data_app.command("download", cls=Command)
 def download(
-    name: Annotated[str, typer.Argument(help="Dataset to fetch (pbc).")] = "pbc",
+    name: Annotated[Dataset, typer.Argument(help="Dataset to fetch.")] = Dataset.PBC,
     dest: Annotated[
         Path | None, typer.Option("--dest", help="Where to unpack (default: cache).")
     ] = None,
@@ -155,7 +155,7 @@ def download(
 
     with progress_bar(f"Downloading {name}") as tracker:
         root = download_dataset(
-            name,
+            name.value,
             dest=dest,
             expected_sha256=sha256,
             on_total=tracker.set_total,

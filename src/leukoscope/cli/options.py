@@ -135,6 +135,12 @@ class ImageFormat(StrEnum):
     PNG = "png"
 
 
+class Dataset(StrEnum):
+    """The published datasets of ``leukoscope.data.download.DATASETS``."""
+
+    PBC = "pbc"
+
+
 class ReportFormat(StrEnum):
     """``leukoscope.reports.differential.RENDERERS``: formats of a differential report."""
 
