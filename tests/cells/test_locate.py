@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from leukoscope.cells.locate import (
     DEFAULT_CELL_FRACTION,
@@ -13,45 +13,10 @@ from leukoscope.cells.locate import (
     frame_cell,
     locate_cell,
 )
+from tests.cells.drawing import BACKGROUNDS, drawn_cell
 from tests.conftest import PBC_ROOT
 
 EXTERNAL = PBC_ROOT.parent / "external"
-
-BACKGROUNDS = {"pbc": (236, 218, 206), "tecom": (235, 232, 150), "blue": (215, 222, 240)}
-CYTOPLASM = {"pbc": (200, 180, 215), "tecom": (185, 150, 110), "blue": (175, 180, 220)}
-NUCLEUS = {"pbc": (95, 50, 140), "tecom": (120, 60, 50), "blue": (70, 60, 150)}
-
-
-def drawn_cell(
-    size: tuple[int, int],
-    centre: tuple[float, float],
-    diameter: float,
-    stain: str = "pbc",
-    red_cells: int = 8,
-    seed: int = 0,
-) -> np.ndarray:
-    """A background with red cells clear of a white cell (cytoplasm disc, nucleus at 0.6 of
-    its diameter) of known centre and diameter, plus camera noise."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    image = Image.new("RGB", size, BACKGROUNDS[stain])
-    draw = ImageDraw.Draw(image)
-    radius = diameter / 2
-    red_radius = 0.45 * radius
-    for _ in range(red_cells):
-        for _attempt in range(50):
-            x, y = rng.uniform(0, width), rng.uniform(0, height)
-            if np.hypot(x - centre[0], y - centre[1]) > radius + red_radius + 4:
-                break
-        draw.ellipse(
-            (x - red_radius, y - red_radius, x + red_radius, y + red_radius), fill=(225, 170, 175)
-        )
-    x, y = centre
-    draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=CYTOPLASM[stain])
-    r = 0.6 * radius
-    draw.ellipse((x - r, y - r + 2, x + r, y + r - 2), fill=NUCLEUS[stain])
-    noisy = np.asarray(image, dtype=float) + rng.normal(0, 4, (height, width, 3))
-    return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
 @pytest.mark.parametrize(

@@ -119,12 +119,17 @@ def downscale(rgb: np.ndarray, side: int = WORK_SIDE) -> tuple[np.ndarray, float
     return np.asarray(small, dtype=np.float32), width / size[0]
 
 
+def background_colour(rgb: np.ndarray) -> np.ndarray:
+    """The median colour (float) of the brightest tenth of ``rgb``'s pixels: its background."""
+    pixels = np.asarray(rgb, dtype=np.float32)
+    luminance = pixels.sum(axis=2)
+    return np.median(pixels[luminance >= np.quantile(luminance, 0.9)], axis=0)
+
+
 def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """Per-channel optical density of ``rgb`` (float, 0-255) relative to its background: the
-    median colour of its brightest tenth, so a yellow or blue-tinted background reads as zero."""
-    luminance = rgb.sum(axis=2)
-    bright = luminance >= np.quantile(luminance, 0.9)
-    background = np.median(rgb[bright], axis=0)
+    """Per-channel optical density of ``rgb`` (float, 0-255) relative to its background
+    (:func:`background_colour`), so a yellow or blue-tinted background reads as zero."""
+    background = background_colour(rgb)
     return np.maximum(-np.log(np.maximum(rgb, 1.0) / np.maximum(background, 1.0)), 0.0)
 
 
@@ -155,7 +160,7 @@ def locate_cell(rgb: np.ndarray) -> CellLocation | NoCell:
     nucleus = _pick_nucleus(nucleus_pixels, density)
     if nucleus is None:
         return NoCell("no nucleus-sized dense region (only specks)")
-    cell = _grow_cell(od, density, low, high, nucleus)
+    cell = grow_cells(od, density, low, high, nucleus.astype(np.int32)) == 1
     return _location(cell, nucleus, density, scale, rgb.shape[:2])
 
 
@@ -191,13 +196,13 @@ def _pick_nucleus(dense: np.ndarray, density: np.ndarray) -> np.ndarray | None:
 
 
 def _wbc_likeness(
-    od: np.ndarray, density: np.ndarray, stained: np.ndarray, nucleus: np.ndarray, far: np.ndarray
+    od: np.ndarray, density: np.ndarray, stained: np.ndarray, nuclei: np.ndarray, far: np.ndarray
 ) -> np.ndarray:
-    """How far each pixel's stain hue lies from the red cells' towards the nucleus's (0 at the
-    red cells' hue, 1 at the nucleus's), smoothed over 5x5 pixels.
+    """How far each pixel's stain hue lies from the red cells' towards the nuclei's (0 at the
+    red cells' hue, 1 at the nuclei's), smoothed over 5x5 pixels.
 
-    The red cells' hue is the median hue of lightly stained pixels ``far`` from the nucleus; with
-    too few of them (a tight crop, no red cells) every pixel is treated as white-cell-like.
+    The red cells' hue is the median hue of lightly stained pixels ``far`` from every nucleus;
+    with too few of them (a tight crop, no red cells) every pixel is treated as white-cell-like.
     Hue here is the optical density's direction, so it does not depend on how dark a pixel is.
     """
     chroma = od / np.maximum(density, 1e-3)[..., None]
@@ -205,40 +210,73 @@ def _wbc_likeness(
     if reference.sum() < 0.02 * density.size:
         return np.ones_like(density)
     red = np.median(chroma[reference], axis=0)
-    axis = np.median(chroma[nucleus], axis=0) - red
+    axis = np.median(chroma[nuclei], axis=0) - red
     if float(axis @ axis) < 1e-3:
         return np.ones_like(density)
     return ndi.uniform_filter((chroma - red) @ axis / float(axis @ axis), size=5)
 
 
-def _grow_cell(
-    od: np.ndarray, density: np.ndarray, low: float, high: float, nucleus: np.ndarray
+def grow_cells(
+    od: np.ndarray,
+    density: np.ndarray,
+    low: float,
+    high: float,
+    nuclei: np.ndarray,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Stained pixels that belong to the nucleus's cell rather than to a touching red cell.
+    """Label each nucleus's cell: the stained pixels that belong to it rather than to a touching
+    red cell or to another nucleus's cell.
 
     Pale cytoplasm is often fainter than red cells, so the candidate pixels go down to
     ``FAINT`` times the red-cell threshold, less those with the red cells' hue. Red cells that
-    still touch the cell are cut off at the neck by a watershed of the distance to unstained
-    pixels, seeded by the nucleus and by every distance peak whose inscribed disc stays clear of
-    it.
+    still touch a cell are cut off at the neck by a watershed of the distance to unstained
+    pixels, seeded by the nuclei and by every distance peak whose inscribed disc stays clear of
+    them; two touching white cells meet where the watershed from their nuclei meets.
+
+    Parameters
+    ----------
+    od, density : ndarray
+        Optical density per channel (H, W, 3) and summed (H, W).
+    low, high : float
+        The red-cell and nucleus density thresholds.
+    nuclei : ndarray of int, shape (H, W)
+        Nuclei labelled 1..n (0 elsewhere): the seeds.
+    groups : ndarray of int, shape (H, W), optional
+        The same pixels labelled as whole nuclei, when ``nuclei`` holds pieces of them: how far
+        a cell may reach and where the red cells' hue is measured depend on a whole nucleus's
+        size. Defaults to ``nuclei``.
+
+    Returns
+    -------
+    ndarray of int, shape (H, W)
+        Cells labelled as their nuclei (0 elsewhere), holes filled.
     """
-    nucleus_radius = np.sqrt(nucleus.sum() / np.pi)
-    from_nucleus = ndi.distance_transform_edt(~nucleus)
+    count = int(nuclei.max())
+    inside = nuclei > 0
+    groups = nuclei if groups is None else groups
+    radii = np.sqrt(np.bincount(groups.ravel(), minlength=int(groups.max()) + 1) / np.pi)
+    from_nucleus, nearest = ndi.distance_transform_edt(~inside, return_indices=True)
+    radius = radii[groups[nearest[0], nearest[1]]]
     stained = (density > low) & ~(density > high)
-    likeness = _wbc_likeness(od, density, stained, nucleus, from_nucleus > 1.5 * nucleus_radius)
-    red = stained & (likeness < RED_LIKENESS) & (from_nucleus > 0.5 * nucleus_radius)
-    candidate = ndi.binary_opening((density > FAINT * low) & ~red, disk(1)) | nucleus
+    likeness = _wbc_likeness(od, density, stained, inside, from_nucleus > 1.5 * radius)
+    red = stained & (likeness < RED_LIKENESS) & (from_nucleus > 0.5 * radius)
+    candidate = ndi.binary_opening((density > FAINT * low) & ~red, disk(1)) | inside
     candidate = ndi.binary_fill_holes(candidate)
     distance = ndi.distance_transform_edt(candidate)
     peaks = (distance == ndi.maximum_filter(distance, size=5)) & (distance >= 2)
-    # A distance peak whose inscribed disc stays clear of the nucleus is another object's centre.
-    away = from_nucleus > distance + 2
-    others, _ = ndi.label(peaks & away)
-    markers = np.where(others > 0, others + 2, 0)
-    markers[nucleus] = 1
-    markers[~candidate] = 2
+    # A distance peak whose inscribed disc stays clear of the nuclei is another object's centre.
+    others, _ = ndi.label(peaks & (from_nucleus > distance + 2))
+    markers = np.where(others > 0, others + count + 1, 0)
+    markers[inside] = nuclei[inside]
+    markers[~candidate] = count + 1
     regions = watershed(-distance, markers)
-    return ndi.binary_fill_holes(regions == 1)
+    cells = np.where(regions <= count, regions, 0)
+    holes = ndi.binary_fill_holes(cells > 0) & (cells == 0)
+    if holes.any():
+        # each hole joins the cell nearest to it (one distance transform for all of them)
+        _, (rows, cols) = ndi.distance_transform_edt(cells == 0, return_indices=True)
+        cells[holes] = cells[rows[holes], cols[holes]]
+    return cells
 
 
 def _location(

@@ -22,6 +22,7 @@ from leukoscope.cli import (
     evaluate,
     explain,
     export,
+    locate,
     predict,
     release,
     reproduce,
@@ -72,6 +73,7 @@ app.command("calibrate", cls=Command)(calibrate.calibrate_command)
 app.command("ood-check", cls=Command)(calibrate.ood_check)
 app.command("release", cls=Command)(release.release_command)
 app.command("predict", cls=Command)(predict.predict)
+app.command("locate", cls=Command)(locate.locate)
 app.command("differential", cls=Command)(differential.differential)
 app.command("explain", cls=Command)(explain.explain)
 app.command("export", cls=Command)(export.export)
