@@ -143,10 +143,6 @@ def classify(
     from leukoscope.data.datasets import samples_from_paths
 
     paths = [sample.path for sample in samples_from_paths(inputs)]
-    if len(paths) <= batch_size:
-        # A loader's workers decode whole batches: one batch gains nothing from them and pays
-        # for starting them, which a one-image predict notices.
-        workers = 0
     with progress_bar("Classifying", total=len(paths)) as tracker:
         return predictor.predict_paths(
             paths, batch_size=batch_size, workers=workers, on_progress=tracker.advance
