@@ -229,9 +229,15 @@ def calibrate(
     )
     if on_total is not None:
         on_total(len(val) + len(train))
-    options = {"batch_size": batch_size, "workers": workers, "on_progress": on_progress}
-    val_out = predictor.outputs_for_paths([s.path for s in val], **options)
-    train_out = predictor.outputs_for_paths([s.path for s in train], **options)
+    val_out, train_out = (
+        predictor.outputs_for_paths(
+            [s.path for s in samples],
+            batch_size=batch_size,
+            workers=workers,
+            on_progress=on_progress,
+        )
+        for samples in (val, train)
+    )
     if len(val_out.indices) < 2 or not train_out.indices:
         raise LeukoscopeError(f"{manifest}: too few readable {split} or train images to fit on")
     val_labels = np.array([val[i].label for i in val_out.indices])

@@ -86,6 +86,10 @@ class PixelModel(nn.Module):
     errs less than any one of them. It costs ``views`` times the computation.
     """
 
+    mean: torch.Tensor
+    """Per-channel mean, shaped (1, 3, 1, 1) (a buffer, so it travels with the model)."""
+    std: torch.Tensor
+
     def __init__(
         self, model: TransferModel, mean: Sequence[float], std: Sequence[float], views: int = 1
     ) -> None:

@@ -246,7 +246,7 @@ class ModelCard:
             raise LeukoscopeError(f"{source}: invalid model card ({exc})") from None
 
 
-_ADAPTER = TypeAdapter(ModelCard)
+_ADAPTER: TypeAdapter[ModelCard] = TypeAdapter(ModelCard)
 
 
 def _from_previous_format(old: dict[str, Any]) -> dict[str, Any]:

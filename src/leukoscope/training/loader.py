@@ -28,7 +28,7 @@ def epoch_loader(
 ) -> DataLoader[Any]:
     """Training (``train``): this rank's shuffled shard, reshuffled per epoch. Otherwise: all
     rows in order, in batches twice as large (no gradients to hold)."""
-    sampler = None
+    sampler: DistributedSampler[Any] | None = None
     if train:
         sampler = DistributedSampler(
             dataset,

@@ -423,7 +423,7 @@ class _Trainer:
                     ctx.device,
                     advance,
                 )
-            loss_sum, count = ctx.sum([loss_sum, count])
+            loss_total, count_total = ctx.sum([loss_sum, count])
             scores = [0.0, 0.0, 0.0]
             if ctx.is_main:
                 val = self._loader(data.val, train=False, epoch=epoch, workers=data.workers)
@@ -435,7 +435,7 @@ class _Trainer:
             record = EpochRecord(
                 epoch=epoch,
                 phase=phase.name,
-                train_loss=loss_sum / max(1, count),
+                train_loss=loss_total / max(1, count_total),
                 val_loss=val_loss,
                 val_accuracy=val_accuracy,
                 val_macro_f1=val_f1,
