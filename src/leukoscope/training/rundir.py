@@ -24,6 +24,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from leukoscope.data.preprocess import Preprocessing
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import atomic_write_json, atomic_write_text
 from leukoscope.models import ModelCard, TransferModel, save_model
@@ -66,9 +67,20 @@ class RunDirectory:
     def cache(self) -> Path:
         return self.path / CACHE_NAME
 
-    def prepare(self, settings: TrainingRun, *, resume: bool, device: str) -> Checkpoint | None:
+    def prepare(
+        self,
+        settings: TrainingRun,
+        preprocessing: Preprocessing,
+        *,
+        resume: bool,
+        device: str,
+    ) -> Checkpoint | None:
         """Apply the resume rules, write ``config.json``; return the checkpoint to resume from
         (None: start afresh).
+
+        The preprocessing is compared too: it comes from the registry, not from the command
+        line, so a new version of leukoscope may propose another one for the same arch, and a
+        run must not change its input pixels halfway.
 
         Raises
         ------
@@ -76,7 +88,7 @@ class RunDirectory:
             When the directory holds a run and ``resume`` is off, when it holds a run with
             other settings (naming them), or another run's model without a checkpoint.
         """
-        current = _as_json(settings)
+        current = _as_json(settings) | {"preprocessing": _as_json(preprocessing)}
         checkpoint_path = self.path / CHECKPOINT_NAME
         if checkpoint_path.exists():
             if not resume:
@@ -157,8 +169,8 @@ class RunDirectory:
             shutil.rmtree(self.cache)
 
 
-def _as_json(settings: TrainingRun) -> dict[str, Any]:
-    """The settings as ``config.json`` holds them (tuples become lists)."""
+def _as_json(settings: TrainingRun | Preprocessing) -> dict[str, Any]:
+    """Settings as ``config.json`` holds them (tuples become lists)."""
     result: dict[str, Any] = json.loads(json.dumps(asdict(settings)))
     return result
 

@@ -164,7 +164,10 @@ class _Trainer:
             raise LeukoscopeError(f"{self.config.manifest}: manifest not found")
         self.settings = self._settings()
         checkpoint = self.run_dir.prepare(
-            self.settings, resume=self.config.resume, device=str(self.ctx.device)
+            self.settings,
+            self.preprocessing,
+            resume=self.config.resume,
+            device=str(self.ctx.device),
         )
         with self.run_dir.logging_to_file():
             if checkpoint is not None and checkpoint.state["finished"]:
