@@ -115,6 +115,44 @@ def test_differential_writes_the_report(tmp_path: Path, tiny: Tiny, fmt: str) ->
     assert len(list(csv.DictReader((out / "cells.csv").open()))) == 33
 
 
+@pytest.mark.parametrize("command", ["predict", "differential", "explain"])
+def test_nothing_readable_is_an_error(tmp_path: Path, untrained: Path, command: str) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (broken / "b.png").write_text("text")
+    out = tmp_path / ("out.csv" if command == "predict" else "out")
+    for folder, message in [(empty, "no image files found"), (broken, "none of the 2 image")]:
+        result = invoke(command, "--model", untrained, folder, "--out", out)
+        assert result.exit_code != 0, result.output
+        assert message in str(result.exception)
+
+
+def test_skipped_links_are_reported_and_gif_is_read(tmp_path: Path, untrained: Path) -> None:
+    folder = cells_folder(tmp_path / "in", n=2)
+    cell_image(9, size=96).convert("P").save(folder / "palette.gif")
+    (folder / "dangling.jpg").symlink_to(tmp_path / "missing.jpg")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    other = cells_folder(tmp_path / "other", n=1)
+    (folder / "linked").symlink_to(other, target_is_directory=True)
+    out = tmp_path / "predictions.csv"
+    result = invoke("predict", "--model", untrained, folder, "--out", out, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "dangling.jpg: link to" in text and "leads nowhere" in text
+    assert "loop.jpg: link to" in text
+    assert "linked: link to a folder, not followed" in text
+    rows = list(csv.DictReader(out.open()))
+    assert sorted(Path(r["source"]).name for r in rows) == [
+        "cell_0.jpg",
+        "cell_1.jpg",
+        "palette.gif",
+    ]
+    assert all(r["label"] for r in rows)
+
+
 def test_differential_in_the_terminal_qualifies_weak_flags(
     tmp_path: Path, untrained: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

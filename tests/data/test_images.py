@@ -109,9 +109,17 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_unsupported_format_is_named() -> None:
-    data = _bytes(cell_image(0, size=32), "GIF")
-    with pytest.raises(ImageDecodeError, match="unsupported image format GIF"):
+    data = _bytes(cell_image(0, size=32), "ICO")
+    with pytest.raises(ImageDecodeError, match="unsupported image format ICO"):
         decode_rgb(data)
+
+
+def test_gif_first_frame_is_read() -> None:
+    frames = [cell_image(k, size=32).convert("P") for k in range(2)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    out = decode_rgb(buffer.getvalue(), name="cells.gif")
+    assert out.mode == "RGB" and out.size == (32, 32)
 
 
 def test_jpeg_draft_decodes_smaller_but_not_below_target() -> None:

@@ -75,3 +75,14 @@ def test_bad_arguments_name_the_problem(dataset: Path, tmp_path: Path) -> None:
         resize_manifest(dataset, tmp_path / "copy", size=32, splits=("training",))
     with pytest.raises(LeukoscopeError, match="manifest not found"):
         resize_manifest(tmp_path / "missing.csv", tmp_path / "copy", size=32)
+
+
+def test_labels_must_be_classes(dataset: Path, tmp_path: Path) -> None:
+    """A label becomes a folder name: ``../`` in one would write outside ``--out``."""
+    text = dataset.read_text()
+    first = text.splitlines()[1].split(",")[1]
+    dataset.write_text(text.replace(f",{first},", ",../../escaped,", 1))
+    out = tmp_path / "nested" / "copy"
+    with pytest.raises(LeukoscopeError, match=r"'\.\./\.\./escaped' are not cell classes"):
+        resize_manifest(dataset, out, size=32, fmt="png", workers=0)
+    assert not (tmp_path / "escaped").exists() and not out.exists()

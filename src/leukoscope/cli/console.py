@@ -24,6 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from leukoscope.errors import LeukoscopeError
 from leukoscope.progress import Tracker
 
 if TYPE_CHECKING:
@@ -136,14 +137,37 @@ def load_predictor(model: Path, backend: str) -> Predictor:
     return predictor
 
 
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files under ``inputs`` (files, folders, globs), a line for each link that
+    was not followed; an error when there is none."""
+    from leukoscope.data.datasets import samples_from_paths
+    from leukoscope.data.images import IMAGE_EXTENSIONS
+
+    skipped: list[str] = []
+    paths = [sample.path for sample in samples_from_paths(inputs, skipped)]
+    print_skipped(skipped)
+    if not paths:
+        where = ", ".join(str(item) for item in inputs)
+        endings = " ".join(sorted(IMAGE_EXTENSIONS))
+        raise LeukoscopeError(f"{where}: no image files found (looked for {endings})")
+    return paths
+
+
+def require_some_read(predictions: Sequence[Prediction]) -> None:
+    """Fail, listing why, when not one of the images could be read."""
+    if predictions and all(p.error is not None for p in predictions):
+        print_unreadable(predictions)
+        raise LeukoscopeError(f"none of the {len(predictions)} image file(s) could be read")
+
+
 def classify(
     predictor: Predictor, inputs: Sequence[str | Path], batch_size: int, workers: int
 ) -> list[Prediction]:
     """Predict every image under ``inputs`` (files, folders, globs) behind a progress bar."""
-    from leukoscope.data.datasets import samples_from_paths
-
-    paths = [sample.path for sample in samples_from_paths(inputs)]
+    paths = find_images(inputs)
     with progress_bar("Classifying", total=len(paths)) as tracker:
-        return predictor.predict_paths(
+        predictions = predictor.predict_paths(
             paths, batch_size=batch_size, workers=workers, on_progress=tracker.advance
         )
+    require_some_read(predictions)
+    return predictions

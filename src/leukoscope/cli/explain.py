@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from leukoscope.cli.console import console, print_skipped, progress_bar
+from leukoscope.cli.console import console, find_images, print_skipped, progress_bar
+from leukoscope.errors import LeukoscopeError
 
 
 def explain(
@@ -20,15 +21,16 @@ def explain(
     ] = None,
 ) -> None:
     """Write a Grad-CAM heatmap over each image as <name>_gradcam.png."""
-    from leukoscope.data.datasets import samples_from_paths
     from leukoscope.inference.predictor import Predictor
     from leukoscope.reports.overlays import write_overlays
 
+    paths = find_images(images)
     predictor = Predictor.load(model, backend="torch")
-    paths = [sample.path for sample in samples_from_paths(images)]
     with progress_bar("Explaining", total=len(paths)) as tracker:
         written, errors = write_overlays(
             predictor, paths, out, target=target, advance=tracker.advance
         )
     print_skipped(errors)
+    if not written:
+        raise LeukoscopeError(f"none of the {len(paths)} image file(s) could be read")
     console.print(f"{len(written)} overlay(s) in {out}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import glob
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,13 +111,32 @@ def samples_from_folder(
     return sorted(samples, key=lambda s: s.path), labels
 
 
-def samples_from_paths(inputs: Sequence[str | Path]) -> list[Sample]:
-    """Unlabelled samples from files, folders (searched recursively) and glob patterns."""
+def _folder_images(folder: Path, skipped: list[str]) -> list[Path]:
+    """Image files under ``folder``; a message in ``skipped`` for each link not followed (to a
+    folder, or leading nowhere: dangling or looping), which would otherwise vanish."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink() and not path.exists():
+            skipped.append(
+                f"{path}: link to {os.readlink(path)} leads nowhere (dangling or a loop)"
+            )
+        elif path.is_symlink() and path.is_dir():
+            skipped.append(f"{path}: link to a folder, not followed (pass the folder itself)")
+        elif path.is_file() and is_image_name(path):
+            found.append(path)
+    return found
+
+
+def samples_from_paths(
+    inputs: Sequence[str | Path], skipped: list[str] | None = None
+) -> list[Sample]:
+    """Unlabelled samples from files, folders (searched recursively) and glob patterns; links
+    inside folders that were not followed are described in ``skipped`` when given."""
     samples: list[Sample] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
+            matches = _folder_images(path, [] if skipped is None else skipped)
         elif path.exists():
             matches = [path]
         else:

@@ -17,12 +17,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from leukoscope.errors import ImageDecodeError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
 )
 """File name endings scanned as images (the format itself is sniffed from the bytes)."""
 
-SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "TIFF", "BMP", "MPO", "WEBP"})
-"""Pillow format names accepted (MPO is the multi-picture JPEG some cameras write)."""
+SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "TIFF", "BMP", "MPO", "WEBP", "GIF"})
+"""Pillow format names accepted (MPO is the multi-picture JPEG some cameras write; of an
+animated GIF, the first frame is read)."""
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest image accepted (width × height). A cell crop is ~0.13 MP; a whole-slide tile of

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from leukoscope.classes import canonical_class
 from leukoscope.data.datasets import CellImageDataset, Sample, make_loader, read_manifest_rows
 from leukoscope.data.preprocess import resize
 from leukoscope.data.split import SPLITS, Excluded, ManifestRow, SplitResult, write_manifest
@@ -81,6 +82,14 @@ def resize_manifest(
     rows = [row for row in read_manifest_rows(manifest) if row["split"] in splits]
     if not rows:
         raise LeukoscopeError(f"{manifest}: no images in split(s) {', '.join(splits)}")
+    # The label becomes a folder name: one that is not a class (``../x``) would write elsewhere.
+    unknown_labels = sorted(
+        {row["label"] for row in rows if canonical_class(row["label"]) != row["label"]}
+    )
+    if unknown_labels:
+        raise LeukoscopeError(
+            f"{manifest}: label(s) {', '.join(map(repr, unknown_labels))} are not cell classes"
+        )
     targets = [f"{row['label']}/{Path(row['path']).stem}{FORMATS[fmt]}" for row in rows]
     if len(set(targets)) != len(targets):
         raise LeukoscopeError(f"{manifest}: two images of one class share a file name")

@@ -86,6 +86,7 @@ SECURITY_HEADERS = [
 
 BROWSER_IMAGE_FORMATS = {
     "JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+    "GIF": "image/gif",
 }  # fmt: skip
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -23,6 +23,7 @@ from leukoscope.service.store import Cell, Sample, cell_bytes, reviewed_cells
 
 EXTENSIONS = {
     "JPEG": "jpg", "MPO": "jpg", "PNG": "png", "TIFF": "tif", "BMP": "bmp", "WEBP": "webp",
+    "GIF": "gif",
 }  # fmt: skip
 """File name ending of every format uploads accept (``data.images.SUPPORTED_FORMATS``); the
 folder scans of ``data split`` and ``train`` recognise each of them."""

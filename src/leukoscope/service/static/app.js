@@ -150,7 +150,7 @@ async function loadModel() {
     $("#reviewer-note").hidden = false;
   }
   $("#limits").textContent =
-    `JPEG, PNG, TIFF, BMP or WebP · up to ${(limits.max_file_bytes / 2 ** 20).toFixed(0)} MB per image · ` +
+    `JPEG, PNG, TIFF, BMP, WebP or GIF · up to ${(limits.max_file_bytes / 2 ** 20).toFixed(0)} MB per image · ` +
     `sent in batches of at most ${limits.max_files}`;
   const keys = classes.map((name, i) => `${i + 1} ${name}`).join(" · ");
   $("#shortcuts").innerHTML = "";
