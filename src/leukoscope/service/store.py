@@ -601,8 +601,6 @@ def amend(
         changed |= _correct(by_id[cell_id], call, reviewer, amendment)
     if not changed:
         raise ConflictError("the amendment changes no cell's call")
-    if sample.unidentified:
-        raise ConflictError("an amendment cannot leave cells unidentified")
     amendment.differential = differential(sample)
     sample.amendments.append(amendment)
     session.flush()
