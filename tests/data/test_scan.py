@@ -72,3 +72,21 @@ def test_audit_and_split_commands_finish_with_an_unreadable_file(
     split = runner.invoke(app, [*args, "--out", str(out)])
     assert split.exit_code == 0, split.output
     assert "locked.jpg" in (tmp_path / "split.excluded.csv").read_text()
+
+
+def test_links_that_cannot_be_followed_are_reported(
+    tmp_path: Path, make_image: Callable[..., Path]
+) -> None:
+    root = tmp_path / "cells"
+    for i in range(3):
+        make_image(root / "basophil" / f"ba_{i}.jpg", seed=i)
+    folder = root / "basophil"
+    (folder / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    (folder / "more").symlink_to(tmp_path, target_is_directory=True)
+    (folder / "ok.jpg").symlink_to(folder / "ba_0.jpg")
+    report = audit_folder(root, workers=1)
+    details = {item["path"]: item["detail"] for item in report["problems"]["unreadable"]}
+    assert set(details) == {"basophil/dangling.jpg", "basophil/loop.jpg", "basophil/more"}
+    assert all(detail.startswith("link to ") for detail in details.values())
+    assert report["classes"]["basophil"]["usable"] == 4, "a link to a file is read"

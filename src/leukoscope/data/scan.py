@@ -98,7 +98,8 @@ def find_class_folders(root: str | Path) -> ClassFolders:
 
 
 def list_class_files(root: str | Path, classes: Iterable[str] | None = None) -> list[Path]:
-    """Every file (hidden ones included) under the class folders of ``root``, sorted."""
+    """Every file (hidden ones included) under the class folders of ``root``, sorted, and every
+    link there: one that leads nowhere, loops or names a folder is then reported, not lost."""
     found = find_class_folders(root)
     wanted = set(classes) if classes is not None else None
     files: list[Path] = []
@@ -106,7 +107,8 @@ def list_class_files(root: str | Path, classes: Iterable[str] | None = None) -> 
         if wanted is not None and label not in wanted:
             continue
         for folder in dirs:
-            files.extend(p for p in folder.rglob("*") if p.is_file())
+            # Links that cannot be followed stay in, so the scan reports them as unreadable.
+            files.extend(p for p in folder.rglob("*") if p.is_file() or p.is_symlink())
     return sorted(files)
 
 
@@ -116,7 +118,13 @@ def inspect_file(path: Path, root: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -
     folder = rel.parts[0]
     try:
         data = path.read_bytes()
-    except OSError as exc:  # no read permission, a file removed mid-scan, an I/O error
+    except OSError as exc:  # no permission, removed mid-scan, I/O error, unfollowable link
+        reason = exc.strerror or str(exc)
+        detail = (
+            f"link to {os.readlink(path)} cannot be followed ({reason})"
+            if path.is_symlink()
+            else f"cannot read file ({reason})"
+        )
         return FileRecord(
             path=rel.as_posix(),
             folder=folder,
@@ -124,7 +132,7 @@ def inspect_file(path: Path, root: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -
             size=0,
             sha256="",
             problem="unreadable",
-            detail=f"cannot read file ({exc.strerror or exc})",
+            detail=detail,
         )
     record = FileRecord(
         path=rel.as_posix(),
