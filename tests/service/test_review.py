@@ -143,6 +143,7 @@ def test_csv_and_report(client: TestClient) -> None:
     assert sum(row["corrected_by"] == "Dr. A" for row in rows) == sample["unidentified_count"]
     report = client.get(f"/api/samples/{sample['id']}/report.html")
     assert report.headers["content-type"].startswith("text/html")
+    assert 'inline; filename="=HYPERLINK(1).html"' in report.headers["content-disposition"]
     assert "Dr. &lt;b&gt;C&lt;/b&gt;" in report.text and "<b>C</b>" not in report.text
     assert "White-cell differential: =HYPERLINK(1)</h1>" in report.text
     assert "not a diagnosis" in report.text and "<script" not in report.text

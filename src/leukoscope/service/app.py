@@ -457,7 +457,11 @@ def sample_cells_csv(sample_id: str, service: ServiceDep) -> Response:
 def sample_report(sample_id: str, service: ServiceDep) -> Response:
     with service.sessions.begin() as session:
         sample = store.get_sample(session, sample_id)
-        return Response(service.report_html(sample), media_type="text/html; charset=utf-8")
+        return Response(
+            service.report_html(sample),
+            media_type="text/html; charset=utf-8",
+            headers={"Content-Disposition": attachment(f"{sample.name}.html", "inline")},
+        )
 
 
 @api.get(
@@ -622,12 +626,12 @@ def _report_blocks(sample: store.Sample) -> str:
 UNSAFE_IN_FILE_NAMES = re.compile(r'[\x00-\x1f\x7f\\/:*?"<>|]+')
 
 
-def attachment(filename: str) -> str:
-    """A ``Content-Disposition`` that downloads as ``filename`` (a sample's name, so any
+def attachment(filename: str, disposition: str = "attachment") -> str:
+    """A ``Content-Disposition`` that names the file ``filename`` (from a sample's name, so any
     text): characters unsafe in file names replaced, an ASCII fallback and the UTF-8 name."""
     safe = UNSAFE_IN_FILE_NAMES.sub("_", filename).strip(" .") or "download"
     fallback = safe.encode("ascii", "replace").decode().replace("?", "_")
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(safe)}"
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(safe)}"
 
 
 def _png(image: Image.Image) -> bytes:
