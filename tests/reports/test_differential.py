@@ -142,3 +142,21 @@ def test_reports_carry_the_disclaimer_flags_and_reference() -> None:
     assert "smear &lt;7&gt;" in page and "<script" not in page
     assert "| neutrophil | 150 |" in markdown
     assert REFERENCE_RANGES["neutrophil"] == (40.0, 80.0)
+
+
+def test_a_shifted_sample_withholds_its_flags_and_every_rendering_warns() -> None:
+    from leukoscope.inference.shift import check_shift
+    from leukoscope.reports.differential import render_html, render_markdown
+
+    classes = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
+    cells = [CellCall("eosinophil")] * 30 + [CellCall("neutrophil", uncertain=True)] * 20
+    plain = compute_differential(cells, classes)
+    assert plain["flags"] and plain["shift"] is None and plain["withheld_flags"] == []
+    shift = check_shift([c.uncertain for c in cells], 0.05)
+    shifted = compute_differential(cells, classes, shift)
+    assert shifted["flags"] == [] and shifted["withheld_flags"] == plain["flags"]
+    assert shifted["shift"]["shifted"] is True
+    for text in (render_markdown(shifted), render_html(shifted)):
+        assert "look unlike the model" in text
+        assert "withheld until the cells are reviewed" in text
+    assert "unlike" not in render_markdown(plain)

@@ -33,7 +33,14 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from leukoscope.data.augment import HEDJitter, RandomRot90
+from leukoscope.data.augment import (
+    ChannelGain,
+    HEDJitter,
+    RandomGamma,
+    RandomNoise,
+    RandomRot90,
+    RandomScale,
+)
 from leukoscope.data.datasets import CellImageDataset, Sample
 
 Interpolation = Literal["bilinear", "bicubic"]
@@ -134,11 +141,31 @@ def standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Training-time randomness: a random dihedral view (a cell has no up or left), then stain
-    (HED) and colour jitter of the given strengths (0 turns one off)."""
+    """Training-time randomness: a random dihedral view (a cell has no up or left), then each
+    of these in the order a lab's acquisition applies them, at the given strength (0 turns one
+    off): the cell's size in the frame, the stain, colour, white balance, gamma, defocus, sensor
+    noise and JPEG compression."""
 
     colour_jitter: float = 0.0
+    """Brightness, contrast and saturation jitter strength (``v2.ColorJitter``)."""
     hed_sigma: float = 0.0
+    """Haematoxylin/eosin/DAB stain jitter strength (see :class:`HEDJitter`)."""
+    hue: float = 0.0
+    """Hue jitter (``v2.ColorJitter``'s hue, at most 0.5)."""
+    channel_gain: float = 0.0
+    """Per-channel gain strength (see :class:`ChannelGain`)."""
+    gamma: float = 0.0
+    """Gamma strength (see :class:`RandomGamma`)."""
+    grayscale: float = 0.0
+    """Probability of a grey image."""
+    scale: float = 0.0
+    """Zoom strength (see :class:`RandomScale`)."""
+    blur: float = 0.0
+    """Largest Gaussian blur sigma in pixels, applied to half of the images (defocus)."""
+    noise: float = 0.0
+    """Largest standard deviation of Gaussian noise, in [0, 1] intensity units."""
+    jpeg_quality: int = 100
+    """Lowest JPEG quality applied to a third of the images; 100 turns it off."""
 
 
 class _ToUnit(v2.Transform):
@@ -170,10 +197,35 @@ def create_transform(config: Preprocessing, augmentation: Augmentation | None = 
     if augmentation is not None:
         steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()]
     steps.append(_ToUnit())
-    if augmentation is not None and augmentation.hed_sigma > 0:
-        steps.append(HEDJitter(augmentation.hed_sigma))
-    if augmentation is not None and augmentation.colour_jitter > 0:
-        strength = augmentation.colour_jitter
-        steps.append(v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength))
+    if augmentation is not None:
+        steps += _augmentation_steps(augmentation)
     steps.append(_Standardise(config.mean, config.std))
     return v2.Compose(steps)
+
+
+def _augmentation_steps(a: Augmentation) -> list[v2.Transform]:
+    """The random steps of ``a`` on [0, 1] float images, in acquisition order."""
+    steps: list[v2.Transform] = []
+    if a.scale > 0:
+        steps.append(RandomScale(a.scale))
+    if a.hed_sigma > 0:
+        steps.append(HEDJitter(a.hed_sigma))
+    if a.colour_jitter > 0 or a.hue > 0:
+        jitter = a.colour_jitter
+        steps.append(
+            v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=a.hue)
+        )
+    if a.channel_gain > 0:
+        steps.append(ChannelGain(a.channel_gain))
+    if a.gamma > 0:
+        steps.append(RandomGamma(a.gamma))
+    if a.grayscale > 0:
+        steps.append(v2.RandomGrayscale(a.grayscale))
+    if a.blur > 0:
+        steps.append(v2.RandomApply([v2.GaussianBlur(9, sigma=(0.1, a.blur))], p=0.5))
+    if a.noise > 0:
+        steps.append(RandomNoise(a.noise))
+    if a.jpeg_quality < 100:
+        jpeg = v2.JPEG((a.jpeg_quality, 100))
+        steps += [v2.ToDtype(torch.uint8, scale=True), v2.RandomApply([jpeg], p=1 / 3), _ToUnit()]
+    return steps

@@ -25,6 +25,7 @@ from leukoscope.reports.predictions import predictions_csv
 
 if TYPE_CHECKING:
     from leukoscope.inference.predictor import Prediction
+    from leukoscope.inference.shift import ShiftCheck
 
 DISCLAIMER = (
     "Research use only. These counts come from an automated image classifier and the flags are "
@@ -80,8 +81,14 @@ def wilson_interval(count: int, total: int) -> tuple[float, float]:
     return 100.0 * ci.low, 100.0 * ci.high
 
 
-def compute_differential(cells: Sequence[CellCall], classes: Sequence[str]) -> dict[str, object]:
-    """Counts, percentages with intervals, reference comparison and flags (JSON-ready)."""
+def compute_differential(
+    cells: Sequence[CellCall], classes: Sequence[str], shift: ShiftCheck | None = None
+) -> dict[str, object]:
+    """Counts, percentages with intervals, reference comparison and flags (JSON-ready).
+
+    With a ``shift`` check that found the sample unlike the model's training data, the flags
+    move to ``withheld_flags`` (``flags`` stays empty) until a person has reviewed the cells.
+    """
     unknown = sorted({c.label for c in cells} - set(classes))
     if unknown:
         raise ValueError(f"cells with labels not among the model's classes: {', '.join(unknown)}")
@@ -112,7 +119,11 @@ def compute_differential(cells: Sequence[CellCall], classes: Sequence[str]) -> d
         differential["erythroblasts"] = {"count": count, "per_100_white_cells": per_100}
     if "platelet" in classes:
         differential["platelets"] = {"count": confident["platelet"]}
-    differential["flags"] = _flags(rows, confident, classes)
+    flags = _flags(rows, confident, classes)
+    withheld = shift is not None and shift.shifted
+    differential["flags"] = [] if withheld else flags
+    differential["withheld_flags"] = flags if withheld else []
+    differential["shift"] = shift.to_dict() if shift is not None else None
     differential["notes"] = _notes(total_white)
     return differential
 
@@ -251,11 +262,19 @@ def _extra_lines(differential: dict[str, Any]) -> list[str]:
 
 def flag_lines(differential: dict[str, Any]) -> list[str]:
     """Each flag's text; a flag whose interval reaches into the reference range says so, so a
-    weak flag never reads as a definite one."""
+    weak flag never reads as a definite one. Flags withheld from a shifted sample are
+    counted, not listed."""
+    withheld = len(differential.get("withheld_flags") or [])
     return [
         f"{flag['text']}" + ("" if flag["definite"] else " (interval overlaps the reference)")
         for flag in differential["flags"]
-    ]
+    ] + ([f"{withheld} flag(s) withheld until the cells are reviewed"] if withheld else [])
+
+
+def shift_warning(differential: dict[str, Any]) -> str | None:
+    """The sample-level warning to show above everything else, if the sample looks shifted."""
+    shift = differential.get("shift")
+    return shift["message"] if shift and shift["shifted"] else None
 
 
 def _title(differential: dict[str, Any]) -> str:
@@ -266,6 +285,9 @@ def _title(differential: dict[str, Any]) -> str:
 def render_markdown(differential: dict) -> str:
     """The differential as a Markdown report."""
     lines = [f"# {_title(differential)}", "", f"> **{DISCLAIMER}**", ""]
+    warning = shift_warning(differential)
+    if warning:
+        lines += [f"> **Warning: {warning}**", ""]
     if differential.get("model"):
         lines += [f"Model: `{differential['model']}`", ""]
     lines += [
@@ -291,7 +313,7 @@ def render_markdown(differential: dict) -> str:
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 50rem; margin: 2rem auto; color: #222; }
-.disclaimer { border: 2px solid #b00; padding: .6rem 1rem; background: #fff4f4; }
+.disclaimer, .shift { border: 2px solid #b00; padding: .6rem 1rem; background: #fff4f4; }
 table { border-collapse: collapse; width: 100%; margin: 1rem 0; }
 th, td { border: 1px solid #bbb; padding: .3rem .6rem; text-align: right; }
 th:first-child, td:first-child, td:last-child { text-align: left; }
@@ -310,6 +332,8 @@ def render_html(differential: dict) -> str:
         for row, cells in zip(differential["rows"], table_rows(differential), strict=True)
     )
     flags = flag_lines(differential) or ["none"]
+    warning = shift_warning(differential)
+    shift = f'<p class="shift"><strong>Warning: {e(warning)}</strong></p>' if warning else ""
     model = (
         f"<p>Model: <code>{e(differential['model'])}</code></p>"
         if differential.get("model")
@@ -325,6 +349,7 @@ def render_html(differential: dict) -> str:
 <body>
 <h1>{e(_title(differential))}</h1>
 <p class="disclaimer"><strong>{e(DISCLAIMER)}</strong></p>
+{shift}
 {model}
 <table>
 <thead><tr>{"".join(f"<th>{e(h)}</th>" for h in TABLE_HEADER)}</tr></thead>

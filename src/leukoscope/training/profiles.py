@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from leukoscope.data.preprocess import Augmentation
 from leukoscope.errors import LeukoscopeError
 
 
@@ -30,6 +31,10 @@ class Phase:
     """Stop the phase after this many epochs without a better validation macro-F1."""
 
 
+MILD = Augmentation(colour_jitter=0.1, hed_sigma=0.03)
+"""The stain and colour jitter the first released models were trained with."""
+
+
 @dataclass(frozen=True)
 class Profile:
     """A complete training recipe."""
@@ -46,16 +51,29 @@ class Profile:
     per image per epoch."""
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
-    colour_jitter: float = 0.1
-    """Brightness, contrast and saturation jitter strength (hue is left alone: it is the stain)."""
-    hed_sigma: float = 0.03
-    """Haematoxylin/eosin/DAB stain jitter strength (see ``augment.HEDJitter``)."""
+    augmentation: Augmentation = MILD
+    """What training varies in each image besides its orientation."""
     workers: int | None = None
     """Image-decoding worker processes; None = min(8, CPU count)."""
 
     def loader_workers(self) -> int:
         return self.workers if self.workers is not None else min(8, os.cpu_count() or 1)
 
+
+LAB_ROBUST = Augmentation(
+    colour_jitter=0.2,
+    hed_sigma=0.08,
+    hue=0.06,
+    channel_gain=0.2,
+    gamma=0.3,
+    grayscale=0.05,
+    scale=0.25,
+    blur=1.5,
+    noise=0.02,
+    jpeg_quality=40,
+)
+"""Augmentation for other labs' images: stain, white balance, gamma, defocus, noise and JPEG
+well beyond one lab's variation, and the cell's size in the frame within what framing leaves."""
 
 PROFILES: dict[str, Profile] = {
     "fast": Profile(
@@ -79,14 +97,34 @@ PROFILES: dict[str, Profile] = {
             ),
         ),
     ),
+    "fast-robust": Profile(
+        name="fast-robust",
+        description="the fast CPU recipe with lab-robust augmentation and more cached views",
+        image_size=160,
+        batch_size=64,
+        cached_views=4,
+        workers=2,
+        augmentation=LAB_ROBUST,
+        phases=(
+            Phase("head", epochs=20, lr=2e-3, trainable_stages=0, warmup_epochs=1, patience=5),
+            Phase(
+                "finetune",
+                epochs=10,
+                lr=2e-3,
+                trainable_stages=4,
+                stage_lr_decay=0.7,
+                warmup_epochs=1,
+                patience=4,
+            ),
+        ),
+    ),
     "full": Profile(
         name="full",
         description="GPU-oriented: head warm-up, then end-to-end fine-tuning at the arch's "
         "native resolution with online augmentation",
         batch_size=64,
         cached_views=0,
-        colour_jitter=0.2,
-        hed_sigma=0.05,
+        augmentation=Augmentation(colour_jitter=0.2, hed_sigma=0.05),
         phases=(
             Phase("head", epochs=3, lr=1e-3, trainable_stages=0, warmup_epochs=0.5, patience=3),
             Phase(

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from leukoscope.data.datasets import read_manifest
-from leukoscope.data.preprocess import Augmentation, Preprocessing, create_transform
+from leukoscope.data.preprocess import Preprocessing, create_transform
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.metrics import accuracy_and_macro_f1
 from leukoscope.fileio import sha256_file
@@ -250,9 +250,7 @@ class _Trainer:
             weight=weights.to(ctx.device), label_smoothing=profile.label_smoothing
         )
         self.plain = create_transform(self.preprocessing)
-        self.augment = create_transform(
-            self.preprocessing, Augmentation(profile.colour_jitter, profile.hed_sigma)
-        )
+        self.augment = create_transform(self.preprocessing, profile.augmentation)
         features = self._cache_features() if profile.cached_views else {}
 
         state = TrainingState()

@@ -1,0 +1,107 @@
+"""Released models on other labs' images, beside their own PBC test split.
+
+Each model is scored with ``evaluate_model`` (the predictor users get, preprocessing, test-time
+views and abstention included) on every labelled set under ``--external`` (each folder's
+``images/``, class folders with PBC names) and on the test split of the manifest it was released
+with (skipped, with the reason recorded, when that manifest is not at ``--manifests``). Per set:
+accuracy, macro-F1, balanced accuracy, the share of cells flagged uncertain, the accuracy of the
+cells kept, and the expected calibration error at the card's temperature.
+
+The external sets measure; they never train a released model.
+
+Run: .venv/bin/python benchmarks/external.py [--models models/a models/b ...]
+       [--external ../shared/data/external] [--manifests runs/manifests]
+       [--out benchmarks/results/external.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from results_file import write_results
+
+from leukoscope.data.datasets import Sample, read_manifest, samples_from_folder
+from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
+from leukoscope.models import load_model
+from leukoscope.models.weights import sha256_file
+
+TARGETS = {
+    "zheng2018-cellavision": {"accuracy": 0.85, "accuracy_kept": 0.95},
+    "zheng2018-tecom": {"accuracy": 0.70, "accuracy_kept": 0.95},
+}
+"""Zero-shot targets of the released 5-class model on the two shared sets."""
+
+
+def summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The figures this benchmark reports, from ``evaluate_model``'s metrics."""
+    calibration = metrics["calibration"]
+    abstention = calibration.get("abstention")
+    return {
+        "n_images": metrics["n_images"],
+        "accuracy": round(metrics["accuracy"], 4),
+        "macro_f1": round(metrics["macro_f1"], 4),
+        "balanced_accuracy": round(metrics["balanced_accuracy"], 4),
+        "uncertain_share": round(1 - abstention["coverage"], 4) if abstention else None,
+        "accuracy_kept": abstention["accuracy_kept"] if abstention else None,
+        "ece": calibration["ece_after"],
+        "confusion_matrix": metrics["confusion_matrix"],
+    }
+
+
+def score(
+    model: Path, samples_for: Callable[[Sequence[str]], list[Sample]], description: str
+) -> dict[str, Any]:
+    """``evaluate_model`` without timing, mistakes or heatmaps, summarised."""
+    options = EvaluateOptions(throughput_runs=0, mistakes=0, heatmaps=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        return summary(evaluate_model(model, samples_for, description, tmp, options=options))
+
+
+def pbc_test(model: Path, manifests: Path) -> dict[str, Any]:
+    """The model's own PBC test split, or the reason it could not be scored."""
+    _, card = load_model(model)
+    release = card.get("release", {})
+    manifest = manifests / release.get("manifest", "?")
+    if not manifest.is_file():
+        return {"skipped": f"{manifest} not found (make it with `leukoscope data split`)"}
+    if sha256_file(manifest) != release.get("manifest_sha256"):
+        return {"skipped": f"{manifest} is not the manifest {model} was released with"}
+    return score(
+        model, lambda classes: read_manifest(manifest, "test", classes)[0], f"{manifest} (test)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--models", nargs="*", type=Path)
+    parser.add_argument("--external", type=Path, default=Path("../shared/data/external"))
+    parser.add_argument("--manifests", type=Path, default=Path("runs/manifests"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/external.json"))
+    args = parser.parse_args()
+    models = args.models or sorted(p.parent for p in Path("models").glob("*/model_card.json"))
+    sets = sorted(p.parent for p in args.external.glob("*/images"))
+    if not sets:
+        raise SystemExit(f"{args.external}: no labelled sets (folders with images/)")
+    results: dict[str, Any] = {}
+    for model in models:
+        row: dict[str, Any] = {}
+        for folder in sets:
+            images = folder / "images"
+            row[folder.name] = score(
+                model, lambda classes, d=images: samples_from_folder(d, classes)[0], str(images)
+            )
+            print(model, folder.name, {k: row[folder.name][k] for k in ("accuracy",)}, flush=True)
+        row["pbc_test"] = pbc_test(model, args.manifests)
+        print(model, "pbc_test", row["pbc_test"].get("accuracy"), flush=True)
+        results[str(model)] = row
+    write_results(args.out, "external", targets=TARGETS, results=results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Whether a sample as a whole looks unlike the images a model was trained on.
+
+A model flags each cell it is unsure of (low calibrated confidence or features far from every
+class, see :mod:`leukoscope.inference.abstention`), and its abstention threshold is set so that
+a known share of in-domain cells is flagged (5% for the released models). One cell more or less
+says little; a sample with far more flagged cells than that says the images differ from the
+training lab's (microscope, camera, stain, crop), and then the confident calls are suspect too:
+on a third lab's images the first released models kept 23% of the cells as confident, and 5% of
+those were right. :func:`check_shift` tests the flagged share against the expected one, so that
+every consumer (CLI, reports, web app) can warn and hold back the differential's flags until a
+person has reviewed the cells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from scipy.stats import binomtest
+
+SIGNIFICANCE = 1e-3
+"""One-sided binomial p-value below which the flagged share is called too high."""
+MIN_RATIO = 2.0
+"""And the flagged share must be at least this multiple of the expected one: in a large
+sample a share only a little above the expectation is significant yet harmless."""
+
+
+@dataclass(frozen=True)
+class ShiftCheck:
+    """The result of :func:`check_shift` (JSON-ready through :meth:`to_dict`)."""
+
+    cells: int
+    uncertain: int
+    expected_share: float
+    p_value: float
+    shifted: bool
+
+    @property
+    def share(self) -> float:
+        return self.uncertain / self.cells if self.cells else 0.0
+
+    @property
+    def message(self) -> str:
+        """One sentence for a person, naming the shares."""
+        if not self.shifted:
+            return (
+                f"{self.uncertain} of {self.cells} cells flagged uncertain ({self.share:.0%}; "
+                f"about {self.expected_share:.0%} expected on images like the training data)."
+            )
+        return (
+            f"These images look unlike the model's training data: {self.uncertain} of "
+            f"{self.cells} cells are flagged uncertain ({self.share:.0%}, about "
+            f"{self.expected_share:.0%} expected). Confident calls may be wrong too; the "
+            "differential's flags are withheld until a person has reviewed the cells. A model "
+            "adapted to this lab's images (`leukoscope adapt`) may help."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"share": round(self.share, 4), "message": self.message}
+
+
+def check_shift(uncertain: Sequence[bool], expected_share: float) -> ShiftCheck:
+    """Test whether a sample's share of uncertain cells exceeds what the model expects.
+
+    Parameters
+    ----------
+    uncertain:
+        One entry per readable cell of the sample: whether the model flagged it.
+    expected_share:
+        The share of in-domain cells the model flags (``1 - target_coverage`` of its
+        abstention threshold).
+
+    Returns
+    -------
+    ShiftCheck
+        ``shifted`` is true when the one-sided binomial test rejects ``expected_share`` at
+        :data:`SIGNIFICANCE` and the observed share is at least :data:`MIN_RATIO` times it.
+    """
+    if not 0 < expected_share < 1:
+        raise ValueError(f"expected_share must lie in (0, 1), not {expected_share}")
+    cells, flagged = len(uncertain), sum(bool(u) for u in uncertain)
+    if not cells:
+        return ShiftCheck(0, 0, expected_share, 1.0, False)
+    p_value = float(binomtest(flagged, cells, expected_share, alternative="greater").pvalue)
+    shifted = p_value < SIGNIFICANCE and flagged / cells >= MIN_RATIO * expected_share
+    return ShiftCheck(cells, flagged, expected_share, p_value, shifted)

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+
+from leukoscope.inference.shift import ShiftCheck, check_shift
+
+
+def test_an_in_domain_share_of_uncertain_cells_is_not_a_shift() -> None:
+    # 12 of 200 flagged (6%) against 5% expected: what the demo sees on PBC images.
+    check = check_shift([True] * 12 + [False] * 188, 0.05)
+    assert not check.shifted and check.p_value > 0.1
+    assert "12 of 200" in check.message
+
+
+def test_a_sample_mostly_flagged_is_a_shift_with_a_clear_message() -> None:
+    check = check_shift([True] * 40 + [False] * 60, 0.05)
+    assert check.shifted and check.p_value < 1e-10
+    assert check.share == pytest.approx(0.4)
+    assert "unlike the model's training data" in check.message
+    assert "withheld" in check.message
+    assert check.to_dict()["share"] == 0.4
+
+
+def test_a_significant_but_small_excess_is_not_called_a_shift() -> None:
+    # 8% of 5,000 cells is significantly above 5%, but less than twice it.
+    check = check_shift([True] * 400 + [False] * 4600, 0.05)
+    assert check.p_value < 1e-3 and not check.shifted
+
+
+def test_few_cells_need_strong_evidence_and_no_cells_is_no_shift() -> None:
+    assert not check_shift([True, False], 0.05).shifted
+    assert check_shift([True] * 4, 0.05).shifted
+    assert check_shift([], 0.05) == ShiftCheck(0, 0, 0.05, 1.0, False)
+    with pytest.raises(ValueError, match="expected_share"):
+        check_shift([True], 0.0)
