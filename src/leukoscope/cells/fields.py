@@ -21,16 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.filters import threshold_multiotsu
-from skimage.morphology import disk
+from skimage.morphology import disk, remove_small_objects
 from skimage.segmentation import watershed
 
-from leukoscope.cells.locate import (
-    MIN_NUCLEUS_CONTRAST,
-    downscale,
-    grow_cells,
-    optical_density,
-)
+from leukoscope.cells.locate import MIN_NUCLEUS_CONTRAST, grow_cells, stain_levels
 
 FIELD_WORK_SIDE = 640
 """Longest side of the downscaled copy a field is segmented on: a white cell at half PBC's
@@ -102,19 +96,17 @@ def locate_cells(rgb: np.ndarray) -> list[CellBox]:
     list of CellBox
         One box per white cell found, best score first; empty when there is none.
     """
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an RGB image of shape (H, W, 3), got {rgb.shape}")
-    small, scale = downscale(rgb, FIELD_WORK_SIDE)
-    od = optical_density(small)
-    density = od.sum(axis=2)
-    if float(np.ptp(density)) < MIN_NUCLEUS_CONTRAST:
+    stain = stain_levels(rgb, FIELD_WORK_SIDE)
+    if stain is None:
         return []
-    low, high = threshold_multiotsu(density, classes=3, nbins=64)
+    od, density, low, high, scale = stain
     # With few white cells the top Otsu class is the red cells' darker rims: a nucleus is also
     # well above the lightly stained pixels (red cells) in absolute terms.
     high = max(high, NUCLEUS_OVER_STAIN * float(np.quantile(density[density > low], 0.25)))
-    dense = density > high
+    # Smoothed: a granular nucleus at full resolution would fall apart into specks.
+    dense = ndi.gaussian_filter(density, 1.0) > high
     dense = ndi.binary_opening(ndi.binary_closing(dense, disk(1)), disk(1))
+    dense = remove_small_objects(dense, max_size=int(MIN_WORK_DIAMETER**2 / 4))
     if not dense.any():
         return []
     # Touching nuclei (two cells pressed together) form one dense component: cut every

@@ -133,6 +133,26 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
     return np.maximum(-np.log(np.maximum(rgb, 1.0) / np.maximum(background, 1.0)), 0.0)
 
 
+def stain_levels(
+    rgb: np.ndarray, side: int
+) -> tuple[np.ndarray, np.ndarray, float, float, float] | None:
+    """``rgb`` downscaled to ``side`` (:func:`downscale`) as optical density per channel and
+    summed, the summed density's two three-class Otsu thresholds (above ``low`` stained, above
+    ``high`` densely stained) and the factor back to ``rgb``'s pixels; None when the image is
+    nearly uniform (less than :data:`MIN_NUCLEUS_CONTRAST` between its lightest and darkest
+    pixels).
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an RGB image of shape (H, W, 3), got {rgb.shape}")
+    small, scale = downscale(rgb, side)
+    od = optical_density(small)
+    density = od.sum(axis=2)
+    if float(np.ptp(density)) < MIN_NUCLEUS_CONTRAST:
+        return None
+    low, high = threshold_multiotsu(density, classes=3, nbins=64)
+    return od, density, float(low), float(high), scale
+
+
 def locate_cell(rgb: np.ndarray) -> CellLocation | NoCell:
     """Find the white cell (the central nucleated cell) in a single-cell image.
 
@@ -146,14 +166,10 @@ def locate_cell(rgb: np.ndarray) -> CellLocation | NoCell:
     CellLocation or NoCell
         The cell's centre, diameter, box, mask and score, or why none was found.
     """
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an RGB image of shape (H, W, 3), got {rgb.shape}")
-    small, scale = downscale(rgb)
-    od = optical_density(small)
-    density = od.sum(axis=2)
-    if float(np.ptp(density)) < MIN_NUCLEUS_CONTRAST:
+    stain = stain_levels(rgb, WORK_SIDE)
+    if stain is None:
         return NoCell("no stained object: the image is nearly uniform")
-    low, high = threshold_multiotsu(density, classes=3, nbins=64)
+    od, density, low, high, scale = stain
     nucleus_pixels = density > high
     if float(np.median(density[nucleus_pixels])) < MIN_NUCLEUS_CONTRAST:
         return NoCell("no stained nucleus: the darkest region is barely darker than the background")
