@@ -13,6 +13,11 @@ platelet or stain debris:
   measure, at least :data:`MIN_WORK_DIAMETER` pixels wide on the downscaled copy.
 
 A cell whose mask reaches the image's edge is marked ``edge``: it may be cut.
+
+Measured (``benchmarks/locate.py``, IoU 0.5): recall 0.969 and precision 0.838 on 40 synthetic
+1920x1080 fields of PBC cells at 0.5-2x magnification with stain shifts (0.964 without the
+boxes on the PBC platelet clumps pasted as distractors); recall 0.89 / 0.92 and precision
+0.68 / 0.79 on the CellaVision / Tecom single-cell crops used as fields.
 """
 
 from __future__ import annotations
