@@ -60,9 +60,12 @@ OVERFLOW = """() => {
 scrolling table box may)."""
 
 IN_VIEW = """(selector) => {
-  const box = document.querySelector(selector).getBoundingClientRect();
-  return box.top >= 0 && box.top < window.innerHeight - 40;
+  const node = document.querySelector(selector);
+  const box = node.getBoundingClientRect();
+  const panel = node.closest(".side").getBoundingClientRect();
+  return box.top >= Math.max(0, panel.top) && box.top < window.innerHeight - 40;
 }"""
+"""The element's top is on screen and not scrolled out of the top of its side panel."""
 
 
 @pytest.fixture
@@ -204,6 +207,11 @@ def test_upload_review_and_sign_off_in_chromium(server_url: str, tmp_path: Path)
         expect(total).to_have_text(str(N_CELLS))
         expect(page.locator("#signoff-state")).to_contain_text("Signed off by Dr. Browser")
 
+        # A comment typed at the bottom of the side panel scrolls it; a click on a cell must
+        # still bring the cell into view.
+        page.fill("#comment-text", "Amended after a second look")
+        page.get_by_role("button", name="Add comment").click()
+        expect(page.locator("#comment-list")).to_contain_text("Amended after a second look")
         for width in WIDTHS:
             page.set_viewport_size({"width": width, "height": 900})
             page.locator("#gallery button.cell").last.click()

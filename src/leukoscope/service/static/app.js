@@ -512,7 +512,9 @@ function select(cellId) {
   const button = $(`#gallery [data-cell="${cellId}"]`);
   if (button && document.activeElement !== button) button.focus({ preventScroll: false });
   renderDetail();
-  // The panel is sticky; bring it back if it was scrolled away (a click must show a change).
+  // The panel is sticky; bring it back if it was scrolled away (a click must show a change):
+  // the panel's own scroll back to the cell (a comment typed below moved it), then the page.
+  $(".side").scrollTop = 0;
   const detail = $("#detail");
   const box = detail.getBoundingClientRect();
   if (box.top < 0 || box.top > window.innerHeight - 80) detail.scrollIntoView({ block: "nearest" });
