@@ -86,6 +86,7 @@ class Profile(StrEnum):
     """The training recipes of ``leukoscope.training.profiles.PROFILES``."""
 
     FAST = "fast"
+    FAST_ROBUST = "fast-robust"
     FULL = "full"
 
 
