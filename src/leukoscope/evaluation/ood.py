@@ -1,4 +1,4 @@
-"""How often inputs a model does not know are flagged for review (``leukoscope calibrate ood``).
+"""How often inputs a model does not know are flagged for review (``leukoscope ood-check``).
 
 The abstention rule (:mod:`leukoscope.inference.abstention`) is fitted on cells of the model's
 own classes; this harness checks it on what it must also catch: synthetic inputs no cell
