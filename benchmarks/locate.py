@@ -17,7 +17,8 @@ a background tiled from other images with their white cell painted out; PBC plat
 distractors; magnification 0.5-2x of PBC's, stain and background shifts, blur, noise, JPEG), and
 every external image as a field whose one white cell is the experts' mask's box. A white cell is
 found when a box overlaps its own at IoU >= 0.5 (each box matched once, best first); precision
-counts every other box as false.
+counts every other box as false. A quarter as many fields again hold red cells only: every box
+on them is false.
 
 Run: python benchmarks/locate.py [--external ../shared/data/external] [--pbc ../shared/data/pbc]
      [--pbc-per-class 200] [--fields 40] [--out benchmarks/results/locate.json]
@@ -237,6 +238,25 @@ def field_benchmark(root: Path, count: int, seed: int = 0) -> dict[str, Any]:
         founds.append(found)
         kinds.append(field.edge)
         scales.append(scale)
+    empty = [
+        len(
+            locate_cells(
+                synthetic.compose_field(
+                    cells,
+                    tiles,
+                    rng,
+                    scale=float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))),
+                    cells=0,
+                    touching=0,
+                    at_edge=0,
+                    stain_shift=float(rng.uniform(0, 1)),
+                    blur=float(rng.uniform(0, 1.5)),
+                    jpeg_quality=int(rng.integers(60, 96)),
+                ).rgb
+            )
+        )
+        for _ in range(count // 4)
+    ]
     hits = [match(t, f) for t, f in zip(truths, founds, strict=True)]
     at_edge = [
         h for hs, es in zip(hits, kinds, strict=True) for h, e in zip(hs, es, strict=True) if e
@@ -247,6 +267,7 @@ def field_benchmark(root: Path, count: int, seed: int = 0) -> dict[str, Any]:
         "recall_cells_at_edge": round(float(np.mean(at_edge)), 4) if at_edge else None,
         "recall_at_scale_below_0.75": round(float(np.mean(small)), 4) if small else None,
         "white_cell_cutouts": len(cells),
+        "boxes_on_fields_of_red_cells_only": empty,
         "size": [1920, 1080],
         "ms_per_field": summary([1000 * t for t in timings]),
     }

@@ -35,9 +35,10 @@ FIELD_WORK_SIDE = 640
 """Longest side of the downscaled copy a field is segmented on: a white cell at half PBC's
 magnification in a 1920-px field is still about 20 px wide there."""
 
-MIN_RED_CELL_RATIO = 1.0
-"""A white cell is at least this many red-cell diameters wide (a small lymphocyte is about one;
-platelets are a third)."""
+MIN_RED_CELL_RATIO = 1.1
+"""A white cell is at least this many times as wide as the field's red cells as measured here
+(their stained area, about 0.9 of their true diameter): a small lymphocyte is 1.2-1.4 of that,
+a red cell taken for a cell about one, platelets a third."""
 
 MIN_WORK_DIAMETER = 8.0
 """Smallest white cell, in pixels of the downscaled copy, whatever the red cells' size."""
@@ -46,10 +47,12 @@ NECK = 0.8
 """Two neighbouring regions are lobes of one cell when the neck between them is at least this
 fraction of the smaller one's inscribed radius."""
 
-NUCLEUS_OVER_STAIN = 1.6
-"""A nucleus is at least this many times as dense as the lightest quarter of stained pixels (red
-cells and cytoplasm; nuclei are 2.7-4 times their median density in PBC and the external
-sets)."""
+STAINED = 0.25
+"""Optical density (summed over the channels) above which a pixel counts as stained."""
+
+NUCLEUS_OVER_STAIN = 1.3
+"""A nucleus is at least this many times as dense as the median stained pixel (mostly red cells
+in a field; nuclei are 2.3-4 times the median stained density in PBC and the external sets)."""
 
 MIN_RED_PIXELS = 50
 
@@ -60,9 +63,10 @@ this fraction of its inscribed radius."""
 MIN_NUCLEUS_SHARE = 0.08
 """Least share of a white cell's pixels that are nucleus (dense) pixels."""
 
-MIN_HUE_SHIFT = 0.05
-"""Least distance between a nucleus's stain hue and the red cells' (both unit-sum optical
-density directions); red-cell overlaps are dense but keep the red cells' hue."""
+MIN_HUE_SHIFT = 0.12
+"""Least distance (sum of absolute differences) between a nucleus's stain hue and the red
+cells' (both unit-sum optical density directions); red cells and their overlaps can be dense but
+keep the red cells' hue. With 0.05 instead, fields of red cells only got 3-22 boxes each."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ def locate_cells(rgb: np.ndarray) -> list[CellBox]:
     od, density, low, high, scale = stain
     # With few white cells the top Otsu class is the red cells' darker rims: a nucleus is also
     # well above the lightly stained pixels (red cells) in absolute terms.
-    high = max(high, NUCLEUS_OVER_STAIN * float(np.quantile(density[density > low], 0.25)))
+    high = max(high, NUCLEUS_OVER_STAIN * float(np.median(density[density > STAINED])))
     # Smoothed: a granular nucleus at full resolution would fall apart into specks.
     dense = ndi.gaussian_filter(density, 1.0) > high
     dense = ndi.binary_opening(ndi.binary_closing(dense, disk(1)), disk(1))
@@ -129,10 +133,8 @@ def locate_cells(rgb: np.ndarray) -> list[CellBox]:
         least = max(least, MIN_RED_CELL_RATIO * red_diameter)
     cells = join_lobes(grown, least)
     chroma = od / np.maximum(density, 1e-3)[..., None]
-    # The red cells' hue from the stained pixels no cell took, or, where cells took nearly all
-    # (a field of red cells only, every one seeding a "nucleus"), from all lightly stained ones.
-    light = red_pixels if red_pixels.sum() > MIN_RED_PIXELS else (density > low) & ~dense
-    red_hue = np.median(chroma[light], axis=0) if light.sum() > MIN_RED_PIXELS else None
+    # The red cells' hue from the stained pixels no cell took; none where there are too few.
+    red_hue = np.median(chroma[red_pixels], axis=0) if red_pixels.sum() > MIN_RED_PIXELS else None
     nuclei = np.where(dense, cells, 0)
     return _boxes(cells, nuclei, chroma, density, red_hue, least, scale, rgb.shape[:2])
 
