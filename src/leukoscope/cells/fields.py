@@ -1,11 +1,12 @@
 """Find every white cell in a field image (a microscope camera's photo of a smear).
 
 The same colour model as the single-cell locator (:mod:`leukoscope.cells.locate`), extended to
-many cells: on a downscaled copy, every dense, nucleus-coloured region is a nucleus (lobes within
-their own radius of each other joined), each nucleus's cell is grown over the stained pixels
-that are not red cells (touching white cells meet where the watershed from their nuclei meets),
-and a candidate is kept only if it looks like a white cell and not like a red-cell overlap, a
-platelet or stain debris:
+many cells: on a downscaled copy, the densely stained regions (well above the median stained
+pixel, mostly red cells) are cut at their waists into pieces, a cell is grown from every piece
+over the stained pixels that are not red cells, pieces of one cell are joined again where the
+neck between them is wide (:func:`join_lobes`; two touching cells meet at a narrow waist), and
+a candidate is kept only if it looks like a white cell and not like a red cell, a red-cell
+overlap, a platelet or stain debris:
 
 - its nucleus's hue differs from the red cells' (overlapping red cells are dense but red);
 - it is at least :data:`MIN_RED_CELL_RATIO` times as wide as the field's red cells (measured on
@@ -14,10 +15,11 @@ platelet or stain debris:
 
 A cell whose mask reaches the image's edge is marked ``edge``: it may be cut.
 
-Measured (``benchmarks/locate.py``, IoU 0.5): recall 0.969 and precision 0.838 on 40 synthetic
-1920x1080 fields of PBC cells at 0.5-2x magnification with stain shifts (0.964 without the
-boxes on the PBC platelet clumps pasted as distractors); recall 0.89 / 0.92 and precision
-0.68 / 0.79 on the CellaVision / Tecom single-cell crops used as fields.
+Measured (``benchmarks/locate.py``, IoU 0.5): recall 0.964 and precision 0.907 on 40 synthetic
+1920x1080 fields of PBC cells at 0.5-2x magnification with stain shifts (0.969 without the
+boxes on the PBC platelet clumps pasted as distractors), 0-9 boxes on fields of red cells only;
+recall 0.92 / 0.92 and precision 0.77 / 0.81 on the CellaVision / Tecom single-cell crops used
+as fields.
 """
 
 from __future__ import annotations
@@ -52,9 +54,11 @@ STAINED = 0.25
 
 NUCLEUS_OVER_STAIN = 1.3
 """A nucleus is at least this many times as dense as the median stained pixel (mostly red cells
-in a field; nuclei are 2.3-4 times the median stained density in PBC and the external sets)."""
+in a field; in the median image nuclei are 2.3-4 times the median stained density of PBC and the
+external sets, even where the white cell itself fills most of the image)."""
 
 MIN_RED_PIXELS = 50
+"""Fewest pixels outside every cell from which the red cells' hue is measured."""
 
 PIECE_NECK = 0.5
 """A piece too small for a white cell joins its neighbour when the neck between them is at least
