@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch.nn import functional as F
 
@@ -117,3 +118,12 @@ def build_tiny(root: Path, weights_file: Path) -> Tiny:
     save_model(tiny.model_dir, model, _card())
     calibrate(tiny.model_dir, tiny.manifest, workers=0, out_dir=root / "calibration")
     return tiny
+
+
+def tiny_or_skip(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    """The session's tiny model (built once, under the session's base temporary folder), or a
+    skipped test when the ImageNet SqueezeNet weights are absent."""
+    weights = squeezenet_h5()
+    if weights is None:
+        pytest.skip("keras-squeezenet ImageNet weights not found (set LEUKOSCOPE_WEIGHTS_DIR)")
+    return build_tiny(tmp_path_factory.getbasetemp() / "tiny", weights)

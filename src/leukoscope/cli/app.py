@@ -15,6 +15,7 @@ import typer
 from typer._click.exceptions import NoSuchOption, UsageError
 
 from leukoscope.cli import (
+    adapt,
     calibrate,
     data,
     demo,
@@ -69,6 +70,7 @@ def _root(
 app.add_typer(data.data_app, name="data")
 app.command("train", cls=Command)(train.train_command)
 app.command("evaluate", cls=Command)(evaluate.evaluate_command)
+app.command("adapt", cls=Command)(adapt.adapt_command)
 app.command("calibrate", cls=Command)(calibrate.calibrate_command)
 app.command("ood-check", cls=Command)(calibrate.ood_check)
 app.command("release", cls=Command)(release.release_command)

@@ -23,6 +23,7 @@ field               what                                     written by
 ``test_time_views`` symmetric views averaged per image       ``calibrate`` (``--views``)
 ``test_metrics``    held-out scores                          ``release``
 ``release``         name, date, data, machine, command       ``release``
+``adaptation``      source model, cells (by sha256), recipe  ``adapt``
 =================== ======================================== ===============================
 
 Format history: ``leukoscope-model/1`` was the flat dict (``input_size``, ``mean``, ``std`` and
@@ -164,6 +165,27 @@ class Release:
 
 
 @dataclass(frozen=True)
+class Adaptation:
+    """Where an adapted model came from: the model it was fine-tuned from (by sha256 of its
+    weights), the labelled cells (count per class, sha256 of every file relative to ``data``),
+    the recipe, and how its calibration was refitted (``recalibration``)."""
+
+    source: str
+    source_sha256: str
+    data: str
+    cells: dict[str, int]
+    files: dict[str, str]
+    skipped: int
+    steps: int
+    batch_size: int
+    trainable_stages: int
+    seed: int
+    recalibration: str
+    date: str
+    command: str
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A saved model's card (see the module docstring for the sections).
 
@@ -198,6 +220,7 @@ class ModelCard:
     abstention: Abstention | None = None
     test_metrics: TestMetrics | None = None
     release: Release | None = None
+    adaptation: Adaptation | None = None
 
     def replace(self, **changes: Any) -> ModelCard:
         """A copy with ``changes`` applied (``dataclasses.replace``), validated like a card

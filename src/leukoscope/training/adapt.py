@@ -1,0 +1,393 @@
+"""Few-shot adaptation: fine-tune a released model on a handful of labelled cells of a new lab.
+
+A model trained on one lab's images does poorly on another lab's (other stain, camera and
+crop: 24-59% on the two shared external sets, see ``benchmarks/external.py``). A few labelled
+cells of the new lab fix much of it (Chossegros et al., J Pathol Inform 2024: over 80% on eight
+unseen datasets with at most 100 labelled images each). :func:`adapt` does this on two CPU
+cores in minutes:
+
+- the head and the top :attr:`AdaptOptions.trainable_stages` backbone stages learn, the rest
+  stays frozen (run once per step under ``no_grad``), so a few cells cannot wreck the
+  features the model learnt from thousands;
+- every step draws a class-balanced batch (each class equally often whatever its count) and
+  shows each cell in a new lab-robust view (:data:`~leukoscope.training.profiles.LAB_ROBUST`
+  plus the dihedral turns): a few cells must be seen many ways;
+- a fixed number of steps: there is no validation set to stop on;
+- the loss only covers the classes the data has, and the output rows of the classes it lacks
+  are restored afterwards, so those classes keep the source model's head weights;
+- images go through :mod:`leukoscope.data.preprocess` exactly as in training and prediction;
+  BatchNorm statistics stay frozen (a batch of a few cells would ruin them).
+
+Recalibration (see :func:`recalibrate`) never uses predictions of cells a model trained on
+unless the card says so: with enough cells the temperature and the abstention threshold are
+fitted on out-of-fold predictions (the adaptation repeated on each fold's complement).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.special import softmax
+from sklearn.model_selection import StratifiedKFold
+from torch import nn
+from torch.nn import functional as F
+
+from leukoscope.data.datasets import samples_from_folder
+from leukoscope.data.preprocess import Augmentation, create_transform, pixels_dataset
+from leukoscope.errors import LeukoscopeError
+from leukoscope.fileio import sha256_file
+from leukoscope.inference.abstention import Abstainer, fit_threshold
+from leukoscope.inference.calibration import expected_calibration_error, fit_temperature
+from leukoscope.inference.predictor import Predictor
+from leukoscope.models import ModelCard, TransferModel, load_model, save_model
+from leukoscope.models.card import Adaptation, Calibration
+from leukoscope.training.chain import ModelChain
+from leukoscope.training.optim import build_scheduler, param_groups
+from leukoscope.training.profiles import LAB_ROBUST, Phase
+
+
+@dataclass(frozen=True)
+class AdaptOptions:
+    """How a model is adapted.
+
+    Parameters
+    ----------
+    steps
+        Optimiser steps (one class-balanced batch each).
+    batch_size
+        Cells per step (drawn with replacement: a few cells fill a batch in several views).
+    lr
+        Peak learning rate of the head; the stages below learn at ``lr * 0.5**depth``.
+    trainable_stages
+        Top backbone stages that learn besides the head.
+    seed
+        Seeds the batches, the views and the folds.
+    folds
+        Out-of-fold recalibration folds (at most the smallest class's count); 0 keeps the
+        source's temperature and fits the abstention statistics in-sample (see
+        :func:`recalibrate`).
+    augmentation
+        The random views of each cell.
+    """
+
+    steps: int = 60
+    batch_size: int = 32
+    lr: float = 1e-3
+    trainable_stages: int = 2
+    seed: int = 0
+    folds: int = 3
+    augmentation: Augmentation = LAB_ROBUST
+
+
+MIN_FOLD_CELLS = 2
+"""Cells per class every fold's training part needs; fewer and the source temperature stays."""
+
+
+@dataclass(frozen=True)
+class Cells:
+    """The decoded adaptation cells: uint8 pixels (N, H, W, 3) as the predictor sees them."""
+
+    pixels: torch.Tensor
+    labels: np.ndarray
+    paths: list[Path]
+    skipped: list[str]
+    """One message per file that could not be used."""
+
+
+def load_cells(data: str | Path, card: ModelCard) -> Cells:
+    """The labelled cells of the model's classes in ``data`` (class folders with PBC names).
+
+    Unreadable images are skipped with a message naming the file, never fatal.
+
+    Raises
+    ------
+    LeukoscopeError
+        No readable image of the model's classes.
+    """
+    samples, _ = samples_from_folder(data, card.classes)
+    dataset = pixels_dataset(samples, card.preprocessing)
+    pixels, labels, paths, skipped = [], [], [], []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        if "error" in item:
+            skipped.append(item["error"])
+            continue
+        pixels.append(item["image"])
+        labels.append(item["label"])
+        paths.append(samples[index].path)
+    if not pixels:
+        raise LeukoscopeError(f"{data}: no readable images of the classes {card.classes}")
+    return Cells(torch.stack(pixels), np.array(labels), paths, skipped)
+
+
+def _freeze_batchnorm(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def fine_tune(
+    model: TransferModel,
+    card: ModelCard,
+    pixels: torch.Tensor,
+    labels: np.ndarray,
+    options: AdaptOptions,
+) -> TransferModel:
+    """A fine-tuned copy of ``model`` on the cells ``pixels`` (N, H, W, 3) with class indices
+    ``labels`` (see the module docstring for the recipe); ``model`` is left untouched."""
+    tuned = copy.deepcopy(model)
+    torch.manual_seed(options.seed)
+    generator = torch.Generator().manual_seed(options.seed)
+    present = np.unique(labels)
+    column = torch.as_tensor(present)
+    targets = torch.as_tensor(np.searchsorted(present, labels))
+    counts = np.bincount(targets.numpy())
+    weights = torch.as_tensor(1.0 / counts[targets.numpy()])
+    chain = ModelChain(tuned)
+    cut = chain.cut(options.trainable_stages)
+    frozen, trainable = chain.part(0, cut), chain.part(cut, len(chain.layers))
+    for parameter in tuned.parameters():
+        parameter.requires_grad_(False)
+    blocks = chain.trainable_blocks(options.trainable_stages)
+    for block in blocks:
+        block.requires_grad_(True)
+    phase = Phase("adapt", 1, options.lr, options.trainable_stages, 0.5, warmup_epochs=0.1)
+    optimiser = torch.optim.AdamW(param_groups(blocks, phase, weight_decay=0.01))
+    scheduler = build_scheduler(optimiser, phase, options.steps)
+    transform = create_transform(card.preprocessing, options.augmentation)
+    images = pixels.permute(0, 3, 1, 2)
+    tuned.train()
+    _freeze_batchnorm(tuned)
+    for _ in range(options.steps):
+        batch = torch.multinomial(weights, options.batch_size, True, generator=generator)
+        x = torch.stack([transform(images[i]) for i in batch.tolist()])
+        with torch.no_grad():
+            x = frozen(x)
+        logits = trainable(x)[:, column]
+        loss = F.cross_entropy(logits, targets[batch], label_smoothing=0.1)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+    _restore_absent_rows(tuned, model, present)
+    return tuned.eval().requires_grad_(False)
+
+
+def _restore_absent_rows(tuned: TransferModel, source: TransferModel, present: np.ndarray) -> None:
+    """Give the output layer's rows of the classes without cells their source weights back:
+    the data says nothing about them, and weight decay or the shared layers' drift must not
+    erase what the source model knew."""
+    out, reference = tuned.head.classifier[-1], source.head.classifier[-1]
+    absent = torch.as_tensor(np.setdiff1d(np.arange(out.out_features), present))
+    with torch.no_grad():
+        out.weight[absent] = reference.weight[absent]
+        out.bias[absent] = reference.bias[absent]
+
+
+def outputs(model: TransferModel, card: ModelCard, pixels: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """Raw logits and pooled features of the cells, as the predictor computes them."""
+    predictor = Predictor.from_model(model, card.replace(calibration=None, abstention=None))
+    return predictor.run(pixels.numpy())
+
+
+@dataclass(frozen=True)
+class Recalibration:
+    """The adapted model's calibration and abstention rule, and how they were fitted."""
+
+    calibration: Calibration
+    abstainer: Abstainer | None
+    method: str
+
+
+def recalibrate(
+    model: TransferModel,
+    source_model: TransferModel,
+    card: ModelCard,
+    cells: Cells,
+    options: AdaptOptions,
+    abstainer: Abstainer | None,
+    on_progress: Callable[[str], None] | None = None,
+) -> Recalibration:
+    """Refit the temperature and the abstention threshold for the adapted ``model``.
+
+    With every class holding at least :data:`MIN_FOLD_CELLS` cells per fold part, the cells
+    are split into stratified folds; the adaptation is repeated from ``source_model`` on each
+    fold's complement and the held-out cells are predicted, so every cell gets a prediction
+    from a model that never saw it. The temperature and the threshold (at the source's target
+    coverage) are fitted on these out-of-fold predictions; the abstention's class means and
+    covariance on the adapted model's features of all cells.
+
+    With fewer cells, folds would leave classes out of training, so the source temperature is
+    kept (scaling confidence up after adaptation on a handful of cells would be a guess) and
+    the abstention reference is fitted on the adapted model's own cells: in-sample, so those
+    cells look more confident and familiar than new ones, which makes new cells flagged more
+    often (erring towards review). The card's ``calibration.split`` says which was done.
+    """
+    source_calibration = card.calibration
+    counts = np.bincount(cells.labels)
+    smallest = counts[counts > 0].min()
+    folds = min(options.folds, int(smallest) // MIN_FOLD_CELLS)
+    logits_all, features_all = outputs(model, card, cells.pixels)
+    if folds >= 2:
+        split = StratifiedKFold(folds, shuffle=True, random_state=options.seed)
+        ref_logits = np.zeros_like(logits_all)
+        ref_features = np.zeros_like(features_all)
+        for k, (train, held_out) in enumerate(split.split(cells.labels, cells.labels)):
+            if on_progress is not None:
+                on_progress(f"fold {k + 1}/{folds}")
+            fold_model = fine_tune(
+                source_model, card, cells.pixels[train], cells.labels[train], options
+            )
+            ref_logits[held_out], ref_features[held_out] = outputs(
+                fold_model, card, cells.pixels[held_out]
+            )
+        temperature = fit_temperature(ref_logits, cells.labels)
+        method = f"{folds}-fold out-of-fold predictions of the adaptation cells"
+    else:
+        ref_logits, ref_features = logits_all, features_all
+        temperature = source_calibration.temperature if source_calibration else 1.0
+        method = "source temperature; abstention reference in-sample (too few cells for folds)"
+    probabilities = softmax(ref_logits / temperature, axis=1)
+    before = softmax(ref_logits, axis=1)
+    calibration = Calibration(
+        temperature=float(temperature),
+        ece_before=round(expected_calibration_error(before, cells.labels), 4),
+        ece_after=round(expected_calibration_error(probabilities, cells.labels), 4),
+        n=len(cells.labels),
+        split=method,
+    )
+    refitted = None
+    if abstainer is not None and card.abstention is not None:
+        refitted = Abstainer.fit(
+            features_all,
+            cells.labels,
+            ref_logits,
+            ref_features,
+            temperature=float(temperature),
+            confidence=card.abstention.confidence,
+        )
+        scores = refitted.scores(ref_logits, ref_features)
+        refitted.threshold = fit_threshold(scores, card.abstention.target_coverage)
+    return Recalibration(calibration, refitted, method)
+
+
+@dataclass(frozen=True)
+class AdaptResult:
+    """The adapted model's folder and card, and the files that were skipped."""
+
+    path: Path
+    card: ModelCard
+    adaptation: Adaptation
+    skipped: list[str]
+
+    @property
+    def summary(self) -> str:
+        """The cells per class and how the calibration was refitted, in words."""
+        cells = ", ".join(f"{label} {n}" for label, n in self.adaptation.cells.items())
+        temperature = self.card.calibration.temperature if self.card.calibration else 1.0
+        return (
+            f"{sum(self.adaptation.cells.values())} cells ({cells}); temperature "
+            f"{temperature:.3f} from {self.adaptation.recalibration}"
+        )
+
+
+def adapt(
+    source: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    options: AdaptOptions = AdaptOptions(),
+    on_progress: Callable[[str], None] | None = None,
+) -> AdaptResult:
+    """Adapt the model at ``source`` to the labelled cells in ``data``; write it to ``out``.
+
+    The folder is assembled in a hidden staging folder beside ``out`` and renamed into place
+    when complete (an existing ``out`` is replaced), like a release. Its card keeps the
+    source's architecture, classes and preprocessing, replaces the calibration and abstention
+    with refitted ones, drops the source's test metrics and release (they describe another
+    model), and gains an ``adaptation`` section naming the source by sha256 and every cell file
+    by sha256.
+
+    Raises
+    ------
+    LeukoscopeError
+        The source cannot be loaded, or ``data`` holds no readable image of its classes.
+    """
+    source_dir = Path(source) if Path(source).is_dir() else Path(source).parent
+    model, card = load_model(source)
+    abstainer = Abstainer.load(source_dir, card) if card.abstention else None
+    cells = load_cells(data, card)
+    if on_progress is not None:
+        on_progress(f"fine-tuning on {len(cells.labels)} cells")
+    adapted = fine_tune(model, card, cells.pixels, cells.labels, options)
+    recal = recalibrate(adapted, model, card, cells, options, abstainer, on_progress)
+    root = Path(data)
+    counts = np.bincount(cells.labels, minlength=len(card.classes))
+    adaptation = Adaptation(
+        source=card.release.name if card.release else source_dir.name,
+        source_sha256=card.sha256,
+        data=str(data),
+        cells={c: int(n) for c, n in zip(card.classes, counts, strict=True) if n},
+        files={_relative(p, root): sha256_file(p) for p in cells.paths},
+        skipped=len(cells.skipped),
+        steps=options.steps,
+        batch_size=options.batch_size,
+        trainable_stages=options.trainable_stages,
+        seed=options.seed,
+        recalibration=recal.method,
+        date=datetime.now(UTC).isoformat(timespec="seconds"),
+        command=(
+            f"leukoscope adapt --model {source} --data {data} --out {out} --steps "
+            f"{options.steps} --trainable-stages {options.trainable_stages} --folds "
+            f"{options.folds} --seed {options.seed}"
+        ),
+    )
+    new_card = card.replace(
+        calibration=recal.calibration,
+        abstention=None,
+        test_metrics=None,
+        release=None,
+        adaptation=adaptation,
+    )
+    path = _write_staged(Path(out), adapted, new_card, recal.abstainer, card)
+    return AdaptResult(path, load_model(path)[1], adaptation, cells.skipped)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _write_staged(
+    out: Path,
+    model: TransferModel,
+    card: ModelCard,
+    abstainer: Abstainer | None,
+    source_card: ModelCard,
+) -> Path:
+    """Save the model (and its abstention statistics) in a staging folder beside ``out``, then
+    move it into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}-*"):  # staging of a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
+        staging = Path(tmp) / out.name
+        staging.mkdir()
+        if abstainer is not None and source_card.abstention is not None:
+            abstention = abstainer.save(staging, source_card.abstention.target_coverage)
+            card = card.replace(abstention=abstention)
+        save_model(staging, model, card)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    return out

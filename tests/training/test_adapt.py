@@ -1,0 +1,99 @@
+"""Few-shot adaptation of the tiny synthetic-cell model to a 'lab' whose cells look different."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from leukoscope.data.preprocess import Augmentation
+from leukoscope.fileio import sha256_file
+from leukoscope.inference.predictor import Predictor
+from leukoscope.models import load_model
+from leukoscope.training.adapt import AdaptOptions, adapt, load_cells, outputs
+from tests.conftest import cell_image
+from tests.inference.tiny import HUES, Tiny, tiny_or_skip
+
+NEW_LAB = ("eosinophil", "lymphocyte", "neutrophil")
+"""The classes the new lab labelled: no basophils."""
+OPTIONS = AdaptOptions(steps=25, batch_size=16, lr=3e-3, folds=3, augmentation=Augmentation())
+"""The synthetic classes differ only in colour, which the lab-robust augmentation varies on
+purpose: here each cell is only turned and mirrored."""
+
+
+def new_lab_cells(root: Path, per_class: int = 6) -> Path:
+    """Cells of :data:`NEW_LAB` whose nucleus colours are rotated (R, G, B) -> (B, R, G): the
+    source model's colour cues point to the wrong classes; and one corrupt file."""
+    for label in NEW_LAB:
+        r, g, b = HUES[label]
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            cell_image(5000 + 37 * i, size=96, hue=(b, r, g)).save(folder / f"{i}.png")
+    (root / "neutrophil" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    return tiny_or_skip(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return new_lab_cells(tmp_path_factory.mktemp("new-lab"))
+
+
+@pytest.fixture(scope="module")
+def adapted(tiny: Tiny, lab: Path, tmp_path_factory: pytest.TempPathFactory):
+    torch.set_num_threads(2)
+    return adapt(tiny.model_dir, lab, tmp_path_factory.mktemp("adapted") / "m", options=OPTIONS)
+
+
+def _accuracy(model_dir: Path, lab: Path) -> float:
+    model, card = load_model(model_dir)
+    cells = load_cells(lab, card)
+    logits, _ = outputs(model, card, cells.pixels)
+    return float((logits.argmax(1) == cells.labels).mean())
+
+
+def test_accuracy_on_the_new_lab_rises(tiny: Tiny, lab: Path, adapted) -> None:
+    before, after = _accuracy(tiny.model_dir, lab), _accuracy(adapted.path, lab)
+    assert before < 0.7
+    assert after >= 0.9 and after > before + 0.2
+
+
+def test_adapted_model_loads_in_the_predictor(adapted, lab: Path) -> None:
+    predictor = Predictor.load(adapted.path)
+    assert predictor.abstainer is not None  # the source was calibrated: so is the copy
+    paths = sorted((lab / "lymphocyte").glob("*.png"))
+    predictions = predictor.predict_paths(paths, workers=0)
+    assert all(p.error is None for p in predictions)
+    assert sum(p.label == "lymphocyte" for p in predictions) >= len(paths) - 1
+
+
+def test_card_names_source_data_and_every_file(tiny: Tiny, lab: Path, adapted) -> None:
+    adaptation = adapted.card.adaptation
+    assert adaptation.source_sha256 == sha256_file(tiny.model_dir / "model.safetensors")
+    assert adaptation.data == str(lab)
+    assert adaptation.cells == dict.fromkeys(NEW_LAB, 6)
+    assert adaptation.files["lymphocyte/0.png"] == sha256_file(lab / "lymphocyte" / "0.png")
+    assert len(adaptation.files) == 18 and adaptation.skipped == 1
+    assert "3-fold out-of-fold" in adapted.card.calibration.split
+    assert adapted.card.release is None and adapted.card.test_metrics is None
+
+
+def test_corrupt_image_is_skipped_with_its_name(adapted) -> None:
+    assert len(adapted.skipped) == 1 and "broken.png" in adapted.skipped[0]
+
+
+def test_classes_without_cells_keep_their_head_rows(tiny: Tiny, adapted) -> None:
+    source, card = load_model(tiny.model_dir)
+    tuned, _ = load_model(adapted.path)
+    basophil = card.classes.index("basophil")
+    rows = [m.head.classifier[-1].weight.detach().numpy() for m in (source, tuned)]
+    np.testing.assert_array_equal(rows[0][basophil], rows[1][basophil])
+    others = [card.classes.index(c) for c in NEW_LAB]
+    assert not np.allclose(rows[0][others], rows[1][others])
