@@ -1,0 +1,158 @@
+"""Learning curves of few-shot lab adaptation (``leukoscope adapt``) on the external sets.
+
+For each labelled set under ``--external`` (each folder's ``images/``), the model is adapted on
+k cells per class drawn at random (per seed) and scored on every other cell of that set: never
+on a cell it adapted on. A class with k or fewer cells adapts on all but one of them (a class
+with one cell adapts on none and is only scored). k = 0 is the model as released, on the
+whole set. Per set and k: mean, min and max over seeds of the accuracy and macro-F1, and the
+seconds one adaptation took.
+
+The adaptation is :func:`leukoscope.training.adapt.fine_tune` with ``adapt``'s default recipe
+(or ``--steps``), in memory: nothing is written, and the recalibration that ``adapt`` adds is
+left out (it changes confidences, not the predicted class; its out-of-fold refits cost
+``folds`` more adaptations). The external sets are for measuring and adapting; no released
+model is trained on them.
+
+Run: .venv/bin/python benchmarks/adapt.py [--model models/wbc5-squeezenet1_1-128]
+       [--external ../shared/data/external] [--k 1 5 10 20] [--seeds 3] [--steps 60]
+       [--out benchmarks/results/adapt.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from results_file import write_results
+from sklearn.metrics import f1_score
+
+from leukoscope.models import ModelCard, TransferModel, load_model
+from leukoscope.training.adapt import AdaptOptions, Cells, fine_tune, load_cells, outputs
+
+TARGETS = {"zheng2018-cellavision": 0.95, "zheng2018-tecom": 0.90}
+"""Accuracy targets with 10 labelled cells per class (issue 12)."""
+TARGET_K = 10
+
+
+def split(labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices to adapt on (k per class, at most all but one) and the rest, to score on."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        chosen += members[: min(k, len(members) - 1)].tolist()
+    adapt_on = np.sort(np.array(chosen, dtype=int))
+    return adapt_on, np.setdiff1d(np.arange(len(labels)), adapt_on)
+
+
+def score(
+    model: TransferModel, card: ModelCard, cells: Cells, indices: np.ndarray
+) -> dict[str, float]:
+    logits, _ = outputs(model, card, cells.pixels[indices])
+    predicted, truth = logits.argmax(1), cells.labels[indices]
+    return {
+        "accuracy": float((predicted == truth).mean()),
+        "macro_f1": float(
+            f1_score(truth, predicted, labels=np.unique(truth), average="macro", zero_division=0)
+        ),
+    }
+
+
+def spread(values: list[float], digits: int = 4) -> dict[str, float]:
+    return {
+        "mean": round(float(np.mean(values)), digits),
+        "min": round(float(np.min(values)), digits),
+        "max": round(float(np.max(values)), digits),
+    }
+
+
+def curve(
+    model: TransferModel,
+    card: ModelCard,
+    cells: Cells,
+    ks: list[int],
+    seeds: int,
+    options: AdaptOptions,
+) -> dict[str, Any]:
+    """The k = 0 row and one row per k, averaged over ``seeds``."""
+    everything = np.arange(len(cells.labels))
+    rows: dict[str, Any] = {
+        "0": score(model, card, cells, everything) | {"n_scored": len(everything)}
+    }
+    for k in ks:
+        runs = []
+        for seed in range(seeds):
+            adapt_on, scored = split(cells.labels, k, seed)
+            start = time.perf_counter()
+            tuned = fine_tune(
+                model,
+                card,
+                cells.pixels[adapt_on],
+                cells.labels[adapt_on],
+                dataclasses.replace(options, seed=seed),
+            )
+            seconds = time.perf_counter() - start
+            runs.append(
+                score(tuned, card, cells, scored)
+                | {"seconds": seconds, "n_adapt": len(adapt_on), "n_scored": len(scored)}
+            )
+            print(f"  k={k} seed={seed}: {runs[-1]}", flush=True)
+        rows[str(k)] = {
+            "accuracy": spread([r["accuracy"] for r in runs]),
+            "macro_f1": spread([r["macro_f1"] for r in runs]),
+            "seconds_per_adaptation": spread([r["seconds"] for r in runs], 1),
+            "n_adapt": runs[0]["n_adapt"],
+            "n_scored": runs[0]["n_scored"],
+        }
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=Path("models/wbc5-squeezenet1_1-128"))
+    parser.add_argument("--external", type=Path, default=Path("../shared/data/external"))
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 10, 20])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=AdaptOptions.steps)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/adapt.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    model, card = load_model(args.model)
+    options = AdaptOptions(steps=args.steps)
+    results: dict[str, Any] = {}
+    for images in sorted(args.external.glob("*/images")):
+        name = images.parent.name
+        cells = load_cells(images, card)
+        counts = np.bincount(cells.labels, minlength=len(card.classes))
+        print(f"{name}: {len(cells.labels)} cells", flush=True)
+        results[name] = {
+            "cells": {c: int(n) for c, n in zip(card.classes, counts, strict=True) if n},
+            "skipped": cells.skipped,
+            "target": {"k": TARGET_K, "accuracy": TARGETS.get(name)},
+            "k": curve(model, card, cells, args.k, args.seeds, options),
+        }
+        write_results(
+            args.out,
+            "adapt",
+            model=str(args.model),
+            model_sha256=card.sha256,
+            seeds=args.seeds,
+            options={
+                "steps": options.steps,
+                "batch_size": options.batch_size,
+                "lr": options.lr,
+                "trainable_stages": options.trainable_stages,
+            },
+            sets=results,
+        )
+
+
+if __name__ == "__main__":
+    main()
