@@ -7,33 +7,43 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from leukoscope.data.datasets import Sample
 from leukoscope.data.images import decode_rgb
 from leukoscope.data.preprocess import (
     Augmentation,
+    Framing,
     Interpolation,
     Preprocessing,
     create_transform,
     resize,
+    to_noted_pixels,
     to_pixels,
 )
 from leukoscope.inference.export import export_fp32
 from leukoscope.inference.predictor import Predictor
 from leukoscope.models import ModelCard, create_model, get_config, save_model
 from leukoscope.training.cache import build_image_cache
+from tests.cells.drawing import drawn_cell
 from tests.conftest import cell_image
 
 
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize(
+    ("interpolation", "framing"),
+    [("bilinear", None), ("bicubic", None), ("bilinear", Framing())],
+)
 def test_the_onnx_graph_sees_the_pixels_training_sees(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interpolation: Interpolation
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    interpolation: Interpolation,
+    framing: Framing | None,
 ) -> None:
     monkeypatch.setenv("LEUKOSCOPE_CACHE", str(tmp_path / "cache"))
-    image_path = tmp_path / "cell.jpg"
-    cell_image(5, size=360).save(image_path, quality=90)
+    image_path = tmp_path / "cell.png"
+    Image.fromarray(drawn_cell((300, 300), (120, 170), 150)).save(image_path)
     config = get_config("squeezenet1_1")
-    preprocessing = Preprocessing(64, config.mean, config.std, interpolation)
+    preprocessing = Preprocessing(64, config.mean, config.std, interpolation, framing)
     torch.manual_seed(0)
     model = create_model("squeezenet1_1", 3, weights="none").eval()
     model_dir = tmp_path / "model"
@@ -86,3 +96,20 @@ def test_any_image_mode_becomes_rgb_pixels(tmp_path: Path) -> None:
     config = Preprocessing(32, (0.5,) * 3, (0.5,) * 3)
     pixels = to_pixels(decode_rgb(path), config)
     assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
+
+
+def test_framing_centres_the_cell_at_the_cards_fraction_and_notes_a_missing_cell() -> None:
+    config = Preprocessing(100, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), framing=Framing(0.4))
+    tight = Image.fromarray(drawn_cell((120, 120), (70, 55), 72))  # a tecom-like tight, off-centre crop
+    pixels, note = to_noted_pixels(tight, config)
+    assert note is None and pixels.shape == (100, 100, 3)
+    dark = pixels.sum(axis=2) < np.percentile(pixels.sum(axis=2), 50) - 60  # stained pixels
+    rows, columns = np.nonzero(dark)
+    assert abs(rows.mean() - 50) < 5 and abs(columns.mean() - 50) < 5  # centred
+    diameter = 2 * np.sqrt(dark.sum() / np.pi)
+    assert 0.3 < diameter / 100 < 0.5  # about the card's 0.4, whatever the source crop
+    unframed = to_pixels(tight, Preprocessing(100, (0.5,) * 3, (0.25,) * 3))
+    assert not np.array_equal(unframed, pixels)
+    blank, why = to_noted_pixels(Image.new("RGB", (90, 90), (235, 220, 210)), config)
+    assert blank.shape == (100, 100, 3)
+    assert why is not None and why.startswith("no white cell found for framing")

@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import shutil
 from pathlib import Path
@@ -7,11 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
+from leukoscope.data.preprocess import Framing
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.calibrate import calibrate
 from leukoscope.inference.export import export_fp32, onnx_parity
 from leukoscope.inference.predictor import PixelModel, Prediction, Predictor
 from leukoscope.models import load_model, update_card
+from tests.cells.drawing import drawn_cell
 from tests.conftest import cell_image
 from tests.inference.tiny import CLASSES, SIZE, Tiny
 
@@ -157,3 +160,25 @@ def test_views_are_set_with_the_calibration_and_kept_by_the_export(
     assert load_model(model_dir)[1].test_time_views == 4  # kept unless asked
     update_card(model_dir, test_time_views=1)
     assert Predictor.load(model_dir).backend == "torch"  # the export has 4 views
+
+
+def test_a_framing_model_flags_an_image_without_a_cell_and_says_why(
+    tmp_path: Path, untrained: Path
+) -> None:
+    model_dir = tmp_path / "framed"
+    shutil.copytree(untrained, model_dir)
+    card = load_model(untrained)[1]
+    framed = dataclasses.replace(card.preprocessing, framing=Framing())
+    update_card(model_dir, preprocessing=framed)
+    predictor = Predictor.load(model_dir)
+    assert predictor.card.preprocessing.framing == Framing()
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (120, 120), (236, 218, 206)).save(blank)
+    cell = tmp_path / "cell.png"
+    Image.fromarray(drawn_cell((150, 150), (70, 80), 80)).save(cell)
+    by_path = predictor.predict_paths([blank, cell], workers=0)
+    in_memory = predictor.predict_images([Image.open(blank), Image.open(cell)], ["b", "c"])
+    for no_cell, found in (by_path, in_memory):
+        assert no_cell.uncertain and no_cell.label is not None  # classified, but flagged
+        assert no_cell.note is not None and "no white cell found" in no_cell.note
+        assert found.note is None and not found.uncertain  # uncalibrated: nothing else flags

@@ -12,7 +12,7 @@ import glob
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -171,10 +171,14 @@ def evenly_spaced(samples: Sequence[Sample], per_class: int) -> list[Sample]:
 
 @dataclass
 class CellImageDataset(Dataset[dict[str, Any]]):
-    """Decodes samples on demand; a bad file yields an ``error`` entry instead of raising."""
+    """Decodes samples on demand; a bad file yields an ``error`` entry instead of raising.
+
+    ``transform`` returns the image's tensor, or the tensor and a note on it (for example that
+    no cell was found to frame), which the batch carries in :attr:`Batch.notes`.
+    """
 
     samples: Sequence[Sample]
-    transform: Callable[[Image.Image], torch.Tensor]
+    transform: Callable[[Image.Image], torch.Tensor | tuple[torch.Tensor, str | None]]
     max_pixels: int = DEFAULT_MAX_PIXELS
     draft_size: int | None = None
 
@@ -187,17 +191,22 @@ class CellImageDataset(Dataset[dict[str, Any]]):
             image = decode_rgb(sample.path, max_pixels=self.max_pixels, draft_size=self.draft_size)
         except ImageDecodeError as exc:
             return {"index": index, "error": str(exc)}
-        return {"index": index, "image": self.transform(image), "label": sample.label}
+        out = self.transform(image)
+        tensor, note = out if isinstance(out, tuple) else (out, None)
+        item = {"index": index, "image": tensor, "label": sample.label}
+        return item if note is None else item | {"note": note}
 
 
 @dataclass
 class Batch:
-    """A collated batch; ``errors`` lists ``(index, message)`` of samples that failed."""
+    """A collated batch; ``errors`` lists ``(index, message)`` of samples that failed,
+    ``notes`` maps the index of a readable sample to the note its transform made on it."""
 
     images: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
     errors: list[tuple[int, str]]
+    notes: dict[int, str] = field(default_factory=dict)
 
 
 def collate_skipping_errors(items: Sequence[dict[str, Any]]) -> Batch:
@@ -210,6 +219,7 @@ def collate_skipping_errors(items: Sequence[dict[str, Any]]) -> Batch:
         labels=torch.tensor([item["label"] for item in good], dtype=torch.long),
         indices=torch.tensor([item["index"] for item in good], dtype=torch.long),
         errors=errors,
+        notes={item["index"]: item["note"] for item in good if "note" in item},
     )
 
 

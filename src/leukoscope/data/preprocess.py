@@ -5,7 +5,10 @@ input through this module, so that a model is used exactly as it was trained. Li
 ``resolve_data_config`` -> ``create_transform``, a typed :class:`Preprocessing` (the model
 card's ``preprocessing`` section, or the registry's defaults for a new training run) drives it:
 
-1. :func:`to_pixels`: the decoded image (large JPEGs drafted down to :attr:`Preprocessing.
+1. :func:`to_pixels`: the decoded image, re-framed around its white cell when the model was
+   trained so (:class:`Framing`: :mod:`leukoscope.cells.locate` finds the cell and crops a
+   square in which its diameter is a fixed fraction of the side, whatever the source's
+   magnification and crop), (large JPEGs drafted down to :attr:`Preprocessing.
    draft_size` while decoding) as an RGB uint8 array, resized to the square input size with
    Pillow's antialiased ``interpolation``. The result (H, W, 3) is what the prediction loaders
    hand to the model and what the training cache stores (transposed to C, H, W): a quarter of
@@ -33,6 +36,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from leukoscope.cells.locate import DEFAULT_CELL_FRACTION, NoCell, PadMode, frame_cell, locate_cell
 from leukoscope.data.augment import (
     ChannelGain,
     HEDJitter,
@@ -53,6 +57,30 @@ RESAMPLE: dict[str, Image.Resampling] = {
 
 
 @dataclass(frozen=True)
+class Framing:
+    """Re-frame each image around its white cell before the resize.
+
+    Other labs crop tighter than PBC: the cell's diameter is about 0.5 (cellavision) and 0.6
+    (tecom) of the image side against about 0.37 in PBC, and padding cellavision images to 1.5
+    times their size alone raised the first released 224-px SqueezeNet from 56% to 81%. Framing
+    makes the cell's diameter ``cell_fraction`` of the frame whatever the source. It also
+    removes the absolute cell size as a cue (in PBC monocytes fill 0.46 of the frame and
+    lymphocytes 0.30), so a model must be trained with the framing it is used with: a model
+    trained on unframed PBC crops fell from 98% to 91% on framed ones.
+
+    Parameters
+    ----------
+    cell_fraction
+        Cell diameter / frame side (PBC's median by default, so PBC crops change little).
+    pad
+        How the frame is filled beyond the image (see :func:`~leukoscope.cells.locate.frame_cell`).
+    """
+
+    cell_fraction: float = DEFAULT_CELL_FRACTION
+    pad: PadMode = "border"
+
+
+@dataclass(frozen=True)
 class Preprocessing:
     """How a model's input is made from a decoded image: the model card's ``preprocessing``.
 
@@ -64,12 +92,15 @@ class Preprocessing:
         Per-channel normalisation of ``x / 255`` (RGB order) that the backbone's weights expect.
     interpolation
         Resampling filter of the resize.
+    framing
+        Cell framing before the resize; None uses the whole image as it is.
     """
 
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: Interpolation = "bilinear"
+    framing: Framing | None = None
 
     @property
     def draft_size(self) -> int:
@@ -93,8 +124,21 @@ def resize(rgb: np.ndarray, size: int, interpolation: Interpolation = "bilinear"
     return np.asarray(image.resize((size, size), RESAMPLE[interpolation]))
 
 
-def to_pixels(image: Image.Image, config: Preprocessing) -> np.ndarray:
-    """A decoded image as the model's uint8 input pixels (H, W, 3).
+def frame(rgb: np.ndarray, framing: Framing) -> tuple[np.ndarray, str | None]:
+    """``rgb`` framed around its white cell, or unchanged with the reason no cell was found.
+
+    An image without a credible cell is still classified, as it is, but the reason goes with
+    its prediction and flags it uncertain: never a silent guess.
+    """
+    location = locate_cell(rgb)
+    if isinstance(location, NoCell):
+        return rgb, f"no white cell found for framing: {location.reason}"
+    return frame_cell(rgb, location, framing.cell_fraction, framing.pad), None
+
+
+def to_noted_pixels(image: Image.Image, config: Preprocessing) -> tuple[np.ndarray, str | None]:
+    """A decoded image as the model's uint8 input pixels (H, W, 3), with a note when the
+    preprocessing could not do what the model expects (no cell found for its framing).
 
     Parameters
     ----------
@@ -105,16 +149,25 @@ def to_pixels(image: Image.Image, config: Preprocessing) -> np.ndarray:
 
     Returns
     -------
-    numpy.ndarray
-        uint8 array of shape (input_size, input_size, 3).
+    tuple of numpy.ndarray and str or None
+        uint8 array of shape (input_size, input_size, 3), and the note or None.
     """
     rgb = np.asarray(image.convert("RGB"))
-    return resize(rgb, config.input_size, config.interpolation)
+    note = None
+    if config.framing is not None:
+        rgb, note = frame(rgb, config.framing)
+    return resize(rgb, config.input_size, config.interpolation), note
+
+
+def to_pixels(image: Image.Image, config: Preprocessing) -> np.ndarray:
+    """:func:`to_noted_pixels` without the note (training, explanations)."""
+    return to_noted_pixels(image, config)[0]
 
 
 def pixels_dataset(samples: Sequence[Sample], config: Preprocessing) -> CellImageDataset:
     """``samples`` decoded (drafted to ``config.draft_size``) into uint8 pixel tensors
-    (H, W, 3) by :func:`to_pixels`; unreadable files become error entries."""
+    (H, W, 3) by :func:`to_noted_pixels`, each with its note; unreadable files become error
+    entries."""
     return CellImageDataset(samples, _PixelTransform(config), draft_size=config.draft_size)
 
 
@@ -124,8 +177,9 @@ class _PixelTransform:
 
     config: Preprocessing
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return torch.from_numpy(to_pixels(image, self.config).copy())
+    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, str | None]:
+        pixels, note = to_noted_pixels(image, self.config)
+        return torch.from_numpy(pixels.copy()), note
 
 
 def to_unit(pixels: torch.Tensor) -> torch.Tensor:

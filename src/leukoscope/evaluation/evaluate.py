@@ -87,7 +87,7 @@ def evaluate_model(
     out = Path(out_dir)
     readable = [paths[i] for i in outputs.indices]
     predictions = predictor.predictions_from_outputs(
-        outputs.logits, outputs.features, [str(p) for p in readable]
+        outputs.logits, outputs.features, [str(p) for p in readable], outputs.notes_in_order()
     )
     markdown, metrics["calibration"] = calibration_section(
         outputs.logits,

@@ -26,7 +26,7 @@ from torch import nn
 
 from leukoscope.data.datasets import CellImageDataset, Sample, make_loader
 from leukoscope.data.images import decode_rgb
-from leukoscope.data.preprocess import pixels_dataset, standardise, to_pixels, to_unit
+from leukoscope.data.preprocess import pixels_dataset, standardise, to_noted_pixels, to_unit
 from leukoscope.errors import ImageDecodeError, LeukoscopeError
 from leukoscope.inference.abstention import Abstainer
 from leukoscope.models import ModelCard, TransferModel, load_model
@@ -48,7 +48,9 @@ VIEW_COUNTS = (1, 4, 8)
 
 @dataclass
 class Prediction:
-    """One image's result; ``error`` is set (and ``label`` None) when it could not be read."""
+    """One image's result; ``error`` is set (and ``label`` None) when it could not be read,
+    ``note`` (with ``uncertain``) when preprocessing could not do what the model expects, e.g.
+    find the cell to frame."""
 
     source: str
     label: str | None
@@ -59,6 +61,7 @@ class Prediction:
     uncertain: bool
     score: float
     error: str | None = None
+    note: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         """As JSON holds it; an unreadable file's result fields are null, not zeros."""
@@ -193,6 +196,12 @@ class Outputs:
     features: np.ndarray
     indices: list[int]
     errors: list[tuple[int, str]] = field(default_factory=list)
+    notes: dict[int, str] = field(default_factory=dict)
+    """Preprocessing notes by index (see :func:`~leukoscope.data.preprocess.to_noted_pixels`)."""
+
+    def notes_in_order(self) -> list[str | None]:
+        """The note of each readable file, aligned with ``indices``."""
+        return [self.notes.get(index) for index in self.indices]
 
 
 @dataclass
@@ -266,8 +275,10 @@ class Predictor:
             raise ValueError(f"{len(images)} images but {len(names)} names")
         if not images:
             return []
-        pixels = np.stack([to_pixels(image, self.card.preprocessing) for image in images])
-        return self.predictions_from_outputs(*self.run(pixels), names)
+        noted = [to_noted_pixels(image, self.card.preprocessing) for image in images]
+        pixels = np.stack([pixels for pixels, _ in noted])
+        notes = [note for _, note in noted]
+        return self.predictions_from_outputs(*self.run(pixels), names, notes)
 
     def predict_bytes(self, data: bytes, name: str) -> Prediction:
         """Predict an uploaded file; an unreadable one gives a prediction with ``error`` set."""
@@ -293,7 +304,9 @@ class Predictor:
         predictions: dict[int, Prediction] = dict(
             zip(
                 outputs.indices,
-                self.predictions_from_outputs(outputs.logits, outputs.features, names),
+                self.predictions_from_outputs(
+                    outputs.logits, outputs.features, names, outputs.notes_in_order()
+                ),
                 strict=True,
             )
         )
@@ -324,6 +337,7 @@ class Predictor:
         features: list[np.ndarray] = []
         indices: list[int] = []
         errors: list[tuple[int, str]] = []
+        notes: dict[int, str] = {}
         for batch in loader:
             if len(batch.indices):
                 batch_logits, batch_features = self.run(batch.images.numpy())
@@ -331,21 +345,28 @@ class Predictor:
                 features.append(batch_features)
                 indices.extend(batch.indices.tolist())
             errors.extend(batch.errors)
+            notes.update(batch.notes)
             if on_progress is not None:
                 on_progress(len(batch.indices) + len(batch.errors))
         if not indices:
             empty = np.empty((0, len(self.classes)), np.float32)
             return Outputs(empty, np.empty((0, self.model.num_features), np.float32), [], errors)
-        return Outputs(np.concatenate(logits), np.concatenate(features), indices, errors)
+        return Outputs(np.concatenate(logits), np.concatenate(features), indices, errors, notes)
 
     def predictions_from_outputs(
-        self, logits: np.ndarray, features: np.ndarray, names: Sequence[str]
+        self,
+        logits: np.ndarray,
+        features: np.ndarray,
+        names: Sequence[str],
+        notes: Sequence[str | None] | None = None,
     ) -> list[Prediction]:
         """Calibrated probabilities, the top two classes and the abstention flag.
 
-        Without calibration in the card nothing is flagged and ``score`` is the plain maximum
-        softmax probability.
+        Without calibration in the card nothing is flagged by the abstainer and ``score`` is
+        the plain maximum softmax probability. An image with a preprocessing note (``notes``,
+        aligned with ``names``) is flagged whatever its score.
         """
+        notes = list(notes) if notes is not None else [None] * len(names)
         probabilities = softmax(np.asarray(logits, dtype=np.float64) / self.temperature, axis=1)
         if self.abstainer is None:
             scores, flagged = probabilities.max(axis=1), np.zeros(len(names), dtype=bool)
@@ -354,8 +375,8 @@ class Predictor:
             flagged = scores < self.abstainer.threshold
         order = np.argsort(-probabilities, axis=1, kind="stable")
         predictions = []
-        for name, probs, ranked, score, uncertain in zip(
-            names, probabilities, order, scores, flagged, strict=True
+        for name, probs, ranked, score, uncertain, note in zip(
+            names, probabilities, order, scores, flagged, notes, strict=True
         ):
             second = ranked[1] if len(ranked) > 1 else None
             predictions.append(
@@ -366,8 +387,9 @@ class Predictor:
                     probabilities={c: float(p) for c, p in zip(self.classes, probs, strict=True)},
                     runner_up=None if second is None else self.classes[second],
                     runner_up_probability=0.0 if second is None else float(probs[second]),
-                    uncertain=bool(uncertain),
+                    uncertain=bool(uncertain) or note is not None,
                     score=float(score),
+                    note=note,
                 )
             )
         return predictions

@@ -35,16 +35,17 @@ def check_output_suffix(out: Path) -> None:
 
 
 def predictions_csv(predictions: Sequence[Prediction], classes: Sequence[str]) -> str:
-    """One row per image: the call, its flag and score, then each class's probability. An
-    unreadable file's row holds only its source and error: no zeros that read as results."""
+    """One row per image: the call, its flag and score, then each class's probability, and a
+    note when preprocessing flagged it (no cell found to frame). An unreadable file's row
+    holds only its source and error: no zeros that read as results."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     fields = ["source", "label", "confidence", "uncertain", "score", "runner_up"]
-    header = [*fields, "runner_up_probability", *(f"p_{c}" for c in classes), "error"]
+    header = [*fields, "runner_up_probability", *(f"p_{c}" for c in classes), "error", "note"]
     writer.writerow(header)
     for p in predictions:
         if p.error is not None:
-            writer.writerow([p.source, *[""] * (len(header) - 2), p.error])
+            writer.writerow([p.source, *[""] * (len(header) - 3), p.error, ""])
             continue
         writer.writerow(
             [
@@ -57,6 +58,7 @@ def predictions_csv(predictions: Sequence[Prediction], classes: Sequence[str]) -
                 f"{p.runner_up_probability:.6f}",
                 *(f"{p.probabilities[c]:.6f}" for c in classes),
                 "",
+                p.note or "",
             ]
         )
     return buffer.getvalue()

@@ -102,7 +102,7 @@ def image_cache_key(
 ) -> str:
     """Cache name for one split of one manifest, made with one preprocessing (whose
     normalisation is not part of the pixels, and so not of the key)."""
-    pixels = f"{preprocessing.input_size}:{preprocessing.interpolation}"
+    pixels = f"{preprocessing.input_size}:{preprocessing.interpolation}:{preprocessing.framing}"
     text = f"v{FORMAT_VERSION}:{manifest_sha256}:{split}:{','.join(classes)}:{pixels}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 

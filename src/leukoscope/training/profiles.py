@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from leukoscope.data.preprocess import Augmentation
+from leukoscope.data.preprocess import Augmentation, Framing
 from leukoscope.errors import LeukoscopeError
 
 
@@ -52,6 +52,8 @@ class Profile:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     augmentation: Augmentation = MILD
+    framing: Framing | None = None
+    """Cell framing of every image (training, and the model's card for every later use)."""
     """What training varies in each image besides its orientation."""
     workers: int | None = None
     """Image-decoding worker processes; None = min(8, CPU count)."""
@@ -99,22 +101,24 @@ PROFILES: dict[str, Profile] = {
     ),
     "fast-robust": Profile(
         name="fast-robust",
-        description="the fast CPU recipe with lab-robust augmentation and more cached views",
+        description="the fast CPU recipe on framed cells with lab-robust augmentation and more "
+        "cached views",
         image_size=160,
         batch_size=64,
-        cached_views=4,
+        cached_views=3,
         workers=2,
         augmentation=LAB_ROBUST,
+        framing=Framing(),
         phases=(
             Phase("head", epochs=20, lr=2e-3, trainable_stages=0, warmup_epochs=1, patience=5),
             Phase(
                 "finetune",
-                epochs=10,
+                epochs=6,
                 lr=2e-3,
                 trainable_stages=4,
                 stage_lr_decay=0.7,
                 warmup_epochs=1,
-                patience=4,
+                patience=3,
             ),
         ),
     ),

@@ -152,7 +152,9 @@ class _Trainer:
         self.model_config = get_config(config.arch)
         size = self.profile.image_size
         assert size is not None  # effective_profile always sets it
-        self.preprocessing: Preprocessing = self.model_config.preprocessing(size)
+        self.preprocessing: Preprocessing = dataclasses.replace(
+            self.model_config.preprocessing(size), framing=self.profile.framing
+        )
         self.started = time.perf_counter()
         self.earlier_wall = 0.0
         """Wall time spent on this run by earlier, interrupted invocations."""
