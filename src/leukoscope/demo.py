@@ -81,7 +81,8 @@ def classify_sample(
         good = sum(p.label == label for _, p in mine)
         lines.append(f"| {label} | {sum(s.label == index for s in picked)} | {good}/{len(mine)} |")
     cells = [CellCall(p.label, p.uncertain) for _, p in read if p.label is not None]
-    differential = compute_differential(cells, classes)
+    shift = predictor.check_shift([p for _, p in read])
+    differential = compute_differential(cells, classes, shift)
     atomic_write_json(out / "differential.json", differential)
     lines += ["", "## The sample read as one smear", "", render_markdown(differential)]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -100,7 +100,8 @@ def test_any_image_mode_becomes_rgb_pixels(tmp_path: Path) -> None:
 
 def test_framing_centres_the_cell_at_the_cards_fraction_and_notes_a_missing_cell() -> None:
     config = Preprocessing(100, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), framing=Framing(0.4))
-    tight = Image.fromarray(drawn_cell((120, 120), (70, 55), 72))  # a tecom-like tight, off-centre crop
+    # A tecom-like tight, off-centre crop.
+    tight = Image.fromarray(drawn_cell((120, 120), (70, 55), 72))
     pixels, note = to_noted_pixels(tight, config)
     assert note is None and pixels.shape == (100, 100, 3)
     dark = pixels.sum(axis=2) < np.percentile(pixels.sum(axis=2), 50) - 60  # stained pixels

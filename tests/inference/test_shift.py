@@ -17,7 +17,7 @@ def test_a_sample_mostly_flagged_is_a_shift_with_a_clear_message() -> None:
     assert check.shifted and check.p_value < 1e-10
     assert check.share == pytest.approx(0.4)
     assert "unlike the model's training data" in check.message
-    assert "withheld" in check.message
+    assert "review every cell" in check.message
     assert check.to_dict()["share"] == 0.4
 
 

@@ -160,3 +160,6 @@ def test_a_shifted_sample_withholds_its_flags_and_every_rendering_warns() -> Non
         assert "look unlike the model" in text
         assert "withheld until the cells are reviewed" in text
     assert "unlike" not in render_markdown(plain)
+    reviewed = compute_differential(cells, classes, shift, reviewed=True)
+    assert reviewed["flags"] == plain["flags"] and reviewed["withheld_flags"] == []
+    assert "look unlike the model" in render_markdown(reviewed)  # the warning stays

@@ -47,9 +47,12 @@ def differential(
         raise LeukoscopeError(f"{folder}: not a folder")
     predictor = load_predictor(model, backend)
     predictions = classify(predictor, [folder], batch_size, workers)
+    shift = predictor.check_shift(predictions)
     report, report_path = write_sample_report(
-        predictions, predictor.classes, out, sample=folder, model=model, fmt=fmt.value
+        predictions, predictor.classes, out, sample=folder, model=model, fmt=fmt.value, shift=shift
     )
+    if shift is not None and shift.shifted:
+        console.print(f"[bold red]Warning:[/] {shift.message}", highlight=False)
     table = Table(title=f"Differential of {folder} ({report['white_cells_counted']} white cells)")
     for column in TABLE_HEADER:
         table.add_column(column, justify="right" if "%" in column or column == "count" else "left")

@@ -38,5 +38,8 @@ def predict(
         table.add_row(label, str(summary["by_class"].get(label, 0)))
     table.add_row("[italic]uncertain (for review)[/]", str(summary["uncertain"]))
     console.print(table)
+    shift = predictor.check_shift(predictions)
+    if shift is not None and shift.shifted:
+        console.print(f"[bold red]Warning:[/] {shift.message}", highlight=False)
     print_unreadable(predictions)
     console.print(f"Predictions for {len(predictions)} file(s): {out}")

@@ -29,6 +29,7 @@ from leukoscope.data.images import decode_rgb
 from leukoscope.data.preprocess import pixels_dataset, standardise, to_noted_pixels, to_unit
 from leukoscope.errors import ImageDecodeError, LeukoscopeError
 from leukoscope.inference.abstention import Abstainer
+from leukoscope.inference.shift import ShiftCheck, check_shift
 from leukoscope.models import ModelCard, TransferModel, load_model
 from leukoscope.models.serialization import WEIGHTS_NAME
 
@@ -393,6 +394,15 @@ class Predictor:
                 )
             )
         return predictions
+
+    def check_shift(self, predictions: Sequence[Prediction]) -> ShiftCheck | None:
+        """Whether these predictions, as one sample, look unlike the training data (see
+        :mod:`leukoscope.inference.shift`); None for a model without an abstention rule, which
+        flags nothing to compare."""
+        if self.card.abstention is None:
+            return None
+        flags = [p.uncertain for p in predictions if p.error is None]
+        return check_shift(flags, 1 - self.card.abstention.target_coverage)
 
     def error_prediction(self, name: str, message: str) -> Prediction:
         """An unreadable input: no label, and flagged so that nothing counts it as a cell."""

@@ -51,9 +51,8 @@ class ShiftCheck:
         return (
             f"These images look unlike the model's training data: {self.uncertain} of "
             f"{self.cells} cells are flagged uncertain ({self.share:.0%}, about "
-            f"{self.expected_share:.0%} expected). Confident calls may be wrong too; the "
-            "differential's flags are withheld until a person has reviewed the cells. A model "
-            "adapted to this lab's images (`leukoscope adapt`) may help."
+            f"{self.expected_share:.0%} expected). Confident calls may be wrong too: review "
+            "every cell. A model adapted to this lab's images (`leukoscope adapt`) may help."
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -82,12 +82,17 @@ def wilson_interval(count: int, total: int) -> tuple[float, float]:
 
 
 def compute_differential(
-    cells: Sequence[CellCall], classes: Sequence[str], shift: ShiftCheck | None = None
+    cells: Sequence[CellCall],
+    classes: Sequence[str],
+    shift: ShiftCheck | None = None,
+    *,
+    reviewed: bool = False,
 ) -> dict[str, object]:
     """Counts, percentages with intervals, reference comparison and flags (JSON-ready).
 
     With a ``shift`` check that found the sample unlike the model's training data, the flags
-    move to ``withheld_flags`` (``flags`` stays empty) until a person has reviewed the cells.
+    move to ``withheld_flags`` (``flags`` stays empty) until a person has ``reviewed`` the
+    cells; the check itself is kept in ``shift`` either way, for the warning.
     """
     unknown = sorted({c.label for c in cells} - set(classes))
     if unknown:
@@ -120,7 +125,7 @@ def compute_differential(
     if "platelet" in classes:
         differential["platelets"] = {"count": confident["platelet"]}
     flags = _flags(rows, confident, classes)
-    withheld = shift is not None and shift.shifted
+    withheld = shift is not None and shift.shifted and not reviewed
     differential["flags"] = [] if withheld else flags
     differential["withheld_flags"] = flags if withheld else []
     differential["shift"] = shift.to_dict() if shift is not None else None
@@ -383,6 +388,7 @@ def write_sample_report(
     sample: Path,
     model: Path,
     fmt: str = "md",
+    shift: ShiftCheck | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """The differential of one sample's predicted cells, written to ``out``.
 
@@ -399,6 +405,9 @@ def write_sample_report(
         Recorded in the report.
     fmt
         A key of :data:`RENDERERS`.
+    shift
+        The sample's shift check (:meth:`~leukoscope.inference.predictor.Predictor.check_shift`):
+        a shifted sample's report warns and withholds its flags.
 
     Returns
     -------
@@ -408,7 +417,7 @@ def write_sample_report(
     if fmt not in RENDERERS:
         raise LeukoscopeError(f"unknown format {fmt!r}: use {' or '.join(RENDERERS)}")
     cells = [CellCall(p.label, p.uncertain) for p in predictions if p.label is not None]
-    report = compute_differential(cells, classes) | {
+    report = compute_differential(cells, classes, shift) | {
         "sample": str(sample),
         "model": str(model),
         "unreadable": [{"source": p.source, "error": p.error} for p in predictions if p.error],

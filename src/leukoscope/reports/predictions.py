@@ -90,6 +90,7 @@ def write_predictions(predictor: Predictor, predictions: Sequence[Prediction], o
             "classes": list(predictor.classes),
             "calibrated": predictor.abstainer is not None,
             "summary": summarise(predictions),
+            "shift": shift.to_dict() if (shift := predictor.check_shift(predictions)) else None,
             "predictions": [p.to_dict() for p in predictions],
         },
     )
