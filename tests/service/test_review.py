@@ -445,3 +445,43 @@ def test_database_is_private(make_client: Callable[..., TestClient], tmp_path: P
     assert data_dir.stat().st_mode & 0o777 == 0o700
     for name in ["leukoscope.db", "leukoscope.db-wal", "leukoscope.db-shm"]:
         assert (data_dir / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_a_sample_unlike_the_training_data_warns_and_withholds_flags_until_reviewed(
+    make_settings: Callable[..., Settings], predictor: Any
+) -> None:
+    from dataclasses import dataclass, replace
+
+    from fastapi import FastAPI
+
+    from leukoscope.models.card import Abstention
+    from leukoscope.service.app import create_app
+
+    @dataclass
+    class Expecting5Percent:
+        """The test predictor (half its cells flagged) with a card whose abstention rule
+        flags 5% of in-domain cells, so that the sample looks shifted."""
+
+        inner: Any
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        @property
+        def card(self) -> Any:
+            rule = Abstention("msp", threshold=0.5, target_coverage=0.95, stats_sha256="0" * 64)
+            return replace(self.inner.card, abstention=rule)
+
+    app: FastAPI = create_app(make_settings(), predictor=Expecting5Percent(predictor))
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        sample = new_sample(client)
+        differential = sample["differential"]
+        assert differential["shift"]["shifted"] is True
+        assert "unlike the model's training data" in differential["shift"]["message"]
+        assert differential["flags"] == []
+        withheld = differential["withheld_flags"]
+        report = client.get(f"/api/samples/{sample['id']}/report.html").text
+        assert "look unlike the model" in report
+        reviewed = resolve_all(client, sample)["differential"]
+        assert reviewed["withheld_flags"] == [] and reviewed["shift"]["shifted"] is True
+        assert len(reviewed["flags"]) >= len(withheld)

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leukoscope import __version__
 from leukoscope.inference.predictor import Prediction, Predictor
+from leukoscope.inference.shift import check_shift
 from leukoscope.reports.differential import CellCall, compute_differential, render_html
 from leukoscope.service import store
 from leukoscope.service.errors import (
@@ -149,7 +150,10 @@ class Service:
         return f"{name}sha256 {sha256}"
 
     def differential(self, sample: store.Sample) -> dict[str, Any]:
-        return _differential(sample, self.model_label(sample.model_sha256))
+        runner = self.runner
+        abstention = runner.card.abstention if sample.model_sha256 == runner.sha256 else None
+        expected = 1 - abstention.target_coverage if abstention else None
+        return _differential(sample, self.model_label(sample.model_sha256), expected)
 
     def detail(self, sample: store.Sample) -> SampleDetail:
         return SampleDetail(
@@ -554,16 +558,28 @@ def _new_cell(upload: Upload, prediction: Prediction) -> store.NewCell:
     )
 
 
-def _differential(sample: store.Sample, model: str) -> dict[str, Any]:
+def _differential(
+    sample: store.Sample, model: str, expected_uncertain: float | None
+) -> dict[str, Any]:
     """The sample's differential from its current calls. Unidentified cells go in as the
     model's uncertain guesses: counted for review, left out of the percentages. Excluded
-    cells (artefacts, duplicates...) are left out and counted per category."""
+    cells (artefacts, duplicates...) are left out and counted per category.
+
+    With ``expected_uncertain``, the share of cells the model flags on images like its
+    training data, the model's own flags are checked for a shifted sample (see
+    :mod:`leukoscope.inference.shift`), whose flags are withheld until no cell is left
+    unidentified."""
+    counted = [cell for cell in sample.cells if cell.exclusion is None]
     calls = [
         CellCall(cell.label or str(cell.prediction.label), uncertain=cell.label is None)
-        for cell in sample.cells
-        if cell.exclusion is None
+        for cell in counted
     ]
-    differential = compute_differential(calls, sample.classes)
+    shift = None
+    if expected_uncertain is not None:
+        shift = check_shift([cell.prediction.uncertain for cell in counted], expected_uncertain)
+    differential = compute_differential(
+        calls, sample.classes, shift, reviewed=not sample.unidentified
+    )
     excluded = Counter(cell.exclusion for cell in sample.excluded)
     return {
         **differential,

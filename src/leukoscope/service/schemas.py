@@ -53,6 +53,21 @@ class ForReview(BaseModel):
     by_predicted_class: dict[str, int]
 
 
+class Shift(BaseModel):
+    """Whether the sample looks unlike the model's training data (leukoscope.inference.shift):
+    many more cells flagged uncertain than the model flags on such images."""
+
+    model_config = ConfigDict(extra="allow")
+
+    cells: int
+    uncertain: int
+    expected_share: float
+    share: float
+    p_value: float
+    shifted: bool
+    message: str
+
+
 class Differential(BaseModel):
     """The differential count of leukoscope.reports.differential. Cells flagged uncertain
     (unidentified) are counted apart and left out of the percentages until classified."""
@@ -69,6 +84,11 @@ class Differential(BaseModel):
     reference: dict[str, Any]
     interval: str
     flags: list[DifferentialFlag]
+    withheld_flags: list[DifferentialFlag] = Field(
+        default_factory=list,
+        description="Flags of a shifted sample, held back until every cell is identified.",
+    )
+    shift: Shift | None = None
     notes: list[str]
     disclaimer: str
     excluded: dict[str, int] = Field(

@@ -590,6 +590,9 @@ const range = (low, high) => (low === null || low === undefined ? "–" : `${low
 function renderDifferential(differential) {
   const body = $("#differential-body");
   body.innerHTML = "";
+  if (differential.shift && differential.shift.shifted) {
+    body.append(element("p", { class: "shift-warning", role: "alert", text: `Warning: ${differential.shift.message}` }));
+  }
   const head = ["Class", "Count", "%", "95% CI", "Reference", "Status"].map((text, i) =>
     element("th", { scope: "col", class: i && i < 5 ? "number" : "", text }),
   );
@@ -641,7 +644,11 @@ function renderDifferential(differential) {
   for (const flag of differential.flags) {
     flags.append(element("li", { text: flag.definite ? flag.text : `${flag.text} (interval overlaps the reference)` }));
   }
-  if (!differential.flags.length) flags.append(element("li", { class: "muted", text: "No flags." }));
+  const withheld = (differential.withheld_flags || []).length;
+  if (withheld) {
+    flags.append(element("li", { class: "withheld", text: `${withheld} flag(s) withheld until every cell is identified.` }));
+  }
+  if (!differential.flags.length && !withheld) flags.append(element("li", { class: "muted", text: "No flags." }));
   body.append(element("h4", { text: "Flags" }), flags, element("p", { class: "disclaimer", text: differential.disclaimer }));
 }
 
