@@ -10,7 +10,7 @@ cells kept, and the expected calibration error at the card's temperature.
 The external sets measure; they never train a released model.
 
 Run: .venv/bin/python benchmarks/external.py [--models models/a models/b ...]
-       [--external ../shared/data/external] [--manifests runs/manifests]
+       [--external ../shared/data/external] [--manifests runs/manifests] [--no-pbc-test]
        [--out benchmarks/results/external.json]
 """
 
@@ -26,8 +26,8 @@ from results_file import write_results
 
 from leukoscope.data.datasets import Sample, read_manifest, samples_from_folder
 from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
-from leukoscope.models import load_model
-from leukoscope.models.weights import sha256_file
+from leukoscope.fileio import sha256_file
+from leukoscope.models.card import load_card
 
 TARGETS = {
     "zheng2018-cellavision": {"accuracy": 0.85, "accuracy_kept": 0.95},
@@ -63,12 +63,13 @@ def score(
 
 def pbc_test(model: Path, manifests: Path) -> dict[str, Any]:
     """The model's own PBC test split, or the reason it could not be scored."""
-    _, card = load_model(model)
-    release = card.get("release", {})
-    manifest = manifests / release.get("manifest", "?")
+    release = load_card(model / "model_card.json").release
+    if release is None:
+        return {"skipped": f"{model} is not a released model (its card names no manifest)"}
+    manifest = manifests / release.manifest
     if not manifest.is_file():
         return {"skipped": f"{manifest} not found (make it with `leukoscope data split`)"}
-    if sha256_file(manifest) != release.get("manifest_sha256"):
+    if sha256_file(manifest) != release.manifest_sha256:
         return {"skipped": f"{manifest} is not the manifest {model} was released with"}
     return score(
         model, lambda classes: read_manifest(manifest, "test", classes)[0], f"{manifest} (test)"
@@ -82,6 +83,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", type=Path)
     parser.add_argument("--external", type=Path, default=Path("../shared/data/external"))
     parser.add_argument("--manifests", type=Path, default=Path("runs/manifests"))
+    parser.add_argument(
+        "--no-pbc-test",
+        dest="pbc_test",
+        action="store_false",
+        help="skip the PBC test split (benchmarks/accuracy.py scores it too)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/external.json"))
     args = parser.parse_args()
     models = args.models or sorted(p.parent for p in Path("models").glob("*/model_card.json"))
@@ -97,8 +104,9 @@ def main() -> None:
                 model, lambda classes, d=images: samples_from_folder(d, classes)[0], str(images)
             )
             print(model, folder.name, {k: row[folder.name][k] for k in ("accuracy",)}, flush=True)
-        row["pbc_test"] = pbc_test(model, args.manifests)
-        print(model, "pbc_test", row["pbc_test"].get("accuracy"), flush=True)
+        if args.pbc_test:
+            row["pbc_test"] = pbc_test(model, args.manifests)
+            print(model, "pbc_test", row["pbc_test"].get("accuracy"), flush=True)
         results[str(model)] = row
     write_results(args.out, "external", targets=TARGETS, results=results)
 

@@ -163,7 +163,7 @@ def test_differential_in_the_terminal_qualifies_weak_flags(
     monkeypatch.setattr(
         differential_report,
         "compute_differential",
-        lambda _calls, classes: real(weak, classes),
+        lambda _calls, classes, shift=None, **_: real(weak, classes, shift),
     )
     out = tmp_path / "report"
     folder = cells_folder(tmp_path / "in")
