@@ -15,7 +15,7 @@ model is trained on them.
 
 Run: .venv/bin/python benchmarks/adapt.py [--model models/wbc5-squeezenet1_1-128]
        [--external ../shared/data/external] [--k 1 5 10 20] [--seeds 3] [--steps 60]
-       [--out benchmarks/results/adapt.json]
+       [--batch-size 32] [--out benchmarks/results/adapt.json]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,10 @@ def curve(
     ks: list[int],
     seeds: int,
     options: AdaptOptions,
+    save: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
-    """The k = 0 row and one row per k, averaged over ``seeds``."""
+    """The k = 0 row and one row per k, averaged over ``seeds``; ``save`` is handed the rows
+    so far after each (a long run keeps what it measured)."""
     everything = np.arange(len(cells.labels))
     rows: dict[str, Any] = {
         "0": score(model, card, cells, everything) | {"n_scored": len(everything)}
@@ -109,6 +112,7 @@ def curve(
             "n_adapt": runs[0]["n_adapt"],
             "n_scored": runs[0]["n_scored"],
         }
+        save(rows)
     return rows
 
 
@@ -121,11 +125,12 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 10, 20])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=AdaptOptions.steps)
+    parser.add_argument("--batch-size", type=int, default=AdaptOptions.batch_size)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/adapt.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, card = load_model(args.model)
-    options = AdaptOptions(steps=args.steps)
+    options = AdaptOptions(steps=args.steps, batch_size=args.batch_size)
     results: dict[str, Any] = {}
     for images in sorted(args.external.glob("*/images")):
         name = images.parent.name
@@ -136,22 +141,26 @@ def main() -> None:
             "cells": {c: int(n) for c, n in zip(card.classes, counts, strict=True) if n},
             "skipped": cells.skipped,
             "target": {"k": TARGET_K, "accuracy": TARGETS.get(name)},
-            "k": curve(model, card, cells, args.k, args.seeds, options),
         }
-        write_results(
-            args.out,
-            "adapt",
-            model=str(args.model),
-            model_sha256=card.sha256,
-            seeds=args.seeds,
-            options={
-                "steps": options.steps,
-                "batch_size": options.batch_size,
-                "lr": options.lr,
-                "trainable_stages": options.trainable_stages,
-            },
-            sets=results,
-        )
+
+        def save(rows: dict[str, Any], name: str = name) -> None:
+            results[name]["k"] = rows
+            write_results(
+                args.out,
+                "adapt",
+                model=str(args.model),
+                model_sha256=card.sha256,
+                seeds=args.seeds,
+                options={
+                    "steps": options.steps,
+                    "batch_size": options.batch_size,
+                    "lr": options.lr,
+                    "trainable_stages": options.trainable_stages,
+                },
+                sets=results,
+            )
+
+        curve(model, card, cells, args.k, args.seeds, options, save)
 
 
 if __name__ == "__main__":
