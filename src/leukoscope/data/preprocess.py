@@ -61,12 +61,12 @@ class Framing:
     """Re-frame each image around its white cell before the resize.
 
     Other labs crop tighter than PBC: the cell's diameter is about 0.5 (cellavision) and 0.6
-    (tecom) of the image side against about 0.37 in PBC, and padding cellavision images to 1.5
-    times their size alone raised the first released 224-px SqueezeNet from 56% to 81%. Framing
+    (tecom) of the image side against about 0.37 in PBC (``benchmarks/locate.py``). Framing
     makes the cell's diameter ``cell_fraction`` of the frame whatever the source. It also
     removes the absolute cell size as a cue (in PBC monocytes fill 0.46 of the frame and
-    lymphocytes 0.30), so a model must be trained with the framing it is used with: a model
-    trained on unframed PBC crops fell from 98% to 91% on framed ones.
+    lymphocytes 0.30), so a model must be trained with the framing it is used with, and even
+    then lymphocytes and monocytes are harder to tell apart (docs/results.md, "Other labs'
+    images").
 
     Parameters
     ----------
