@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 
-def _ignore(n: int) -> None:
+def _ignore(n: int | None) -> None:
     """Progress nobody watches."""
 
 
@@ -21,7 +21,7 @@ class Tracker:
     """Callbacks of one stage: ``set_total(n)`` once the number of items is known (it may be
     known only after the stage began), ``advance(n)`` after every ``n`` finished items."""
 
-    set_total: Callable[[int], None] = _ignore
+    set_total: Callable[[int | None], None] = _ignore
     advance: Callable[[int], None] = _ignore
 
 

@@ -184,14 +184,14 @@ def join_lobes(regions: np.ndarray, least_diameter: float) -> np.ndarray:
     # between two cells must not chain them into one.
     for small_pieces, ratio in ((False, NECK), (True, PIECE_NECK)):
         for (i, j), height in necks:
-            a, b = root(i), root(j)
-            if a == b or height < ratio * min(peak[a], peak[b]):
+            first, second = root(i), root(j)
+            if first == second or height < ratio * min(peak[first], peak[second]):
                 continue
-            if small_pieces and min(area[a], area[b]) >= least_area:
+            if small_pieces and min(area[first], area[second]) >= least_area:
                 continue
-            parent[a] = b
-            peak[b] = max(peak[a], peak[b])
-            area[b] += area[a]
+            parent[first] = second
+            peak[second] = max(peak[first], peak[second])
+            area[second] += area[first]
     roots = np.array([root(i) for i in range(count + 1)])
     return roots[regions]
 

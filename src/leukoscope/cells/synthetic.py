@@ -245,7 +245,7 @@ def compose_field(
             x0, y0 = corner
             boxes.append(box)
             edge.append(x0 < 0 or y0 < 0 or x0 + w > canvas_size[0] or y0 + h > canvas_size[1])
-    distractor_boxes = []
+    distractor_boxes: list[tuple[int, int, int, int]] = []
     for cut in (distractors[i] for i in rng.permutation(len(distractors))):
         corner = _place(rng, canvas_size, cut.mask.shape, boxes + distractor_boxes, False, False)
         if corner is not None and (box := _paste(canvas, cut, *corner)) is not None:
@@ -286,7 +286,7 @@ def _tiled(
     background = background_colour(tiles[0])
     for y in range(0, height, th):
         for x in range(0, width, tw):
-            tile = rebackground(tiles[rng.integers(len(tiles))], background)
+            tile = rebackground(tiles[int(rng.integers(len(tiles)))], background)
             if rng.random() < 0.5:
                 tile = tile[::-1]
             if rng.random() < 0.5:

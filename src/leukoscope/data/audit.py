@@ -81,12 +81,13 @@ def build_report(
     for entry in per_class.values():
         entry["folders"] = sorted(entry["folders"])
 
-    problems = {kind: [] for kind in PROBLEM_KINDS}
+    problems: dict[str, list[dict[str, Any]]] = {kind: [] for kind in PROBLEM_KINDS}
     for rec in records:
         if rec.problem:
             problems[rec.problem].append({"path": rec.path, "detail": rec.detail})
 
-    exact_within, exact_across = [], []
+    exact_within: list[dict[str, Any]] = []
+    exact_across: list[dict[str, Any]] = []
     for group in exact_duplicate_groups(records):
         entry = {
             "sha256": records[group[0]].sha256,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -118,7 +119,7 @@ def _rescale_to_8_bit(image: Image.Image) -> Image.Image:
     The pixels are read in their own type (2 or 4 bytes each) and converted to float32 a block
     of rows at a time: whole-image float64 copies took about 1 GB for one 6300x6300 16-bit PNG.
     """
-    lo, hi = image.getextrema()
+    lo, hi = cast(tuple[float, float], image.getextrema())  # one band: (min, max)
     pixels = np.asarray(image)
     out = np.zeros(pixels.shape, dtype=np.uint8)
     if hi > lo:

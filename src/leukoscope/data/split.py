@@ -92,7 +92,8 @@ def assign_splits(
         labels = {records[i].label for i in cluster if records[i].usable}
         if len(labels) > 1:
             names = ", ".join(records[i].path for i in cluster if records[i].usable)
-            reason = f"label conflict: duplicate images labelled {' and '.join(sorted(labels))}"
+            both = " and ".join(sorted(map(str, labels)))
+            reason = f"label conflict: duplicate images labelled {both}"
             excluded += [
                 Excluded(records[i].path, records[i].label or "?", f"{reason} ({names})")
                 for i in good

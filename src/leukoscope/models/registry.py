@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import timm
 import torch
@@ -166,9 +166,11 @@ def _inception_v3() -> Backbone:
 def _efficientnet_lite0() -> Backbone:
     """timm's EfficientNet-Lite0 returning its final feature map (no pooling, no dropout)."""
     net = timm.create_model(EFFICIENTNET_LITE0_TIMM, num_classes=0, global_pool="", drop_rate=0.0)
-    stem = nn.Sequential(net.conv_stem, net.bn1)
-    top = nn.Sequential(net.conv_head, net.bn2)
-    return Backbone(net, [stem, *net.blocks, top], net.num_features)
+    # timm's modules type their attributes as Tensor | Module
+    stem = nn.Sequential(cast(nn.Module, net.conv_stem), cast(nn.Module, net.bn1))
+    top = nn.Sequential(cast(nn.Module, net.conv_head), cast(nn.Module, net.bn2))
+    blocks = cast(nn.Sequential, net.blocks)
+    return Backbone(net, [stem, *blocks, top], cast(int, net.num_features))
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,7 @@ class Service:
             classes=sample.classes,
             model_sha256=sample.model_sha256,
             cells=[CellOut.model_validate(cell) for cell in sample.cells],
-            differential=self.differential(sample),
+            differential=Differential.model_validate(self.differential(sample)),
             comments=[CommentOut.model_validate(comment) for comment in sample.comments],
             amendments=[AmendmentOut.model_validate(a) for a in sample.amendments],
         )
@@ -391,7 +391,7 @@ def relabel(
             cell=CellOut.model_validate(cell),
             unidentified_count=len(sample.unidentified),
             excluded_count=len(sample.excluded),
-            differential=service.differential(sample),
+            differential=Differential.model_validate(service.differential(sample)),
         )
 
 

@@ -7,6 +7,7 @@ shape, so the page and scripts handle errors one way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -43,7 +44,7 @@ class ApiError(HTTPException):
 
 
 def error_response(
-    status_code: int, error: str, detail: Any = None, headers: dict[str, str] | None = None
+    status_code: int, error: str, detail: Any = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     body = {"error": error, "detail": jsonable_encoder(detail)}
     return JSONResponse(body, status_code=status_code, headers=headers)

@@ -488,8 +488,11 @@ def add_cells(
             f"sample {sample.name!r} was classified by another model "
             f"({sample.model_sha256[:12]}); create a new sample for this one"
         )
-    start = session.scalar(
-        select(func.coalesce(func.max(Cell.position), -1)).where(Cell.sample_id == sample.id)
+    start: int = (
+        session.scalar(
+            select(func.coalesce(func.max(Cell.position), -1)).where(Cell.sample_id == sample.id)
+        )
+        or 0
     )
     first_with: dict[str, str] = {}  # content hash -> the sample's first cell with it
     query = select(Cell.sha256, Cell.id).where(Cell.sample_id == sample.id)

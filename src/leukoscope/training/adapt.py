@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -185,7 +186,8 @@ def _restore_absent_rows(tuned: TransferModel, source: TransferModel, present: n
     """Give the output layer's rows of the classes without cells their source weights back:
     the data says nothing about them, and weight decay or the shared layers' drift must not
     erase what the source model knew."""
-    out, reference = tuned.head.classifier[-1], source.head.classifier[-1]
+    out = cast(nn.Linear, tuned.head.classifier[-1])
+    reference = cast(nn.Linear, source.head.classifier[-1])
     absent = torch.as_tensor(np.setdiff1d(np.arange(out.out_features), present))
     with torch.no_grad():
         out.weight[absent] = reference.weight[absent]

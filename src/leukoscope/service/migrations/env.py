@@ -25,5 +25,5 @@ if context.is_offline_mode():
 elif (given := config.attributes.get("connection")) is not None:
     _run(given)
 else:
-    with create_engine(config.get_main_option("sqlalchemy.url")).begin() as connection:
+    with create_engine(str(config.get_main_option("sqlalchemy.url"))).begin() as connection:
         _run(connection)
