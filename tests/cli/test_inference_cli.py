@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner, Result
 
 from leukoscope.cli.app import app
+from leukoscope.data.preprocess import SampleScale
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.ood import synthetic_ood_images
 from leukoscope.models import load_model
+from leukoscope.models.card import update_card
 from leukoscope.reports import differential as differential_report
 from leukoscope.reports.differential import CellCall
+from tests.cells.drawing import drawn_cell
 from tests.conftest import cell_image
 from tests.inference.tiny import Tiny, build_tiny, build_untrained, squeezenet_h5
 
@@ -255,3 +260,38 @@ def test_ood_check_reports_catch_rates(tmp_path: Path, tiny: Tiny) -> None:
 def test_ood_check_needs_a_calibrated_model(untrained: Path) -> None:
     result = invoke("ood-check", "--model", untrained, "--n", "1")
     assert isinstance(result.exception, LeukoscopeError)
+
+
+def test_scale_stores_the_training_cells_size_in_the_card(tiny: Tiny, model_copy: Path) -> None:
+    result = invoke("scale", "--model", model_copy, "--manifest", tiny.manifest)
+    assert result.exit_code == 0, result.output
+    assert "stored in the model card" in result.output
+    scale = load_model(model_copy)[1].preprocessing.sample_scale
+    assert scale is not None and scale.cells > 0 and 0.3 < scale.cell_fraction < 0.8
+
+
+def test_predict_rescales_a_magnified_sample_and_says_so(tmp_path: Path, model_copy: Path) -> None:
+    card = load_model(model_copy)[1]
+    update_card(
+        model_copy,
+        preprocessing=dataclasses.replace(card.preprocessing, sample_scale=SampleScale(0.3, 100)),
+    )
+    folder = tmp_path / "magnified"
+    folder.mkdir()
+    for i in range(8):  # cells half the side: 1.67 times the card's 0.3
+        Image.fromarray(drawn_cell((120, 120), (60, 60), 60, seed=i)).save(folder / f"{i}.png")
+    out = tmp_path / "predictions.csv"
+    result = invoke("predict", "--model", model_copy, folder, "--out", out, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert "Magnification:" in result.output and "rescaled by 1/1.6" in result.output
+    result = invoke("differential", "--model", model_copy, folder, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    assert "rescaled by 1/1.6" in result.output
+    report = json.loads((tmp_path / "report" / "differential.json").read_text())
+    assert report["magnification"]["cells"] == 8 and report["magnification"]["factor"] > 1.5
+    markdown = (tmp_path / "report" / "differential.md").read_text()
+    assert "Magnification: this sample's cells" in markdown
+    # One cell is too few for a sample's median: used as it is.
+    result = invoke("predict", "--model", model_copy, folder / "0.png", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "Magnification:" not in result.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +14,21 @@ from PIL import Image
 from leukoscope.data.datasets import Sample
 from leukoscope.data.images import decode_rgb
 from leukoscope.data.preprocess import (
+    UNSCALED,
     Augmentation,
     Framing,
     Interpolation,
     Preprocessing,
+    cell_fraction,
     create_transform,
+    estimate_scale,
+    reference_scale,
+    rescale,
     resize,
     to_noted_pixels,
     to_pixels,
 )
+from leukoscope.errors import LeukoscopeError
 from leukoscope.inference.export import export_fp32
 from leukoscope.inference.predictor import Predictor
 from leukoscope.models import ModelCard, create_model, get_config, save_model
@@ -114,3 +122,67 @@ def test_framing_centres_the_cell_at_the_cards_fraction_and_notes_a_missing_cell
     blank, why = to_noted_pixels(Image.new("RGB", (90, 90), (235, 220, 210)), config)
     assert blank.shape == (100, 100, 3)
     assert why is not None and why.startswith("no white cell found for framing")
+
+
+def _sample(diameters: list[float], side: int = 200) -> list[np.ndarray]:
+    """Single-cell images of one sample, each cell of the given diameter at the centre."""
+    return [
+        drawn_cell((side, side), (side / 2, side / 2), d, seed=i) for i, d in enumerate(diameters)
+    ]
+
+
+def _by_size(images: Sequence[np.ndarray], factor: float) -> list[str]:
+    """A classifier that tells the two drawn classes apart by the cell's size in the frame, and
+    still does at the overall median's factor (as the released models still recognise most
+    PBC lymphocytes of a lymphocytes-only sample at its first factor, 0.77)."""
+    return [
+        "large" if (cell_fraction(rescale(rgb, factor)) or 0) > 0.46 else "small" for rgb in images
+    ]
+
+
+def test_a_magnified_sample_is_rescaled_to_the_training_size() -> None:
+    training = reference_scale(_sample([60, 64, 68, 100, 104, 108]), ["small"] * 3 + ["large"] * 3)
+    assert training.cells == 6 and 0.35 < training.cell_fraction < 0.5
+    assert training.class_fractions["small"] < 0.36 < 0.48 < training.class_fractions["large"]
+    scale = dataclasses.replace(training, min_cells=4)
+    magnified = estimate_scale(_sample([90, 96, 100, 150, 156, 160]), scale, _by_size)
+    assert 1.35 < magnified.factor < 1.65 and magnified.factor == magnified.measured
+    assert "rescaled by 1/" in magnified.message
+    # Like the training images: used as they are, the factor still measured and reported.
+    alike = estimate_scale(_sample([62, 66, 68, 100, 102, 106]), scale, _by_size)
+    assert alike.factor == 1.0 and alike.measured is not None and "as they are" in alike.message
+    # Too few cells to trust a median, or a model without a scale: unchanged.
+    assert estimate_scale(_sample([150, 156, 160]), scale, _by_size).factor == 1.0
+    assert estimate_scale(_sample([150] * 5), None) is UNSCALED
+    # Rescaled by the factor, the cells are the training size again.
+    pixels, note = to_noted_pixels(
+        Image.fromarray(_sample([156])[0]), Preprocessing(100, (0.5,) * 3, (0.25,) * 3), 1.56
+    )
+    fraction = cell_fraction(pixels)
+    assert note is None and fraction is not None
+    assert abs(fraction / training.class_fractions["large"] - 1) < 0.12
+
+
+def test_a_sample_of_small_cells_is_not_read_as_shrunk_when_the_classes_are_known() -> None:
+    training = reference_scale(_sample([60, 64, 68, 100, 104, 108]), ["small"] * 3 + ["large"] * 3)
+    small_only = _sample([60, 62, 64, 66, 68])
+    scale = dataclasses.replace(training, min_cells=4)
+    assert estimate_scale(small_only, scale).factor < 0.9  # the overall median alone
+    assert estimate_scale(small_only, scale, _by_size).factor == 1.0  # refined by class
+
+
+def test_rescale_keeps_the_centre_and_fills_with_the_background() -> None:
+    rgb = drawn_cell((100, 80), (50, 40), 30)
+    out = rescale(rgb, 1.5)
+    assert out.shape == (120, 150, 3)
+    assert np.array_equal(out[20:100, 25:125], rgb)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    assert np.array_equal(out[0, 0], np.median(border, axis=0).astype(np.uint8))
+    shrunk = rescale(rgb, 0.5)
+    assert np.array_equal(shrunk, rgb[20:60, 25:75])
+    assert rescale(rgb, 1.0) is rgb
+
+
+def test_reference_scale_needs_a_cell() -> None:
+    with pytest.raises(LeukoscopeError, match="no white cell"):
+        reference_scale([np.full((50, 50, 3), 230, np.uint8)], ["small"])

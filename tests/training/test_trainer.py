@@ -79,6 +79,8 @@ def test_run_directory_holds_config_log_history_checkpoint_and_best_model(
     model, card = load_model(run)
     assert card.classes == tuple(CLASSES)
     assert card.preprocessing.input_size == 48 and card.arch == "squeezenet1_1"
+    scale = card.preprocessing.sample_scale  # the training cells' size, measured on them
+    assert scale is not None and scale.cells > 0 and 0.1 < scale.cell_fraction < 1
     assert card.validation is not None and asdict(card.validation) == result.best
     assert card.training is not None
     assert card.training.manifest_sha256 == config["settings"]["manifest_sha256"]

@@ -359,19 +359,27 @@ def frame_cell(
     """
     if not 0 < cell_fraction <= 1:
         raise ValueError(f"cell_fraction must be in (0, 1], got {cell_fraction}")
-    height, width = rgb.shape[:2]
     side = max(1, round(location.diameter / cell_fraction))
-    x0 = round(location.x - side / 2)
-    y0 = round(location.y - side / 2)
+    return crop(rgb, round(location.x - side / 2), round(location.y - side / 2), side, side, pad)
+
+
+def crop(rgb: np.ndarray, x0: int, y0: int, width: int, height: int, pad: PadMode) -> np.ndarray:
+    """The ``width`` x ``height`` window of ``rgb`` whose top-left corner is at ``(x0, y0)``,
+    filled where it leaves the image as ``pad`` says (see :func:`frame_cell`).
+
+    >>> crop(np.zeros((4, 4, 3), np.uint8), -1, 0, 6, 2, "border").shape
+    (2, 6, 3)
+    """
+    rows, columns = rgb.shape[:2]
     before_y, before_x = max(0, -y0), max(0, -x0)
-    after_y, after_x = max(0, y0 + side - height), max(0, x0 + side - width)
-    inside = rgb[max(0, y0) : min(height, y0 + side), max(0, x0) : min(width, x0 + side)]
+    after_y, after_x = max(0, y0 + height - rows), max(0, x0 + width - columns)
+    inside = rgb[max(0, y0) : min(rows, y0 + height), max(0, x0) : min(columns, x0 + width)]
     widths = ((before_y, after_y), (before_x, after_x), (0, 0))
     if pad == "reflect":
         return np.pad(inside, widths, mode="reflect")
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
     fill = np.median(border, axis=0).astype(rgb.dtype)
-    out = np.empty((side, side, 3), dtype=rgb.dtype)
+    out = np.empty((height, width, 3), dtype=rgb.dtype)
     out[...] = fill
     out[before_y : before_y + inside.shape[0], before_x : before_x + inside.shape[1]] = inside
     return out

@@ -28,6 +28,7 @@ from leukoscope.cli import (
     release,
     reproduce,
     review,
+    scale,
     serve,
     train,
 )
@@ -72,6 +73,7 @@ app.command("train", cls=Command)(train.train_command)
 app.command("evaluate", cls=Command)(evaluate.evaluate_command)
 app.command("adapt", cls=Command)(adapt.adapt_command)
 app.command("calibrate", cls=Command)(calibrate.calibrate_command)
+app.command("scale", cls=Command)(scale.scale_command)
 app.command("ood-check", cls=Command)(calibrate.ood_check)
 app.command("release", cls=Command)(release.release_command)
 app.command("predict", cls=Command)(predict.predict)

@@ -28,6 +28,7 @@ from leukoscope.errors import LeukoscopeError
 from leukoscope.progress import Tracker
 
 if TYPE_CHECKING:
+    from leukoscope.data.preprocess import ScaleEstimate
     from leukoscope.inference.predictor import Prediction, Predictor
 
 console = Console()
@@ -162,12 +163,20 @@ def require_some_read(predictions: Sequence[Prediction]) -> None:
 
 def classify(
     predictor: Predictor, inputs: Sequence[str | Path], batch_size: int, workers: int
-) -> list[Prediction]:
-    """Predict every image under ``inputs`` (files, folders, globs) behind a progress bar."""
+) -> tuple[list[Prediction], ScaleEstimate]:
+    """Predict every image under ``inputs`` (files, folders, globs), one sample, behind a
+    progress bar; say when the sample is rescaled to the training images' magnification."""
     paths = find_images(inputs)
+    scale = predictor.estimate_scale(paths)
+    if scale.factor != 1.0:
+        console.print(f"[bold]Magnification:[/] {scale.message}", highlight=False)
     with progress_bar("Classifying", total=len(paths)) as tracker:
         predictions = predictor.predict_paths(
-            paths, batch_size=batch_size, workers=workers, on_progress=tracker.advance
+            paths,
+            batch_size=batch_size,
+            workers=workers,
+            on_progress=tracker.advance,
+            scale=scale,
         )
     require_some_read(predictions)
-    return predictions
+    return predictions, scale

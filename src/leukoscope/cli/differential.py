@@ -46,10 +46,17 @@ def differential(
     if not folder.is_dir():
         raise LeukoscopeError(f"{folder}: not a folder")
     predictor = load_predictor(model, backend)
-    predictions = classify(predictor, [folder], batch_size, workers)
+    predictions, magnification = classify(predictor, [folder], batch_size, workers)
     shift = predictor.check_shift(predictions)
     report, report_path = write_sample_report(
-        predictions, predictor.classes, out, sample=folder, model=model, fmt=fmt.value, shift=shift
+        predictions,
+        predictor.classes,
+        out,
+        sample=folder,
+        model=model,
+        fmt=fmt.value,
+        shift=shift,
+        magnification=magnification,
     )
     if shift is not None and shift.shifted:
         console.print(f"[bold red]Warning:[/] {shift.message}", highlight=False)

@@ -28,7 +28,7 @@ def predict(
 
     check_output_suffix(out)
     predictor = load_predictor(model, backend)
-    predictions = classify(predictor, inputs, batch_size, workers)
+    predictions, _ = classify(predictor, inputs, batch_size, workers)
     write_predictions(predictor, predictions, out)
     summary = summarise(predictions)
     table = Table(title=f"Predictions ({predictor.backend})")

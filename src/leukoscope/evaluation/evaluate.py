@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from leukoscope.data.datasets import Sample
+from leukoscope.data.preprocess import UNSCALED
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.calibrate import calibration_section
 from leukoscope.evaluation.metrics import BOOTSTRAP_RESAMPLES, classification_metrics
@@ -44,6 +45,10 @@ class EvaluateOptions:
     """Draw Grad-CAM heatmaps of the listed mistakes (images derived from the data)."""
     backend: str = "torch"
     """Predictor backend; ``onnx`` (or an ``.onnx`` model path) scores an export, e.g. int8."""
+    rescale: bool = True
+    """Rescale the evaluated images, as one sample, to the training images' magnification
+    (:class:`~leukoscope.data.preprocess.SampleScale`, when the card has one), as ``predict``
+    does; False scores them as they are."""
 
 
 def default_device() -> torch.device:
@@ -67,8 +72,13 @@ def evaluate_model(
     classes = predictor.classes
     samples = samples_for(classes)
     paths = [sample.path for sample in samples]
+    scale = predictor.estimate_scale(paths) if options.rescale else UNSCALED
     outputs = predictor.outputs_for_paths(
-        paths, batch_size=options.batch_size, workers=options.workers, on_progress=advance
+        paths,
+        batch_size=options.batch_size,
+        workers=options.workers,
+        on_progress=advance,
+        scale=scale,
     )
     if not outputs.indices:
         raise LeukoscopeError(f"{data_description}: none of the {len(samples)} images is readable")
@@ -82,6 +92,7 @@ def evaluate_model(
         backend=predictor.backend,
         test_time_views=predictor.pixel_model.views,
         data=data_description,
+        magnification=scale.to_dict(),
     )
     metrics["skipped"] = [{"path": str(paths[i]), "reason": msg} for i, msg in outputs.errors]
     out = Path(out_dir)

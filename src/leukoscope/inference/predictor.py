@@ -26,7 +26,18 @@ from torch import nn
 
 from leukoscope.data.datasets import CellImageDataset, Sample, make_loader
 from leukoscope.data.images import decode_rgb
-from leukoscope.data.preprocess import pixels_dataset, standardise, to_noted_pixels, to_unit
+from leukoscope.data.preprocess import (
+    SCALE_CELLS,
+    UNSCALED,
+    ScaleEstimate,
+    estimate_scale,
+    pixels_dataset,
+    read_rgb,
+    spread,
+    standardise,
+    to_noted_pixels,
+    to_unit,
+)
 from leukoscope.errors import ImageDecodeError, LeukoscopeError
 from leukoscope.inference.abstention import Abstainer
 from leukoscope.inference.shift import ShiftCheck, check_shift
@@ -253,10 +264,39 @@ class Predictor:
     def input_size(self) -> int:
         return self.card.preprocessing.input_size
 
-    def dataset(self, samples: Sequence[Sample]) -> CellImageDataset:
+    def dataset(self, samples: Sequence[Sample], factor: float = 1.0) -> CellImageDataset:
         """``samples`` decoded as this predictor decodes files: the uint8 RGB pixels of
-        :func:`~leukoscope.data.preprocess.pixels_dataset` for the card's preprocessing."""
-        return pixels_dataset(samples, self.card.preprocessing)
+        :func:`~leukoscope.data.preprocess.pixels_dataset` for the card's preprocessing
+        (rescaled by their sample's ``factor``)."""
+        return pixels_dataset(samples, self.card.preprocessing, factor)
+
+    def estimate_scale(self, paths: Sequence[str | Path]) -> ScaleEstimate:
+        """How much the files of one sample are rescaled to the training images' magnification
+        (:class:`~leukoscope.data.preprocess.SampleScale`), from at most
+        :data:`~leukoscope.data.preprocess.SCALE_CELLS` of them spread evenly; unreadable
+        files are left out here and reported by the prediction itself."""
+        scale = self.card.preprocessing.sample_scale
+        if scale is None or len(paths) < scale.min_cells:
+            return UNSCALED
+        draft_size = self.card.preprocessing.draft_size
+        images = [read_rgb(path, draft_size) for path in spread(paths, SCALE_CELLS)]
+        readable = [rgb for rgb in images if rgb is not None]
+        return estimate_scale(readable, scale, self._classify_rescaled)
+
+    def scale_of_images(self, images: Sequence[Image.Image]) -> ScaleEstimate:
+        """:meth:`estimate_scale` for one sample's decoded images."""
+        scale = self.card.preprocessing.sample_scale
+        if scale is None or len(images) < scale.min_cells:
+            return UNSCALED
+        chosen = [np.asarray(image.convert("RGB")) for image in spread(images, SCALE_CELLS)]
+        return estimate_scale(chosen, scale, self._classify_rescaled)
+
+    def _classify_rescaled(self, images: Sequence[np.ndarray], factor: float) -> list[str]:
+        config = self.card.preprocessing
+        pixels = np.stack(
+            [to_noted_pixels(Image.fromarray(rgb), config, factor)[0] for rgb in images]
+        )
+        return [self.classes[i] for i in self.run(pixels)[0].argmax(axis=1)]
 
     @property
     def model(self) -> TransferModel:
@@ -269,14 +309,19 @@ class Predictor:
         return self.card.calibration.temperature if self.card.calibration else 1.0
 
     def predict_images(
-        self, images: Sequence[Image.Image], names: Sequence[str]
+        self,
+        images: Sequence[Image.Image],
+        names: Sequence[str],
+        scale: ScaleEstimate | None = None,
     ) -> list[Prediction]:
-        """Predict decoded images (any size; resized here)."""
+        """Predict decoded images (any size; resized here) of one sample, rescaled by
+        ``scale`` (by default :meth:`scale_of_images` of them)."""
         if len(images) != len(names):
             raise ValueError(f"{len(images)} images but {len(names)} names")
         if not images:
             return []
-        noted = [to_noted_pixels(image, self.card.preprocessing) for image in images]
+        factor = (scale or self.scale_of_images(images)).factor
+        noted = [to_noted_pixels(image, self.card.preprocessing, factor) for image in images]
         pixels = np.stack([pixels for pixels, _ in noted])
         notes = [note for _, note in noted]
         return self.predictions_from_outputs(*self.run(pixels), names, notes)
@@ -296,10 +341,12 @@ class Predictor:
         batch_size: int = 64,
         workers: int = 2,
         on_progress: Callable[[int], None] | None = None,
+        scale: ScaleEstimate | None = None,
     ) -> list[Prediction]:
-        """Predict files in input order, decoding in parallel; bad files become error entries."""
+        """Predict files in input order, decoding in parallel; bad files become error entries.
+        The files are one sample: see :meth:`outputs_for_paths` for ``scale``."""
         outputs = self.outputs_for_paths(
-            paths, batch_size=batch_size, workers=workers, on_progress=on_progress
+            paths, batch_size=batch_size, workers=workers, on_progress=on_progress, scale=scale
         )
         names = [str(paths[i]) for i in outputs.indices]
         predictions: dict[int, Prediction] = dict(
@@ -322,15 +369,20 @@ class Predictor:
         batch_size: int = 64,
         workers: int = 2,
         on_progress: Callable[[int], None] | None = None,
+        scale: ScaleEstimate | None = None,
     ) -> Outputs:
         """Raw (uncalibrated) logits and features of files, batched, decoded by ``workers``
         processes while the model runs.
+
+        The files are taken as one sample, rescaled by ``scale`` (by default what
+        :meth:`estimate_scale` finds for them) to the training images' magnification.
 
         ``batch_size`` is images per model call; with test-time views, ``batch_size // views``
         files make a batch. Large JPEGs are decoded in draft mode (see
         :attr:`~leukoscope.data.preprocess.Preprocessing.draft_size`).
         """
-        dataset = self.dataset([Sample(Path(p)) for p in paths])
+        factor = (scale or self.estimate_scale(paths)).factor
+        dataset = self.dataset([Sample(Path(p)) for p in paths], factor)
         batch_size = max(1, batch_size // self.pixel_model.views)  # the model sees every view
         parallel = workers if math.ceil(len(paths) / batch_size) > 1 else 0
         loader = make_loader(dataset, batch_size=batch_size, workers=parallel)

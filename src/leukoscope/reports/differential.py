@@ -24,6 +24,7 @@ from leukoscope.fileio import atomic_write_json, atomic_write_text
 from leukoscope.reports.predictions import predictions_csv
 
 if TYPE_CHECKING:
+    from leukoscope.data.preprocess import ScaleEstimate
     from leukoscope.inference.predictor import Prediction
     from leukoscope.inference.shift import ShiftCheck
 
@@ -295,6 +296,8 @@ def render_markdown(differential: dict) -> str:
         lines += [f"> **Warning: {warning}**", ""]
     if differential.get("model"):
         lines += [f"Model: `{differential['model']}`", ""]
+    if differential.get("magnification"):
+        lines += [f"Magnification: {differential['magnification']['message']}", ""]
     lines += [
         "| " + " | ".join(TABLE_HEADER) + " |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
@@ -344,6 +347,8 @@ def render_html(differential: dict) -> str:
         if differential.get("model")
         else ""
     )
+    scale = differential.get("magnification")
+    model += f"<p>Magnification: {e(scale['message'])}</p>" if scale else ""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -389,6 +394,7 @@ def write_sample_report(
     model: Path,
     fmt: str = "md",
     shift: ShiftCheck | None = None,
+    magnification: ScaleEstimate | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """The differential of one sample's predicted cells, written to ``out``.
 
@@ -408,6 +414,9 @@ def write_sample_report(
     shift
         The sample's shift check (:meth:`~leukoscope.inference.predictor.Predictor.check_shift`):
         a shifted sample's report warns and withholds its flags.
+    magnification
+        How the sample was matched to the training images' magnification
+        (:meth:`~leukoscope.inference.predictor.Predictor.estimate_scale`), recorded and shown.
 
     Returns
     -------
@@ -421,6 +430,7 @@ def write_sample_report(
         "sample": str(sample),
         "model": str(model),
         "unreadable": [{"source": p.source, "error": p.error} for p in predictions if p.error],
+        "magnification": None if magnification is None else magnification.to_dict(),
     }
     atomic_write_text(out / "cells.csv", predictions_csv(predictions, classes))
     atomic_write_json(out / "differential.json", report)

@@ -25,7 +25,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from leukoscope.data.datasets import read_manifest
-from leukoscope.data.preprocess import Preprocessing, create_transform
+from leukoscope.data.preprocess import (
+    SCALE_REFERENCE_IMAGES,
+    Preprocessing,
+    SampleScale,
+    create_transform,
+    reference_scale,
+    spread,
+)
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.metrics import accuracy_and_macro_f1
 from leukoscope.fileio import sha256_file
@@ -212,6 +219,19 @@ class _Trainer:
             logger.warning("skipped unreadable %s image %s: %s", split, path, reason)
         return cache
 
+    def _reference_scale(self) -> SampleScale | None:
+        """The training cells' size in the frame, to which other labs' samples are rescaled
+        (:class:`~leukoscope.data.preprocess.SampleScale`), from the cached training pixels;
+        None, with a warning, when no cell can be located in them."""
+        cache = self.train_cache
+        chosen = np.asarray(spread(range(len(cache.rows)), SCALE_REFERENCE_IMAGES))
+        labels = [self.classes[label] for label in cache.labels[chosen]]
+        try:
+            return reference_scale(cache.images[cache.rows[chosen]].transpose(0, 2, 3, 1), labels)
+        except LeukoscopeError as exc:
+            logger.warning("%s: samples from other labs will not be rescaled", exc)
+            return None
+
     # --- training -------------------------------------------------------------------------
 
     def _train(self, checkpoint: Checkpoint | None) -> TrainResult:
@@ -247,6 +267,10 @@ class _Trainer:
         skipped = self.train_cache.skipped + self.val_cache.skipped
         if not len(self.train_cache.rows) or not len(self.val_cache.rows):
             raise LeukoscopeError(f"{self.config.manifest}: no readable train or val images")
+        if self.preprocessing.framing is None:
+            self.preprocessing = dataclasses.replace(
+                self.preprocessing, sample_scale=self._reference_scale()
+            )
         weights = class_weights(self.train_cache.labels, len(self.classes))
         self.criterion = nn.CrossEntropyLoss(
             weight=weights.to(ctx.device), label_smoothing=profile.label_smoothing
