@@ -54,6 +54,14 @@ def train_command(
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=1, help="Images per step.")
     ] = None,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            "--teacher",
+            help="Distil: learn from this model's calibrated predictions (same classes) as "
+            "well as the labels.",
+        ),
+    ] = None,
 ) -> None:
     """Train a classifier: frozen-backbone head training, then fine-tuning of upper stages.
 
@@ -75,6 +83,7 @@ def train_command(
         init_from=init_from,
         seed=seed,
         batch_size=batch_size,
+        teacher=teacher,
     )
     result = train(config, progress=rich_progress)
     best = result.best

@@ -82,6 +82,9 @@ class TrainingRun:
     profile: dict[str, Any]
     weights_file: str | None = None
     init_from: str | None = None
+    teacher: str | None = None
+    """The model distilled from (``train --teacher``), and the sha256 of its weights."""
+    teacher_sha256: str | None = None
 
 
 @dataclass(frozen=True)

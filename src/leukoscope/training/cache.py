@@ -143,11 +143,24 @@ def build_image_cache(
     return ImageCache(images, rows, labels, skipped)
 
 
-class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
+Target = int | torch.Tensor
+"""What a training item is scored against: a class index, or a row of probabilities (the soft
+targets of :mod:`~leukoscope.training.distill`)."""
+
+
+def target(targets: np.ndarray, index: int) -> Target:
+    """Item ``index`` of class indices (N,) or probability rows (N, C), as the loss takes it."""
+    if targets.ndim == 1:
+        return int(targets[index])
+    return torch.from_numpy(np.asarray(targets[index], dtype=np.float32))
+
+
+class ImageDataset(Dataset[tuple[torch.Tensor, Target]]):
     """The usable rows of an :class:`ImageCache`, transformed on every access.
 
     With ``stream``, the randomness of item ``i`` comes from ``derive_seed(*stream, i)``, so
-    the result depends neither on batching nor on which worker process made it.
+    the result depends neither on batching nor on which worker process made it. ``targets``
+    (aligned with the usable rows) replace the cache's labels, e.g. a teacher's soft targets.
     """
 
     def __init__(
@@ -155,17 +168,19 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
         cache: ImageCache,
         transform: Callable[[torch.Tensor], torch.Tensor],
         stream: tuple[int, ...] | None = None,
+        targets: np.ndarray | None = None,
     ) -> None:
         self.cache = cache
         self.transform = transform
         self.stream = stream
+        self.targets = cache.labels if targets is None else targets
 
     def __len__(self) -> int:
         return len(self.cache.rows)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         image = torch.from_numpy(np.array(self.cache.images[self.cache.rows[index]]))
-        label = int(self.cache.labels[index])
+        label = target(self.targets, index)
         if self.stream is None:
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):
@@ -193,9 +208,10 @@ def compute_features(
             advance(len(features))
 
 
-class FeatureDataset(Dataset[tuple[torch.Tensor, int]]):
+class FeatureDataset(Dataset[tuple[torch.Tensor, Target]]):
     """Cached frozen features with ``views`` rows per image; each epoch picks one view per
-    image from a stream seeded by the epoch (see :meth:`set_epoch`)."""
+    image from a stream seeded by the epoch (see :meth:`set_epoch`). ``labels`` are class
+    indices or probability rows (see :func:`target`)."""
 
     def __init__(self, features: np.ndarray, labels: np.ndarray) -> None:
         self.features = features
@@ -209,6 +225,6 @@ class FeatureDataset(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         row = np.asarray(self.features[self.views[index], index], dtype=np.float32)
-        return torch.from_numpy(row), int(self.labels[index])
+        return torch.from_numpy(row), target(self.labels, index)

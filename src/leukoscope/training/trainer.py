@@ -37,7 +37,7 @@ from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.metrics import accuracy_and_macro_f1
 from leukoscope.fileio import sha256_file
 from leukoscope.models import ModelCard, TransferModel, create_model, get_config, load_model
-from leukoscope.models.card import BestEpoch, TrainingRun
+from leukoscope.models.card import BestEpoch, TrainingRun, card_path, load_card
 from leukoscope.training.cache import (
     FeatureDataset,
     ImageCache,
@@ -49,6 +49,7 @@ from leukoscope.training.chain import ModelChain
 from leukoscope.training.checkpoint import Checkpoint
 from leukoscope.training.distributed import DistContext, distributed_context
 from leukoscope.training.engine import ProgressFactory, no_progress, predict, train_epoch
+from leukoscope.training.distill import teacher_targets
 from leukoscope.training.features import FeatureCacher, FeatureSplit
 from leukoscope.training.loader import epoch_loader
 from leukoscope.training.optim import build_optimizer, build_scheduler, class_weights
@@ -89,6 +90,9 @@ class TrainConfig:
     at another input size)."""
     seed: int = 0
     batch_size: int | None = None
+    teacher: Path | None = None
+    """A saved model with the same classes whose calibrated predictions the model learns from
+    besides the labels (:mod:`~leukoscope.training.distill`)."""
 
     def effective_profile(self) -> Profile:
         """The named profile with this config's overrides applied."""
@@ -194,6 +198,8 @@ class _Trainer:
             weights=c.weights,
             weights_file=str(c.weights_file) if c.weights_file else None,
             init_from=str(c.init_from) if c.init_from else None,
+            teacher=str(c.teacher) if c.teacher else None,
+            teacher_sha256=load_card(card_path(c.teacher)).sha256 if c.teacher else None,
             seed=c.seed,
             world_size=self.ctx.world_size,
             profile=asdict(self.profile),
@@ -271,6 +277,7 @@ class _Trainer:
             self.preprocessing = dataclasses.replace(
                 self.preprocessing, sample_scale=self._reference_scale()
             )
+        self.train_targets = self._train_targets()
         weights = class_weights(self.train_cache.labels, len(self.classes))
         self.criterion = nn.CrossEntropyLoss(
             weight=weights.to(ctx.device), label_smoothing=profile.label_smoothing
@@ -307,6 +314,35 @@ class _Trainer:
             state.best.epoch,
         )
         return self._result(state, skipped)
+
+    def _train_targets(self) -> np.ndarray:
+        """What the training images are scored against: their class indices, or with a
+        teacher the soft targets of :func:`~leukoscope.training.distill.teacher_targets`
+        (computed by rank 0, read from the run's cache by the others)."""
+        cache, teacher = self.train_cache, self.config.teacher
+        if teacher is None:
+            return cache.labels
+        samples, _ = read_manifest(self.config.manifest, "train", self.classes)
+        paths = [samples[row].path for row in cache.rows]
+
+        def targets() -> np.ndarray:
+            return teacher_targets(
+                teacher,
+                paths,
+                cache.labels,
+                self.classes,
+                self.run_dir.cache,
+                batch_size=self.profile.batch_size,
+                workers=self.profile.loader_workers(),
+            )
+
+        if self.ctx.is_main:
+            result = targets()
+        self.ctx.barrier()
+        if not self.ctx.is_main:
+            result = targets()
+        logger.info("distilling from %s: %d soft targets", teacher, len(result))
+        return result
 
     def _start_from(self, model: TransferModel, path: Path) -> None:
         """Copy a saved model's backbone (and head, when its classes are ours) into ``model``."""
@@ -345,13 +381,13 @@ class _Trainer:
         if features:
             return _PhaseData(
                 frozen=nn.Identity(),
-                train=FeatureDataset(features["train", cut], train_cache.labels),
+                train=FeatureDataset(features["train", cut], self.train_targets),
                 val=FeatureDataset(features["val", cut], val_cache.labels),
                 workers=0,
             )
         return _PhaseData(
             frozen=self.chain.part(0, cut),
-            train=ImageDataset(train_cache, self.augment),
+            train=ImageDataset(train_cache, self.augment, targets=self.train_targets),
             val=ImageDataset(val_cache, self.plain),
             workers=self.profile.loader_workers(),
         )
