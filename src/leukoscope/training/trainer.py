@@ -42,14 +42,15 @@ from leukoscope.training.cache import (
     FeatureDataset,
     ImageCache,
     ImageDataset,
+    Target,
     build_image_cache,
     image_cache_key,
 )
 from leukoscope.training.chain import ModelChain
 from leukoscope.training.checkpoint import Checkpoint
+from leukoscope.training.distill import teacher_targets
 from leukoscope.training.distributed import DistContext, distributed_context
 from leukoscope.training.engine import ProgressFactory, no_progress, predict, train_epoch
-from leukoscope.training.distill import teacher_targets
 from leukoscope.training.features import FeatureCacher, FeatureSplit
 from leukoscope.training.loader import epoch_loader
 from leukoscope.training.optim import build_optimizer, build_scheduler, class_weights
@@ -130,8 +131,8 @@ class TrainResult:
 @dataclass
 class _PhaseData:
     frozen: nn.Module
-    train: Dataset[tuple[torch.Tensor, int]]
-    val: Dataset[tuple[torch.Tensor, int]]
+    train: Dataset[tuple[torch.Tensor, Target]]
+    val: Dataset[tuple[torch.Tensor, Target]]
     workers: int
 
 
