@@ -134,7 +134,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     for images in sorted(args.external.glob("*/images")):
         name = images.parent.name
-        cells = load_cells(images, card)
+        cells = load_cells(images, card, model)
         counts = np.bincount(cells.labels, minlength=len(card.classes))
         print(f"{name}: {len(cells.labels)} cells", flush=True)
         results[name] = {

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from leukoscope.data.preprocess import Augmentation
+from leukoscope.data.preprocess import Augmentation, SampleScale
 from leukoscope.fileio import sha256_file
 from leukoscope.inference.predictor import Predictor
 from leukoscope.models import load_model
 from leukoscope.training.adapt import AdaptOptions, adapt, load_cells, outputs
+from tests.cells.drawing import drawn_cell
 from tests.conftest import cell_image
 from tests.inference.tiny import HUES, Tiny, tiny_or_skip
 
@@ -81,6 +84,7 @@ def test_card_names_source_data_and_every_file(tiny: Tiny, lab: Path, adapted) -
     assert adaptation.cells == dict.fromkeys(NEW_LAB, 6)
     assert adaptation.files["lymphocyte/0.png"] == sha256_file(lab / "lymphocyte" / "0.png")
     assert len(adaptation.files) == 18 and adaptation.skipped == 1
+    assert adaptation.magnification == 1.0  # the tiny model's card has no training cell size
     assert "3-fold out-of-fold" in adapted.card.calibration.split
     assert adapted.card.release is None and adapted.card.test_metrics is None
 
@@ -97,3 +101,22 @@ def test_classes_without_cells_keep_their_head_rows(tiny: Tiny, adapted) -> None
     np.testing.assert_array_equal(rows[0][basophil], rows[1][basophil])
     others = [card.classes.index(c) for c in NEW_LAB]
     assert not np.allclose(rows[0][others], rows[1][others])
+
+
+def test_cells_are_rescaled_to_the_source_magnification_when_it_has_one(
+    tmp_path: Path, tiny: Tiny
+) -> None:
+    model, card = load_model(tiny.model_dir)
+    lab = tmp_path / "lab"
+    for i in range(9):  # cells half the side: 1.67 times the card's 0.3
+        folder = lab / NEW_LAB[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(drawn_cell((120, 120), (60, 60), 60, seed=i)).save(folder / f"{i}.png")
+    assert load_cells(lab, card, model).scale.factor == 1.0  # no size in the card: as they are
+    scaled = card.replace(
+        preprocessing=dataclasses.replace(card.preprocessing, sample_scale=SampleScale(0.3, 100))
+    )
+    cells = load_cells(lab, scaled, model)
+    assert cells.scale.factor > 1.5
+    unscaled = load_cells(lab, scaled)
+    assert not torch.equal(cells.pixels, unscaled.pixels)

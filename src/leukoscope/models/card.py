@@ -171,7 +171,8 @@ class Release:
 class Adaptation:
     """Where an adapted model came from: the model it was fine-tuned from (by sha256 of its
     weights), the labelled cells (count per class, sha256 of every file relative to ``data``),
-    the recipe, and how its calibration was refitted (``recalibration``)."""
+    the recipe, how its calibration was refitted (``recalibration``) and the cells rescaled
+    (``magnification``)."""
 
     source: str
     source_sha256: str
@@ -186,6 +187,9 @@ class Adaptation:
     recalibration: str
     date: str
     command: str
+    magnification: float = 1.0
+    """The factor the cells were rescaled by to the source's training magnification
+    (:class:`~leukoscope.data.preprocess.SampleScale`)."""
 
 
 @dataclass(frozen=True)

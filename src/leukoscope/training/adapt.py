@@ -42,7 +42,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from leukoscope.data.datasets import samples_from_folder
-from leukoscope.data.preprocess import Augmentation, create_transform, pixels_dataset
+from leukoscope.data.preprocess import (
+    UNSCALED,
+    Augmentation,
+    ScaleEstimate,
+    create_transform,
+    pixels_dataset,
+)
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import sha256_file
 from leukoscope.inference.abstention import Abstainer, fit_threshold
@@ -101,12 +107,17 @@ class Cells:
     paths: list[Path]
     skipped: list[str]
     """One message per file that could not be used."""
+    scale: ScaleEstimate = UNSCALED
+    """How the cells were rescaled to the training images' magnification."""
 
 
-def load_cells(data: str | Path, card: ModelCard) -> Cells:
+def load_cells(data: str | Path, card: ModelCard, model: TransferModel | None = None) -> Cells:
     """The labelled cells of the model's classes in ``data`` (class folders with PBC names).
 
-    Unreadable images are skipped with a message naming the file, never fatal.
+    Unreadable images are skipped with a message naming the file, never fatal. Given the
+    source ``model``, the cells are rescaled to the training images' magnification as the
+    predictor rescales a sample of them (:class:`~leukoscope.data.preprocess.SampleScale`), so
+    that the adapted model learns the cells as it will later be shown them.
 
     Raises
     ------
@@ -114,7 +125,10 @@ def load_cells(data: str | Path, card: ModelCard) -> Cells:
         No readable image of the model's classes.
     """
     samples, _ = samples_from_folder(data, card.classes)
-    dataset = pixels_dataset(samples, card.preprocessing)
+    scale = UNSCALED
+    if model is not None:
+        scale = Predictor.from_model(model, card).estimate_scale([s.path for s in samples])
+    dataset = pixels_dataset(samples, card.preprocessing, scale.factor)
     pixels, labels, paths, skipped = [], [], [], []
     for index in range(len(dataset)):
         item = dataset[index]
@@ -126,7 +140,7 @@ def load_cells(data: str | Path, card: ModelCard) -> Cells:
         paths.append(samples[index].path)
     if not pixels:
         raise LeukoscopeError(f"{data}: no readable images of the classes {card.classes}")
-    return Cells(torch.stack(pixels), np.array(labels), paths, skipped)
+    return Cells(torch.stack(pixels), np.array(labels), paths, skipped, scale)
 
 
 def _freeze_batchnorm(model: nn.Module) -> None:
@@ -326,8 +340,10 @@ def adapt(
     source_dir = Path(source) if Path(source).is_dir() else Path(source).parent
     model, card = load_model(source)
     abstainer = Abstainer.load(source_dir, card) if card.abstention else None
-    cells = load_cells(data, card)
+    cells = load_cells(data, card, model)
     if on_progress is not None:
+        if cells.scale.factor != 1.0:
+            on_progress(cells.scale.message)
         on_progress(f"fine-tuning on {len(cells.labels)} cells")
     adapted = fine_tune(model, card, cells.pixels, cells.labels, options)
     recal = recalibrate(adapted, model, card, cells, options, abstainer, on_progress)
@@ -345,6 +361,7 @@ def adapt(
         trainable_stages=options.trainable_stages,
         seed=options.seed,
         recalibration=recal.method,
+        magnification=round(cells.scale.factor, 4),
         date=datetime.now(UTC).isoformat(timespec="seconds"),
         command=(
             f"leukoscope adapt --model {source} --data {data} --out {out} --steps "
