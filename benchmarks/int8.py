@@ -22,7 +22,8 @@ from results_file import write_results
 from leukoscope.data.datasets import make_loader, read_manifest
 from leukoscope.fileio import sha256_file
 from leukoscope.inference.export import CALIBRATIONS, export_fp32, export_int8
-from leukoscope.inference.predictor import Predictor, onnx_runner, onnx_session
+from leukoscope.inference.predictor import Predictor
+from leukoscope.inference.runtime import onnx_runner, onnx_session
 
 IMAGES_PER_CLASS = 32
 """Training images per class that calibrate each int8 export (``export``'s default)."""

@@ -23,7 +23,9 @@ from sklearn.metrics import accuracy_score, f1_score
 from leukoscope.data.datasets import make_loader, read_manifest
 from leukoscope.fileio import sha256_file
 from leukoscope.inference.export import export_fp32
-from leukoscope.inference.predictor import VIEW_COUNTS, Predictor, symmetric_views
+from leukoscope.inference.pixel_model import symmetric_views
+from leukoscope.inference.predictor import Predictor
+from leukoscope.inference.runtime import VIEW_COUNTS
 from leukoscope.models import update_card
 
 

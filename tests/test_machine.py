@@ -22,3 +22,13 @@ def test_int8_dot_product_from_cpu_flags(
 def test_cpu_model_names_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(machine, "_cpuinfo", lambda: X86_VNNI)
     assert machine.cpu_model() == "Intel Xeon"
+
+
+def test_the_instruction_sets_inference_speed_depends_on_are_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: X86_VNNI)
+    flags = machine.describe_machine()["cpu_flags"]
+    assert flags["avx512_vnni"] and flags["avx2"] and not flags["amx_int8"]
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: "")
+    assert "cpu_flags" not in machine.describe_machine()

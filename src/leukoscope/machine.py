@@ -27,14 +27,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def has_int8_dot_product() -> bool | None:
-    """Whether the CPU has int8 dot-product instructions; None where /proc/cpuinfo says
-    nothing about its flags."""
+REPORTED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+"""Instruction sets on which the speed of fp32, bf16 and int8 inference (and so the ranking of
+ONNX Runtime and OpenVINO) depends."""
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags; None where /proc/cpuinfo says nothing about them."""
     for line in _cpuinfo().splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
-            return not INT8_DOT_PRODUCT_FLAGS.isdisjoint(value.split())
+            return frozenset(value.split())
     return None
+
+
+def has_int8_dot_product() -> bool | None:
+    """Whether the CPU has int8 dot-product instructions; None where /proc/cpuinfo says
+    nothing about its flags."""
+    flags = cpu_flags()
+    return None if flags is None else not INT8_DOT_PRODUCT_FLAGS.isdisjoint(flags)
 
 
 def describe_machine() -> dict[str, Any]:
@@ -50,4 +61,7 @@ def describe_machine() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "int8_dot_product": has_int8_dot_product(),
     }
+    flags = cpu_flags()
+    if flags is not None:
+        info["cpu_flags"] = {flag: flag in flags for flag in REPORTED_FLAGS}
     return info

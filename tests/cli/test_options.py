@@ -12,7 +12,7 @@ from leukoscope.data.resize import FORMATS
 from leukoscope.data.split import SPLITS
 from leukoscope.evaluation.metrics import BOOTSTRAP_RESAMPLES
 from leukoscope.inference import export as onnx_export
-from leukoscope.inference import predictor
+from leukoscope.inference import runtime
 from leukoscope.inference.abstention import CONFIDENCE_SCORES, DEFAULT_CONFIDENCE
 from leukoscope.models import list_archs
 from leukoscope.models.registry import WEIGHTS
@@ -26,8 +26,8 @@ from leukoscope.training.profiles import PROFILES
         (options.Arch, list_archs()),
         (options.Weights, WEIGHTS),
         (options.Profile, PROFILES),
-        (options.Backend, predictor.BACKENDS),
-        (options.Views, predictor.VIEW_COUNTS),
+        (options.Backend, runtime.BACKENDS),
+        (options.Views, runtime.VIEW_COUNTS),
         (options.Split, SPLITS),
         (options.Confidence, CONFIDENCE_SCORES),
         (options.Calibration, onnx_export.CALIBRATIONS),
@@ -44,4 +44,7 @@ def test_choices_match_the_library(choice: type[Enum], library: object) -> None:
 def test_defaults_match_the_library() -> None:
     assert options.Confidence.MSP == DEFAULT_CONFIDENCE
     assert evaluate.BOOTSTRAP_RESAMPLES == BOOTSTRAP_RESAMPLES
-    assert export.OPSET == onnx_export.OPSET and export.ONNX_NAME == predictor.ONNX_NAME
+    assert (
+        export.OPSET == onnx_export.OPSET
+        and (export.INT8_NAME, export.ONNX_NAME) == runtime.FOLDER_EXPORTS
+    )

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from leukoscope.data.batches import pixel_batches
 from leukoscope.data.datasets import Sample
 from leukoscope.data.images import decode_rgb
 from leukoscope.data.preprocess import (
@@ -31,6 +32,7 @@ from leukoscope.data.preprocess import (
 from leukoscope.errors import LeukoscopeError
 from leukoscope.inference.export import export_fp32
 from leukoscope.inference.predictor import Predictor
+from leukoscope.inference.runtime import ENGINES
 from leukoscope.models import ModelCard, create_model, get_config, save_model
 from leukoscope.training.cache import build_image_cache
 from tests.cells.drawing import drawn_cell
@@ -59,23 +61,27 @@ def test_the_onnx_graph_sees_the_pixels_training_sees(
     save_model(model_dir, model, card)
     export_fp32(model_dir, model_dir / "model.onnx")
     predictor = Predictor.load(model_dir)
-    assert predictor.backend == "onnx"
+    assert predictor.backend == ENGINES[0]
 
     # Training: the decoded-image cache, then the evaluation transform of the training loop.
     cache = build_image_cache([Sample(image_path, 0)], preprocessing, "key", workers=0)
     trained_pixels = torch.from_numpy(np.array(cache.images[0]))  # (3, H, W) uint8
     trained_input = create_transform(preprocessing)(trained_pixels)
-    # Prediction: the loader that feeds the ONNX graph, and the normalisation inside the graph.
-    graph_pixels = predictor.dataset([Sample(image_path)])[0]["image"]  # (H, W, 3) uint8
-    assert torch.equal(graph_pixels.permute(2, 0, 1), trained_pixels)
-    graph_input = predictor.pixel_model.normalise(graph_pixels[None])[0]
+    # Prediction: the decoding that feeds the exported graph (and the PyTorch dataset made the
+    # same way), and the normalisation inside the graph.
+    graph_pixels = next(pixel_batches([image_path], preprocessing, workers=2)).pixels
+    dataset_pixels = predictor.dataset([Sample(image_path)])[0]["image"]  # (H, W, 3) uint8
+    assert torch.equal(torch.from_numpy(graph_pixels[0]).permute(2, 0, 1), trained_pixels)
+    assert torch.equal(dataset_pixels.permute(2, 0, 1), trained_pixels)
+    graph_input = predictor.pixel_model.normalise(torch.from_numpy(graph_pixels))[0]
     assert torch.equal(graph_input, trained_input)
     # What the graph computes from those pixels is what the trained network computes.
-    onnx_logits = predictor.run(graph_pixels[None].numpy())[0]
     with torch.no_grad():
         torch_logits = model(trained_input[None]).numpy()
     scale = max(1.0, float(np.abs(torch_logits).max()))
-    assert np.abs(onnx_logits - torch_logits).max() / scale <= 1e-4
+    for engine in ENGINES:
+        exported_logits = Predictor.load(model_dir, backend=engine).run(graph_pixels)[0]
+        assert np.abs(exported_logits - torch_logits).max() / scale <= 1e-4
 
 
 def test_the_interpolation_is_the_cards() -> None:

@@ -1,8 +1,16 @@
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from leukoscope.errors import LeukoscopeError
-from leukoscope.inference.abstention import Abstainer, confidence_scores, fit_threshold
+from leukoscope.inference.abstention import (
+    STATS_NAME,
+    Abstainer,
+    confidence_scores,
+    fit_threshold,
+    pack_stats,
+    unpack_stats,
+)
 from leukoscope.inference.predictor import Predictor
 from tests.inference.tiny import Tiny
 
@@ -47,3 +55,12 @@ def test_familiar_cells_are_mostly_kept(tiny: Tiny) -> None:
     assert sum(p.uncertain for p in predictions) <= len(test) // 4
     right = sum(p.label == label for p, (_, label) in zip(predictions, test, strict=True))
     assert right >= 0.75 * len(test)
+
+
+def test_packed_statistics_restore_the_very_file(tiny: Tiny) -> None:
+    data = (tiny.model_dir / STATS_NAME).read_bytes()
+    packed = pack_stats(data)
+    assert len(packed) < 0.8 * len(data)  # the whitening matrix's upper triangle is all zeros
+    assert unpack_stats(packed) == data
+    square = safetensors.numpy.save({"whitening": np.ones((3, 3), np.float32)})
+    assert pack_stats(square) == square == unpack_stats(square)  # not triangular: kept whole

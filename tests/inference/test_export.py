@@ -17,13 +17,8 @@ from leukoscope.inference.export import (
     int8_agreement,
     onnx_parity,
 )
-from leukoscope.inference.predictor import (
-    INPUT_NAME,
-    WEIGHTS_SHA_KEY,
-    PixelModel,
-    onnx_runner,
-    onnx_session,
-)
+from leukoscope.inference.pixel_model import PixelModel
+from leukoscope.inference.runtime import INPUT_NAME, WEIGHTS_SHA_KEY, onnx_runner, onnx_session
 from leukoscope.models import create_model, get_config, load_model
 from tests.inference.tiny import SIZE, Tiny
 
@@ -67,14 +62,14 @@ def test_normalisation_folds_only_where_exact(untrained: Path) -> None:
 
 
 def test_int8_export_predicts_like_fp32(tmp_path: Path, tiny: Tiny) -> None:
-    out = export_int8(tiny.model_dir, tiny.model_dir / "model.int8.onnx", tiny.manifest)
+    out = export_int8(tiny.model_dir, tmp_path / "model.int8.onnx", tiny.manifest)
     ops = {node.op_type for node in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     agreement, n = int8_agreement(tiny.model_dir, out, tiny.manifest)
     assert n == 80
     assert agreement >= 0.9
 
-    # evaluate scores the export itself, on the test split.
+    # evaluate scores the export itself (alone: it carries its card), on the test split.
     options = EvaluateOptions(backend="onnx", resamples=20, throughput_runs=0, heatmaps=False)
     metrics = evaluate_model(
         out,

@@ -1,9 +1,13 @@
 import dataclasses
 import io
+import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
@@ -12,7 +16,9 @@ from leukoscope.data.preprocess import Framing
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.calibrate import calibrate
 from leukoscope.inference.export import export_fp32, onnx_parity
-from leukoscope.inference.predictor import PixelModel, Prediction, Predictor
+from leukoscope.inference.pixel_model import PixelModel
+from leukoscope.inference.predictor import Prediction, Predictor
+from leukoscope.inference.runtime import CARD_KEY, ENGINES
 from leukoscope.models import load_model, update_card
 from tests.cells.drawing import drawn_cell
 from tests.conftest import cell_image
@@ -70,19 +76,32 @@ def test_predict_paths_keeps_input_order_and_reports_bad_files(
     assert single.probabilities == pytest.approx(predictions[0].probabilities, abs=1e-5)
 
 
-def test_auto_backend_uses_a_matching_onnx_export(tmp_path: Path, tiny: Tiny) -> None:
+def test_auto_backend_uses_a_matching_onnx_export(
+    tmp_path: Path, tiny: Tiny, caplog: pytest.LogCaptureFixture
+) -> None:
     model_dir = tmp_path / "m"
     shutil.copytree(tiny.model_dir, model_dir)
     assert Predictor.load(model_dir).backend == "torch"
     export_fp32(model_dir, model_dir / "model.onnx")
-    onnx_predictor = Predictor.load(model_dir)
-    assert onnx_predictor.backend == "onnx"
+    predictor = Predictor.load(model_dir)
+    assert (predictor.backend, predictor.source) == (ENGINES[0], model_dir / "model.onnx")
+    shutil.copy(model_dir / "model.onnx", model_dir / "model.int8.onnx")  # int8 goes first
+    assert Predictor.load(model_dir).source == model_dir / "model.int8.onnx"
+    (model_dir / "model.int8.onnx").write_bytes(b"broken")
+    with caplog.at_level(logging.WARNING):
+        assert Predictor.load(model_dir).source == model_dir / "model.onnx"
+    assert "model.int8.onnx" in caplog.text and "using model.onnx" in caplog.text
     images = [cell_image(i, size=96) for i in range(4)]
     names = [str(i) for i in range(4)]
     torch_predictions = Predictor.load(model_dir, backend="torch").predict_images(images, names)
-    for a, b in zip(onnx_predictor.predict_images(images, names), torch_predictions, strict=True):
-        assert a.label == b.label and a.uncertain == b.uncertain
-        assert a.confidence == pytest.approx(b.confidence, abs=1e-5)
+    for engine in ENGINES:
+        exported = Predictor.load(model_dir, backend=engine)
+        assert exported.backend == engine
+        predictions = exported.predict_images(images, names)
+        for a, b in zip(predictions, torch_predictions, strict=True):
+            assert a.label == b.label and a.uncertain == b.uncertain
+            assert a.confidence == pytest.approx(b.confidence, abs=1e-5)
+            assert a.score == pytest.approx(b.score, abs=1e-3)
 
 
 def test_a_stale_export_is_not_used(tmp_path: Path, untrained: Path, tiny: Tiny) -> None:
@@ -95,7 +114,7 @@ def test_a_stale_export_is_not_used(tmp_path: Path, untrained: Path, tiny: Tiny)
 
 
 def test_onnx_backend_needs_an_export(untrained: Path) -> None:
-    with pytest.raises(LeukoscopeError, match="no ONNX export"):
+    with pytest.raises(LeukoscopeError, match="no such exported model"):
         Predictor.load(untrained, backend="onnx")
     with pytest.raises(LeukoscopeError, match="unknown backend"):
         Predictor.load(untrained, backend="tensorrt")
@@ -150,12 +169,12 @@ def test_views_are_set_with_the_calibration_and_kept_by_the_export(
     assert card.calibration is not None and before is not None
     assert card.calibration.temperature != before.temperature
     predictor = Predictor.load(model_dir)
-    assert predictor.backend == "torch" and predictor.pixel_model.views == 4
-    with pytest.raises(LeukoscopeError, match="without the card's 4 test-time views"):
+    assert predictor.backend == "torch" and predictor.pixel_model.views == predictor.views == 4
+    with pytest.raises(LeukoscopeError, match="without the 4 test-time views"):
         Predictor.load(model_dir, backend="onnx")
     export_fp32(model_dir, model_dir / "model.onnx")
     assert onnx_parity(model_dir, model_dir / "model.onnx") <= 1e-4
-    assert Predictor.load(model_dir).backend == "onnx"
+    assert Predictor.load(model_dir).backend == ENGINES[0]
     calibrate(model_dir, tiny.manifest, fit_per_class=4, out_dir=tmp_path / "report")
     assert load_model(model_dir)[1].test_time_views == 4  # kept unless asked
     update_card(model_dir, test_time_views=1)
@@ -182,3 +201,63 @@ def test_a_framing_model_flags_an_image_without_a_cell_and_says_why(
         assert no_cell.uncertain and no_cell.label is not None  # classified, but flagged
         assert no_cell.note is not None and "no white cell found" in no_cell.note
         assert found.note is None and not found.uncertain  # uncalibrated: nothing else flags
+
+
+def test_an_export_alone_is_a_complete_model(tmp_path: Path, tiny: Tiny) -> None:
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny.model_dir, model_dir)
+    export_fp32(model_dir, model_dir / "model.onnx")
+    alone = tmp_path / "elsewhere" / "cells.onnx"
+    alone.parent.mkdir()
+    shutil.copy(model_dir / "model.onnx", alone)
+    images = [cell_image(i, size=96) for i in range(6)] + [Image.new("RGB", (96, 96), "white")]
+    names = [str(i) for i in range(len(images))]
+    in_folder = Predictor.load(model_dir, backend="torch").predict_images(images, names)
+    for engine in ENGINES:
+        predictor = Predictor.load(alone, backend=engine)
+        assert predictor.card == load_model(model_dir)[1] and predictor.weights is None
+        assert predictor.abstainer is not None
+        for a, b in zip(predictor.predict_images(images, names), in_folder, strict=True):
+            assert (a.label, a.uncertain) == (b.label, b.uncertain)
+            assert a.score == pytest.approx(b.score, abs=1e-3)
+        with pytest.raises(LeukoscopeError, match=r"cells\.onnx.*weights"):
+            _ = predictor.model  # explanations need the PyTorch weights
+
+
+def test_an_export_without_its_card_is_refused_by_name(tmp_path: Path, tiny: Tiny) -> None:
+    out = export_fp32(tiny.model_dir, tmp_path / "model.onnx")
+    graph = onnx.load(str(out))
+    kept = [p for p in graph.metadata_props if p.key != CARD_KEY]
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(kept)
+    onnx.save(graph, str(tmp_path / "old.onnx"))
+    with pytest.raises(LeukoscopeError, match=r"old\.onnx: the export carries no model card"):
+        Predictor.load(tmp_path / "old.onnx")
+    with pytest.raises(LeukoscopeError, match="no such exported model"):
+        Predictor.load(tmp_path / "missing.onnx", backend="onnx")
+
+
+def test_predicting_with_an_export_never_imports_torch(tmp_path: Path, tiny: Tiny) -> None:
+    out = export_fp32(tiny.model_dir, tmp_path / "cells.onnx")
+    image = tmp_path / "cell.jpg"
+    cell_image(3, size=96).save(image)
+    script = (
+        "import sys\n"
+        "from leukoscope.cli import main\n"
+        f"sys.argv = ['leukoscope', 'predict', {str(image)!r}, '--model', {str(out)!r},"
+        f" '--out', {str(tmp_path / 'p.csv')!r}, '--backend', sys.argv[1]]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'torchvision', 'timm',"
+        " 'sklearn'})\n"
+        "print('heavy:', heavy)\n"
+    )
+    for engine in ENGINES:
+        result = subprocess.run(
+            [sys.executable, "-c", script, engine], capture_output=True, text=True, check=True
+        )
+        assert "heavy: []" in result.stdout, result.stdout + result.stderr
+        rows = (tmp_path / "p.csv").read_text().splitlines()
+        assert len(rows) == 2 and rows[1].startswith(str(image))

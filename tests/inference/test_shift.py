@@ -33,3 +33,12 @@ def test_few_cells_need_strong_evidence_and_no_cells_is_no_shift() -> None:
     assert check_shift([], 0.05) == ShiftCheck(0, 0, 0.05, 1.0, False)
     with pytest.raises(ValueError, match="expected_share"):
         check_shift([True], 0.0)
+
+
+@pytest.mark.parametrize(("flagged", "cells"), [(0, 10), (1, 1), (12, 200), (300, 2109), (7, 7)])
+def test_the_p_value_is_the_one_sided_binomial_test(flagged: int, cells: int) -> None:
+    from scipy.stats import binomtest
+
+    expected = binomtest(flagged, cells, 0.05, alternative="greater").pvalue
+    uncertain = [True] * flagged + [False] * (cells - flagged)
+    assert check_shift(uncertain, 0.05).p_value == pytest.approx(expected, rel=1e-9, abs=1e-300)

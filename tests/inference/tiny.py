@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from leukoscope.data.images import decode_rgb
 from leukoscope.data.preprocess import Preprocessing, to_pixels
 from leukoscope.evaluation.calibrate import calibrate
-from leukoscope.inference.predictor import PixelModel
+from leukoscope.inference.pixel_model import PixelModel
 from leukoscope.models import HeadConfig, ModelCard, create_model, save_model
 from leukoscope.models.weights import SQUEEZENET_H5_NAMES, squeezenet_h5_dirs
 from tests.conftest import cell_image

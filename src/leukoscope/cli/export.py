@@ -14,8 +14,9 @@ from leukoscope.errors import LeukoscopeError
 PARITY_TOLERANCE = 1e-4
 OPSET = 17
 """``leukoscope.inference.export.OPSET``, the lowest opset the export supports."""
-ONNX_NAME = "model.onnx"
-"""``leukoscope.inference.predictor.ONNX_NAME``, the export ``--backend auto`` picks up."""
+INT8_NAME, ONNX_NAME = "model.int8.onnx", "model.onnx"
+"""``leukoscope.inference.runtime.FOLDER_EXPORTS``: the exports ``--backend auto`` picks up
+in a model directory, int8 first."""
 
 
 def export(
@@ -55,7 +56,7 @@ def export(
     from leukoscope.machine import has_int8_dot_product
 
     model_dir = model if model.is_dir() else model.parent
-    out = onnx_out or model_dir / ("model.int8.onnx" if int8 else ONNX_NAME)
+    out = onnx_out or model_dir / (INT8_NAME if int8 else ONNX_NAME)
     if int8:
         if manifest is None:
             raise LeukoscopeError("--int8 needs --calibration-manifest (training images)")
@@ -81,5 +82,7 @@ def export(
         console.print(f"ONNX Runtime vs PyTorch: max logit difference {difference:.2e} ({verdict})")
     size_mb = out.stat().st_size / 1e6
     console.print(f"Wrote {out} ({size_mb:.1f} MB)")
-    if out.parent.resolve() == model_dir.resolve() and out.name != ONNX_NAME:
+    if out.parent.resolve() != model_dir.resolve() or out.name not in (INT8_NAME, ONNX_NAME):
         console.print(f"Use it with: leukoscope predict --model {out} ...")
+    elif out.name == INT8_NAME:
+        console.print(f"predict --model {model_dir} now runs it (before {ONNX_NAME}).")

@@ -91,15 +91,16 @@ class Profile(StrEnum):
 
 
 class Backend(StrEnum):
-    """``leukoscope.inference.predictor.BACKENDS``."""
+    """``leukoscope.inference.runtime.BACKENDS``."""
 
     AUTO = "auto"
     TORCH = "torch"
+    OPENVINO = "openvino"
     ONNX = "onnx"
 
 
 class Views(IntEnum):
-    """``leukoscope.inference.predictor.VIEW_COUNTS``: test-time views."""
+    """``leukoscope.inference.runtime.VIEW_COUNTS``: test-time views."""
 
     ONE = 1
     FOUR = 4
@@ -149,7 +150,10 @@ class ReportFormat(StrEnum):
     HTML = "html"
 
 
-BACKEND_HELP = "auto uses ONNX Runtime when model.onnx is beside the model, else PyTorch."
+BACKEND_HELP = (
+    "auto runs the export beside the model (model.int8.onnx, else model.onnx) in OpenVINO or, "
+    "if not installed, ONNX Runtime; without an export, PyTorch. onnx is ONNX Runtime."
+)
 VIEWS_HELP = (
     "Test-time views: predict from the average of the image turned by 90-degree steps "
     "(8: and mirrored); that many times slower. Stored in the model card."
@@ -163,7 +167,7 @@ STATE_DIR_HELP = "Folder for the default SQLite database (default: ~/.local/shar
 
 ModelDir = Annotated[Path, typer.Option("--model", help="Model directory (or its .onnx export).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")]
-Workers = Annotated[int, typer.Option("--workers", min=0, help="Image-decoding processes.")]
+Workers = Annotated[int, typer.Option("--workers", min=0, help="Image-decoding threads.")]
 BackendOption = Annotated[Backend, typer.Option("--backend", help=BACKEND_HELP)]
 DataOption = Annotated[Path | None, typer.Option("--data", help=DATA_HELP)]
 DbOption = Annotated[str | None, typer.Option("--db", envvar="LEUKOSCOPE_DB_URL", help=DB_HELP)]

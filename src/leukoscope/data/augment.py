@@ -15,10 +15,13 @@ framing), white balance (a yellow or blue background tint), gamma and sensor noi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torchvision.transforms import v2
+
+from leukoscope.data.preprocess import standardise, to_unit
 
 RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 """Stain vectors of Ruifrok & Johnston (2001), as in ``skimage.color.rgb_from_hed``."""
@@ -154,3 +157,22 @@ class RandomNoise(v2.Transform):
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         return (inpt + torch.randn_like(inpt) * params["sigma"]).clamp(0, 1)
+
+
+class ToUnit(v2.Transform):
+    """:func:`~leukoscope.data.preprocess.to_unit` as a transform step."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return to_unit(inpt)
+
+
+class Standardise(v2.Transform):
+    """:func:`~leukoscope.data.preprocess.standardise` of a CHW image as a transform step."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return standardise(inpt, self.mean, self.std)

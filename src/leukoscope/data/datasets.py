@@ -3,6 +3,9 @@
 A corrupt image must never kill a training or prediction job: :class:`CellImageDataset` turns
 decode failures into error entries, and :func:`collate_skipping_errors` drops them from the
 batch while keeping the message, so the caller can report every skipped file at the end.
+
+torch is imported only by the functions that build tensors and loaders: finding and listing
+images (what ``leukoscope predict`` needs before an exported model runs) does without it.
 """
 
 from __future__ import annotations
@@ -14,17 +17,19 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 from leukoscope.classes import PBC8
 from leukoscope.data.images import DEFAULT_MAX_PIXELS, decode_rgb, is_image_name
 from leukoscope.data.scan import find_class_folders
 from leukoscope.data.split import MANIFEST_COLUMNS, SPLITS
 from leukoscope.errors import ImageDecodeError, LeukoscopeError
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import DataLoader
 
 UNLABELLED = -1
 
@@ -170,8 +175,9 @@ def evenly_spaced(samples: Sequence[Sample], per_class: int) -> list[Sample]:
 
 
 @dataclass
-class CellImageDataset(Dataset[dict[str, Any]]):
-    """Decodes samples on demand; a bad file yields an ``error`` entry instead of raising.
+class CellImageDataset:
+    """Decodes samples on demand; a bad file yields an ``error`` entry instead of raising
+    (a map-style dataset, as :class:`torch.utils.data.DataLoader` takes them).
 
     ``transform`` returns the image's tensor, or the tensor and a note on it (for example that
     no cell was found to frame), which the batch carries in :attr:`Batch.notes`.
@@ -211,6 +217,8 @@ class Batch:
 
 def collate_skipping_errors(items: Sequence[dict[str, Any]]) -> Batch:
     """Stack the good items; keep the failed ones as messages."""
+    import torch
+
     good = [item for item in items if "error" not in item]
     errors = [(item["index"], item["error"]) for item in items if "error" in item]
     images = torch.stack([item["image"] for item in good]) if good else torch.empty(0)
@@ -224,7 +232,7 @@ def collate_skipping_errors(items: Sequence[dict[str, Any]]) -> Batch:
 
 
 def make_loader(
-    dataset: Dataset[dict[str, Any]],
+    dataset: CellImageDataset,
     *,
     batch_size: int = 64,
     shuffle: bool = False,
@@ -232,9 +240,12 @@ def make_loader(
     seed: int = 0,
 ) -> DataLoader[dict[str, Any]]:
     """A loader with parallel decoding that never stops on a bad image."""
+    import torch
+    from torch.utils.data import DataLoader
+
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        dataset,
+        dataset,  # type: ignore[arg-type]  # any map-style dataset will do
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,

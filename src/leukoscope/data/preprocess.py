@@ -31,12 +31,10 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision.transforms import v2
 
 from leukoscope.cells.locate import (
     DEFAULT_CELL_FRACTION,
@@ -47,17 +45,14 @@ from leukoscope.cells.locate import (
     frame_cell,
     locate_cell,
 )
-from leukoscope.data.augment import (
-    ChannelGain,
-    HEDJitter,
-    RandomGamma,
-    RandomNoise,
-    RandomRot90,
-    RandomScale,
-)
-from leukoscope.data.datasets import CellImageDataset, Sample
 from leukoscope.data.images import decode_rgb
 from leukoscope.errors import ImageDecodeError, LeukoscopeError
+
+if TYPE_CHECKING:
+    import torch
+    from torchvision.transforms import v2
+
+    from leukoscope.data.datasets import CellImageDataset, Sample
 
 T = TypeVar("T")
 
@@ -419,12 +414,28 @@ def to_pixels(image: Image.Image, config: Preprocessing) -> np.ndarray:
     return to_noted_pixels(image, config)[0]
 
 
+def decode_pixels(
+    path: str | Path, config: Preprocessing, factor: float = 1.0
+) -> tuple[np.ndarray, str | None]:
+    """An image file decoded (drafted to ``config.draft_size``) into the model's uint8 input
+    pixels by :func:`to_noted_pixels` (rescaled by ``factor``), with its note.
+
+    Raises
+    ------
+    ImageDecodeError
+        Naming the file, when it cannot be read as an image.
+    """
+    return to_noted_pixels(decode_rgb(path, draft_size=config.draft_size), config, factor)
+
+
 def pixels_dataset(
     samples: Sequence[Sample], config: Preprocessing, factor: float = 1.0
 ) -> CellImageDataset:
     """``samples`` decoded (drafted to ``config.draft_size``) into uint8 pixel tensors
     (H, W, 3) by :func:`to_noted_pixels` (rescaled by ``factor``), each with its note;
     unreadable files become error entries."""
+    from leukoscope.data.datasets import CellImageDataset
+
     return CellImageDataset(samples, _PixelTransform(config, factor), draft_size=config.draft_size)
 
 
@@ -436,13 +447,15 @@ class _PixelTransform:
     factor: float = 1.0
 
     def __call__(self, image: Image.Image) -> tuple[torch.Tensor, str | None]:
+        import torch
+
         pixels, note = to_noted_pixels(image, self.config, self.factor)
         return torch.from_numpy(pixels.copy()), note
 
 
 def to_unit(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 pixels -> float32 in [0, 1] (``x / 255``), any layout."""
-    return pixels.to(torch.float32) / 255.0
+    return pixels.float() / 255.0
 
 
 def standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -480,43 +493,40 @@ class Augmentation:
     """Lowest JPEG quality applied to a third of the images; 100 turns it off."""
 
 
-class _ToUnit(v2.Transform):
-    """:func:`to_unit` as a transform step."""
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return to_unit(inpt)
-
-
-class _Standardise(v2.Transform):
-    """:func:`standardise` of a CHW image as a transform step."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return standardise(inpt, self.mean, self.std)
-
-
 def create_transform(config: Preprocessing, augmentation: Augmentation | None = None) -> v2.Compose:
     """The transform from uint8 pixels (3, H, W), as :func:`to_pixels` made them, to the float
     tensor the backbone takes: for evaluation (``augmentation`` None) exactly what
     :class:`~leukoscope.inference.predictor.PixelModel` computes; for training with the random
     ``augmentation`` between scaling and normalisation (HED jitter works on [0, 1] floats).
     """
+    from torchvision.transforms import v2
+
+    from leukoscope.data.augment import RandomRot90, Standardise, ToUnit
+
     steps: list[v2.Transform] = []
     if augmentation is not None:
         steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()]
-    steps.append(_ToUnit())
+    steps.append(ToUnit())
     if augmentation is not None:
         steps += _augmentation_steps(augmentation)
-    steps.append(_Standardise(config.mean, config.std))
+    steps.append(Standardise(config.mean, config.std))
     return v2.Compose(steps)
 
 
 def _augmentation_steps(a: Augmentation) -> list[v2.Transform]:
     """The random steps of ``a`` on [0, 1] float images, in acquisition order."""
+    import torch
+    from torchvision.transforms import v2
+
+    from leukoscope.data.augment import (
+        ChannelGain,
+        HEDJitter,
+        RandomGamma,
+        RandomNoise,
+        RandomScale,
+        ToUnit,
+    )
+
     steps: list[v2.Transform] = []
     if a.scale > 0:
         steps.append(RandomScale(a.scale))
@@ -539,5 +549,5 @@ def _augmentation_steps(a: Augmentation) -> list[v2.Transform]:
         steps.append(RandomNoise(a.noise))
     if a.jpeg_quality < 100:
         jpeg = v2.JPEG((a.jpeg_quality, 100))
-        steps += [v2.ToDtype(torch.uint8, scale=True), v2.RandomApply([jpeg], p=1 / 3), _ToUnit()]
+        steps += [v2.ToDtype(torch.uint8, scale=True), v2.RandomApply([jpeg], p=1 / 3), ToUnit()]
     return steps

@@ -90,7 +90,7 @@ def evaluate_model(
         model=model_name or str(model_path),
         arch=predictor.card.arch,
         backend=predictor.backend,
-        test_time_views=predictor.pixel_model.views,
+        test_time_views=predictor.views,
         data=data_description,
         magnification=scale.to_dict(),
     )

@@ -1,17 +1,22 @@
 """ONNX export (fp32, and int8 by ONNX Runtime static quantisation) of a saved model.
 
-The graph is :class:`~leukoscope.inference.predictor.PixelModel`: uint8 RGB pixels (N, H, W, 3)
-at the model's input size in, ``logits`` and pooled ``features`` out, batch size free. It is
-stamped with the sha256 of the weights it came from, so a predictor never pairs an export with
-a model card it does not belong to. Where the first convolution does not pad (SqueezeNet,
-Inception v3), the input normalisation is folded into its weights: the graph then feeds pixels
-straight into it, which spares two full-image passes (and, in int8, lets the first layer read
-the pixels as they are).
+The graph is :class:`~leukoscope.inference.pixel_model.PixelModel`: uint8 RGB pixels
+(N, H, W, 3) at the model's input size in, ``logits`` and pooled ``features`` out, batch size
+free. It is stamped with the sha256 of the weights it came from, so a predictor never pairs an
+export with a model card it does not belong to, and it carries the model card and the
+abstention statistics (losslessly packed, :func:`~leukoscope.inference.abstention.pack_stats`),
+so that the file alone is a complete model (:mod:`leukoscope.inference.runtime`). Where the
+first convolution does not pad (SqueezeNet, Inception v3), the input normalisation is folded
+into its weights: the graph then feeds pixels straight into it, which spares two full-image
+passes (and, in int8, lets the first layer read the pixels as they are).
 """
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
+import json
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -31,20 +36,23 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
-from leukoscope.data.datasets import Sample, evenly_spaced, make_loader, read_manifest
-from leukoscope.data.preprocess import Preprocessing, pixels_dataset
+from leukoscope.data.batches import pixel_batches
+from leukoscope.data.datasets import evenly_spaced, read_manifest
+from leukoscope.data.preprocess import Preprocessing
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import atomic_write_bytes
-from leukoscope.inference.predictor import (
+from leukoscope.inference.abstention import STATS_NAME, pack_stats
+from leukoscope.inference.pixel_model import PixelModel, torch_runner
+from leukoscope.inference.runtime import (
+    CARD_KEY,
     INPUT_NAME,
     OUTPUT_NAMES,
+    STATS_KEY,
     VIEWS_KEY,
     WEIGHTS_SHA_KEY,
     ModelFn,
-    PixelModel,
     onnx_runner,
     onnx_session,
-    torch_runner,
 )
 from leukoscope.models import ModelCard, load_model
 
@@ -91,20 +99,38 @@ def fold_normalisation(pixel_model: PixelModel, size: int) -> PixelModel:
     return folded if error <= FOLD_TOLERANCE else pixel_model
 
 
-def _stamp(model: onnx.ModelProto, card: ModelCard, precision: str) -> bytes:
-    """Record where the graph came from in its metadata and serialise it."""
+def _abstention_stats(model_path: str | Path, card: ModelCard) -> bytes | None:
+    """The model's abstention statistics file, checked against its card (None when the model
+    has no abstention rule)."""
+    if card.abstention is None:
+        return None
+    path = Path(model_path)
+    stats = (path if path.is_dir() else path.parent) / STATS_NAME
+    try:
+        data = stats.read_bytes()
+    except OSError as exc:
+        raise LeukoscopeError(f"{stats}: cannot read the abstention statistics ({exc})") from exc
+    if hashlib.sha256(data).hexdigest() != card.abstention.stats_sha256:
+        raise LeukoscopeError(f"{stats}: sha256 does not match the model card; recalibrate")
+    return data
+
+
+def _stamp(model: onnx.ModelProto, card: ModelCard, precision: str, stats: bytes | None) -> bytes:
+    """Record where the graph came from, the card and the abstention statistics in its
+    metadata and serialise it."""
     size = card.preprocessing.input_size
-    onnx.helper.set_model_props(
-        model,
-        {
-            WEIGHTS_SHA_KEY: card.sha256,
-            "leukoscope_arch": card.arch,
-            "leukoscope_classes": ",".join(card.classes),
-            "leukoscope_input": f"uint8 RGB NHWC {size}x{size}",
-            "leukoscope_precision": precision,
-            VIEWS_KEY: str(card.test_time_views),
-        },
-    )
+    props = {
+        WEIGHTS_SHA_KEY: card.sha256,
+        "leukoscope_arch": card.arch,
+        "leukoscope_classes": ",".join(card.classes),
+        "leukoscope_input": f"uint8 RGB NHWC {size}x{size}",
+        "leukoscope_precision": precision,
+        VIEWS_KEY: str(card.test_time_views),
+        CARD_KEY: json.dumps(card.to_json(), separators=(",", ":")),
+    }
+    if stats is not None:
+        props[STATS_KEY] = base64.b64encode(pack_stats(stats)).decode("ascii")
+    onnx.helper.set_model_props(model, props)
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
@@ -133,7 +159,7 @@ def export_fp32(model_path: str | Path, out: str | Path, *, opset: int = OPSET) 
             dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
         )
         graph = onnx.load(str(raw))
-    atomic_write_bytes(out, _stamp(graph, card, "fp32"))
+    atomic_write_bytes(out, _stamp(graph, card, "fp32", _abstention_stats(model_path, card)))
     return Path(out)
 
 
@@ -151,13 +177,12 @@ class PixelBatches(CalibrationDataReader):
     def __init__(
         self, paths: Sequence[Path], preprocessing: Preprocessing, batch_size: int = 32
     ) -> None:
-        dataset = pixels_dataset([Sample(p) for p in paths], preprocessing)
-        self._batches: Iterator[Any] = iter(make_loader(dataset, batch_size=batch_size))
+        self._batches: Iterator[Any] = pixel_batches(paths, preprocessing, batch_size=batch_size)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         for batch in self._batches:
-            if len(batch.indices):
-                return {INPUT_NAME: batch.images.numpy()}
+            if batch.indices:
+                return {INPUT_NAME: batch.pixels}
         return None
 
 
@@ -191,7 +216,9 @@ def export_int8(
     with tempfile.TemporaryDirectory() as tmp:
         fp32, prepared, quantised = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "q.onnx"))
         export_fp32(model_path, fp32, opset=opset)
-        quant_pre_process(str(fp32), str(prepared))
+        # ONNX's own shape inference, not ONNX Runtime's symbolic one, which cannot follow
+        # the reshape that averages test-time views (the batch axis is free).
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
             str(quantised),
@@ -206,7 +233,7 @@ def export_int8(
             extra_options=options,
         )
         graph = onnx.load(str(quantised))
-    atomic_write_bytes(out, _stamp(graph, card, "int8"))
+    atomic_write_bytes(out, _stamp(graph, card, "int8", _abstention_stats(model_path, card)))
     return Path(out)
 
 

@@ -1,61 +1,63 @@
-"""Predictions for cell images from a saved model, on PyTorch or ONNX Runtime.
+"""Predictions for cell images from a saved model, on OpenVINO, ONNX Runtime or PyTorch.
 
-Images travel as uint8 RGB pixels made by :mod:`leukoscope.data.preprocess` from the model
-card's ``preprocessing`` (N, H, W, 3): a quarter of the bytes of normalised floats between
-decoding workers and the model, and the same input for both backends. Normalisation happens
-inside the model (:class:`PixelModel`), so an exported ONNX file is self-contained. The model
-returns logits and pooled features; probabilities are temperature-scaled and the abstention
-flag is set with the calibration stored in the model card (see ``leukoscope calibrate``).
+One :class:`Predictor` serves every consumer (the commands, the demo, the web app, adaptation).
+It reads uint8 RGB pixels made by :mod:`leukoscope.data.preprocess` from the model card's
+``preprocessing`` and gets logits and pooled features from a backend: an exported model
+(:mod:`leukoscope.inference.runtime`) or the PyTorch model
+(:class:`~leukoscope.inference.pixel_model.PixelModel`). Probabilities are temperature-scaled
+and the abstention flag is set with the calibration stored in the model card (see
+``leukoscope calibrate``).
+
+With an export, this module and what it imports never load torch, torchvision or timm, whose
+import alone took 4.5 s on two cores: one image is classified in well under 2 s, start-up
+included (``benchmarks/inference.py``). The PyTorch model is loaded on first use of
+:attr:`Predictor.pixel_model`, by the torch backend and by explanations.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 from scipy.special import softmax
-from torch import nn
 
-from leukoscope.data.datasets import CellImageDataset, Sample, make_loader
+from leukoscope.data.batches import pixel_batches
 from leukoscope.data.images import decode_rgb
 from leukoscope.data.preprocess import (
     SCALE_CELLS,
     UNSCALED,
     ScaleEstimate,
     estimate_scale,
-    pixels_dataset,
     read_rgb,
     spread,
-    standardise,
     to_noted_pixels,
-    to_unit,
 )
 from leukoscope.errors import ImageDecodeError, LeukoscopeError
 from leukoscope.inference.abstention import Abstainer
+from leukoscope.inference.runtime import (
+    BACKENDS,
+    FOLDER_EXPORTS,
+    ONNX_NAME,
+    EngineMissing,
+    Export,
+    ModelFn,
+    engines_for,
+    open_export,
+)
 from leukoscope.inference.shift import ShiftCheck, check_shift
-from leukoscope.models import ModelCard, TransferModel, load_model
-from leukoscope.models.serialization import WEIGHTS_NAME
+from leukoscope.models.card import CARD_NAME, WEIGHTS_NAME, ModelCard, load_card
+
+if TYPE_CHECKING:
+    from leukoscope.data.datasets import CellImageDataset, Sample
+    from leukoscope.inference.pixel_model import PixelModel
+    from leukoscope.models import TransferModel
 
 logger = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "torch", "onnx")
-ONNX_NAME = "model.onnx"
-"""The exported file ``backend="auto"`` picks up from the model's directory."""
-INPUT_NAME = "pixels"
-OUTPUT_NAMES = ("logits", "features")
-WEIGHTS_SHA_KEY = "leukoscope_weights_sha256"
-"""ONNX metadata key tying an export to the exact weights it came from."""
-VIEWS_KEY = "test_time_views"
-"""ONNX metadata key: how many symmetric views of each image the export averages."""
-VIEW_COUNTS = (1, 4, 8)
 
 
 @dataclass
@@ -87,119 +89,6 @@ class Prediction:
         }
 
 
-class PixelModel(nn.Module):
-    """A classifier taking uint8 RGB pixels (N, H, W, 3) at its input size, returning
-    ``(logits, pooled features)``.
-
-    It normalises with :func:`~leukoscope.data.preprocess.to_unit` and
-    :func:`~leukoscope.data.preprocess.standardise`, the functions training normalises with,
-    so the ONNX export and the torch backend see bit for bit the tensor training saw.
-
-    With ``views`` 4 or 8 it averages the logits and features of the image turned by 0, 90, 180
-    and 270 degrees (and, with 8, of its mirror image turned the same ways): a cell on a slide
-    has no up or left, training augments with exactly these turns, and the average of the views
-    errs less than any one of them. It costs ``views`` times the computation.
-    """
-
-    mean: torch.Tensor
-    """Per-channel mean, shaped (1, 3, 1, 1) (a buffer, so it travels with the model)."""
-    std: torch.Tensor
-
-    def __init__(
-        self, model: TransferModel, mean: Sequence[float], std: Sequence[float], views: int = 1
-    ) -> None:
-        super().__init__()
-        if views not in VIEW_COUNTS:
-            raise LeukoscopeError(f"{views} test-time views: use one of {VIEW_COUNTS}")
-        self.model = model
-        self.views = views
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-
-    @classmethod
-    def from_card(cls, model: TransferModel, card: ModelCard) -> PixelModel:
-        """The pixel model a model card describes (normalisation and test-time views)."""
-        preprocessing = card.preprocessing
-        return cls(model, preprocessing.mean, preprocessing.std, card.test_time_views).eval()
-
-    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The float, normalised NCHW tensor the backbone expects."""
-        return standardise(to_unit(pixels.permute(0, 3, 1, 2)), self.mean, self.std)
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.normalise(pixels)
-        if self.views > 1:
-            x = torch.cat(symmetric_views(x, self.views))
-        features = self.model.forward_features(x)
-        logits = self.model.head.classifier(features)
-        if self.views > 1:
-            logits = logits.unflatten(0, (self.views, -1)).mean(0)
-            features = features.unflatten(0, (self.views, -1)).mean(0)
-        return logits, features
-
-
-def symmetric_views(
-    x: torch.Tensor, views: int, dims: tuple[int, int] = (2, 3)
-) -> list[torch.Tensor]:
-    """The first ``views`` of: square images turned by 0, 90, 180 and 270 degrees, then their
-    mirror images turned the same (``torch.rot90`` in ops that export to ONNX). ``dims`` are
-    the images' row and column axes (NCHW by default)."""
-    rows, columns = dims
-    turned = []
-    for image in (x, x.flip(columns)) if views > 4 else (x,):
-        transposed = image.transpose(rows, columns)
-        turned += [image, transposed.flip(rows), image.flip(dims), transposed.flip(columns)]
-    return turned[:views]
-
-
-def cpu_cores() -> int:
-    """Cores this process may use (the affinity mask, not the machine's total)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def onnx_session(path: str | Path) -> Any:
-    """An ONNX Runtime CPU session with full graph optimisation and one thread per core.
-
-    Its threads sleep instead of spinning between operators: decoding workers and other
-    processes share these cores, and with two busy cores spinning cost 8% of end-to-end
-    throughput in our measurements.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = cpu_cores()
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-ModelFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-"""uint8 pixels (N, H, W, 3) -> (raw logits (N, C), pooled features (N, D)), float32."""
-
-
-def torch_runner(model: PixelModel) -> ModelFn:
-    """Run the PyTorch model eagerly, without autograd."""
-
-    def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
-            logits, features = model(torch.from_numpy(pixels))
-        return logits.numpy(), features.numpy()
-
-    return run
-
-
-def onnx_runner(session: Any) -> ModelFn:
-    """Run an exported model in an ONNX Runtime session."""
-
-    def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, features = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels})
-        return logits, features
-
-    return run
-
-
 @dataclass
 class Outputs:
     """Model outputs for the readable files among some paths; ``indices`` are their positions."""
@@ -218,56 +107,105 @@ class Outputs:
 
 @dataclass
 class Predictor:
-    """A loaded model ready to classify images; build it with :meth:`Predictor.load`."""
+    """A loaded model ready to classify images; build it with :meth:`Predictor.load`.
 
-    classes: tuple[str, ...]
+    ``source`` is what runs (a model directory, or the export that runs); ``weights`` the
+    ``model.safetensors`` the PyTorch model is loaded from when it is first needed (None for a
+    standalone export, which then cannot explain its predictions).
+    """
+
     card: ModelCard
-    pixel_model: PixelModel
     backend: str
     run: ModelFn
     abstainer: Abstainer | None
+    source: Path | None = None
+    weights: Path | None = None
+    _pixel_model: PixelModel | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, model_path: str | Path, *, backend: str = "auto") -> Predictor:
-        """Load a model directory, its ``model.safetensors``, or an exported ``.onnx`` in it.
+        """Load a model directory, its ``model.safetensors``, or an exported ``.onnx`` file.
 
-        ``auto`` uses ONNX Runtime when ``model.onnx`` sits beside the weights, was exported from
-        these very weights and onnxruntime imports; otherwise PyTorch. ``onnx`` requires it.
+        ``auto`` runs the export beside the weights (``model.int8.onnx``, else
+        ``model.onnx``) in the first of :data:`~leukoscope.inference.runtime.ENGINES` that is
+        installed, when the export was made from these very weights; otherwise PyTorch.
+        ``onnx`` (ONNX Runtime) and ``openvino`` require an export. An ``.onnx`` file is a
+        model of its own: it carries its card and abstention statistics, and the card and
+        statistics beside it, when it sits in a model directory, take precedence (they may
+        have been recalibrated since).
         """
         if backend not in BACKENDS:
             raise LeukoscopeError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
         path = Path(model_path)
-        is_onnx = path.suffix == ".onnx"
-        model_dir = path.parent if is_onnx or path.suffix == ".safetensors" else path
-        model, card = load_model(model_dir / WEIGHTS_NAME if is_onnx else path)
-        pixel_model = PixelModel.from_card(model, card)
+        if path.suffix == ".onnx":
+            if backend == "torch":
+                raise LeukoscopeError(f"{path}: an .onnx model needs a backend other than torch")
+            return cls._from_export(path, backend)
+        model_dir = path.parent if path.suffix == ".safetensors" else path
+        if not model_dir.is_dir():
+            raise LeukoscopeError(f"{model_dir}: no such model directory")
+        card = load_card(model_dir / CARD_NAME)
         abstainer = Abstainer.load(model_dir, card) if card.abstention else None
-        classes = card.classes
+        weights = model_dir / WEIGHTS_NAME
         if backend != "torch":
-            onnx_path = path if is_onnx else model_dir / ONNX_NAME
-            session = _checked_session(onnx_path, card, required=backend == "onnx" or is_onnx)
-            if session is not None:
-                return cls(classes, card, pixel_model, "onnx", onnx_runner(session), abstainer)
-        elif is_onnx:
-            raise LeukoscopeError(f"{path}: an .onnx model needs the onnx or auto backend")
-        return cls.from_model(model, card, abstainer)
+            export = _folder_export(model_dir, card, backend)
+            if export is not None:
+                return cls(card, export.engine, export.run, abstainer, export.path, weights)
+        from leukoscope.models import load_model
+
+        model, card = load_model(weights)
+        predictor = cls.from_model(model, card, abstainer)
+        predictor.source, predictor.weights = model_dir, weights
+        return predictor
+
+    @classmethod
+    def _from_export(cls, path: Path, backend: str) -> Predictor:
+        """A predictor for an export, in its model directory or on its own."""
+        export = _open_first(path, engines_for(backend))
+        card_file = path.parent / CARD_NAME
+        if card_file.is_file():
+            card = load_card(card_file)
+            export.check(card, str(card_file))
+            abstainer = Abstainer.load(path.parent, card) if card.abstention else None
+            weights: Path | None = path.parent / WEIGHTS_NAME
+        else:
+            card = export.card()
+            export.check(card, "its embedded model card")
+            abstainer = None
+            if card.abstention:
+                abstainer = Abstainer.from_bytes(export.abstention_stats(), card, str(path))
+            weights = None
+        return cls(card, export.engine, export.run, abstainer, path, weights)
 
     @classmethod
     def from_model(
         cls, model: TransferModel, card: ModelCard, abstainer: Abstainer | None = None
     ) -> Predictor:
         """A PyTorch predictor for a model in memory (e.g. to calibrate it afresh)."""
+        from leukoscope.inference.pixel_model import PixelModel, torch_runner
+
         pixel_model = PixelModel.from_card(model, card)
-        return cls(card.classes, card, pixel_model, "torch", torch_runner(pixel_model), abstainer)
+        return cls(card, "torch", torch_runner(pixel_model), abstainer, _pixel_model=pixel_model)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.card.classes
 
     @property
     def input_size(self) -> int:
         return self.card.preprocessing.input_size
 
+    @property
+    def views(self) -> int:
+        """Symmetric views of each image the model averages (each costs a model pass)."""
+        return self.card.test_time_views
+
     def dataset(self, samples: Sequence[Sample], factor: float = 1.0) -> CellImageDataset:
-        """``samples`` decoded as this predictor decodes files: the uint8 RGB pixels of
-        :func:`~leukoscope.data.preprocess.pixels_dataset` for the card's preprocessing
-        (rescaled by their sample's ``factor``)."""
+        """``samples`` decoded as this predictor decodes files, as a PyTorch dataset: the uint8
+        RGB pixels of :func:`~leukoscope.data.preprocess.pixels_dataset` for the card's
+        preprocessing (rescaled by their sample's ``factor``)."""
+        from leukoscope.data.preprocess import pixels_dataset
+
         return pixels_dataset(samples, self.card.preprocessing, factor)
 
     def estimate_scale(self, paths: Sequence[str | Path]) -> ScaleEstimate:
@@ -297,6 +235,24 @@ class Predictor:
             [to_noted_pixels(Image.fromarray(rgb), config, factor)[0] for rgb in images]
         )
         return [self.classes[i] for i in self.run(pixels)[0].argmax(axis=1)]
+
+    @property
+    def pixel_model(self) -> PixelModel:
+        """The PyTorch model taking pixels, loaded from :attr:`weights` on first use."""
+        if self._pixel_model is None:
+            from leukoscope.inference.pixel_model import PixelModel
+            from leukoscope.models import load_model
+
+            if self.weights is None or not self.weights.is_file():
+                raise LeukoscopeError(
+                    f"{self.source}: this needs the PyTorch weights ({WEIGHTS_NAME}) beside "
+                    "the model, which are not there; use the model directory"
+                )
+            model, card = load_model(self.weights)
+            if card.sha256 != self.card.sha256:
+                raise LeukoscopeError(f"{self.weights}: not the weights of the loaded model")
+            self._pixel_model = PixelModel.from_card(model, self.card)
+        return self._pixel_model
 
     @property
     def model(self) -> TransferModel:
@@ -372,7 +328,7 @@ class Predictor:
         scale: ScaleEstimate | None = None,
     ) -> Outputs:
         """Raw (uncalibrated) logits and features of files, batched, decoded by ``workers``
-        processes while the model runs.
+        threads while the model runs (see :func:`~leukoscope.data.batches.pixel_batches`).
 
         The files are taken as one sample, rescaled by ``scale`` (by default what
         :meth:`estimate_scale` finds for them) to the training images' magnification.
@@ -382,28 +338,28 @@ class Predictor:
         :attr:`~leukoscope.data.preprocess.Preprocessing.draft_size`).
         """
         factor = (scale or self.estimate_scale(paths)).factor
-        dataset = self.dataset([Sample(Path(p)) for p in paths], factor)
-        batch_size = max(1, batch_size // self.pixel_model.views)  # the model sees every view
-        parallel = workers if math.ceil(len(paths) / batch_size) > 1 else 0
-        loader = make_loader(dataset, batch_size=batch_size, workers=parallel)
+        batch_size = max(1, batch_size // self.views)  # the model sees every view
         logits: list[np.ndarray] = []
         features: list[np.ndarray] = []
         indices: list[int] = []
         errors: list[tuple[int, str]] = []
         notes: dict[int, str] = {}
-        for batch in loader:
-            if len(batch.indices):
-                batch_logits, batch_features = self.run(batch.images.numpy())
+        batches = pixel_batches(
+            paths, self.card.preprocessing, batch_size=batch_size, workers=workers, factor=factor
+        )
+        for batch in batches:
+            if batch.indices:
+                batch_logits, batch_features = self.run(batch.pixels)
                 logits.append(batch_logits)
                 features.append(batch_features)
-                indices.extend(batch.indices.tolist())
+                indices.extend(batch.indices)
             errors.extend(batch.errors)
             notes.update(batch.notes)
             if on_progress is not None:
                 on_progress(len(batch.indices) + len(batch.errors))
         if not indices:
             empty = np.empty((0, len(self.classes)), np.float32)
-            return Outputs(empty, np.empty((0, self.model.num_features), np.float32), [], errors)
+            return Outputs(empty, np.empty((0, 0), np.float32), [], errors)
         return Outputs(np.concatenate(logits), np.concatenate(features), indices, errors, notes)
 
     def predictions_from_outputs(
@@ -471,33 +427,45 @@ class Predictor:
         )
 
 
-def _checked_session(path: Path, card: ModelCard, *, required: bool) -> Any | None:
-    """An ORT session for ``path`` if it exists, loads and was exported from the card's weights.
-
-    ``required``: raise instead of returning None (which means: use PyTorch).
-    """
-    problem = None
-    if not path.is_file():
-        problem = f"{path}: no ONNX export (run leukoscope export first)"
-    else:
+def _open_first(path: Path, engines: Sequence[str]) -> Export:
+    """``path`` opened by the first of ``engines`` that is installed."""
+    missing: EngineMissing | None = None
+    for engine in engines:
         try:
-            session = onnx_session(path)
-        except ImportError:
-            problem = "the onnx backend needs onnxruntime, which is not installed"
-        except Exception as exc:  # onnxruntime raises its own, unexported exception types
-            problem = f"{path}: ONNX Runtime cannot load it ({exc})"
-        else:
-            metadata = session.get_modelmeta().custom_metadata_map
-            views = card.test_time_views
-            if metadata.get(WEIGHTS_SHA_KEY) != card.sha256:
-                problem = f"{path} was exported from other weights than the model card's"
-            elif int(metadata.get(VIEWS_KEY, 1)) != views:
-                problem = f"{path} was exported without the card's {views} test-time views"
-            else:
-                return session
-            problem += "; re-export it"
+            return open_export(path, engine)
+        except EngineMissing as exc:
+            missing = exc
+    assert missing is not None
+    raise missing
+
+
+def _folder_export(model_dir: Path, card: ModelCard, backend: str) -> Export | None:
+    """The first export of :data:`~leukoscope.inference.runtime.FOLDER_EXPORTS` in a model
+    directory that loads and was made from the card's weights with its views.
+
+    None when there is none (PyTorch then runs the model), with a warning for each export that
+    could not be used; for a backend other than ``auto``, an error naming the files instead.
+    """
+    required = backend != "auto"
+    candidates = [model_dir / name for name in FOLDER_EXPORTS if (model_dir / name).is_file()]
+    if not candidates:
+        if not required:
+            return None
+        raise LeukoscopeError(
+            f"{model_dir / ONNX_NAME}: no such exported model (run leukoscope export first)"
+        )
+    problems = []
+    for path in candidates:
+        try:
+            export = _open_first(path, engines_for(backend))
+            export.check(card, str(model_dir / CARD_NAME))
+        except LeukoscopeError as exc:
+            problems.append(str(exc))
+            continue
+        for problem in problems:
+            logger.warning("%s; using %s", problem, path.name)
+        return export
     if required:
-        raise LeukoscopeError(problem)
-    if path.exists():
-        logger.warning("%s; using PyTorch", problem)
+        raise LeukoscopeError("; ".join(problems))
+    logger.warning("%s; using PyTorch", "; ".join(problems))
     return None

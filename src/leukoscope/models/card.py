@@ -46,11 +46,26 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from leukoscope.data.preprocess import Preprocessing
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import atomic_write_json
-from leukoscope.models.registry import HeadConfig
 
 FORMAT = "leukoscope-model/2"
 PREVIOUS_FORMAT = "leukoscope-model/1"
 CARD_NAME = "model_card.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The classifier on the pooled features: Linear(C, hidden) -> ReLU -> Dropout ->
+    Linear(hidden, N), the reference study's head; ``hidden=0`` gives Dropout -> Linear(C, N)."""
+
+    hidden: int = 256
+    dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.hidden < 0 or not 0.0 <= self.dropout < 1.0:
+            raise LeukoscopeError(
+                f"invalid head: hidden must be >= 0 and dropout in [0, 1), got {self}"
+            )
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from torch import nn
 
 from leukoscope.data.preprocess import Interpolation, Preprocessing
 from leukoscope.errors import LeukoscopeError
+from leukoscope.models.card import HeadConfig
 from leukoscope.models.weights import EFFICIENTNET_LITE0_TIMM, load_imagenet_weights
 
 WEIGHTS = ("imagenet", "none")
@@ -47,21 +48,6 @@ class ModelConfig:
     def preprocessing(self, input_size: int | None = None) -> Preprocessing:
         """These defaults as a model's preprocessing, at ``input_size`` (default: the arch's)."""
         return Preprocessing(input_size or self.input_size, self.mean, self.std, self.interpolation)
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """The classifier on the pooled features: Linear(C, hidden) -> ReLU -> Dropout ->
-    Linear(hidden, N), the reference study's head; ``hidden=0`` gives Dropout -> Linear(C, N)."""
-
-    hidden: int = 256
-    dropout: float = 0.3
-
-    def __post_init__(self) -> None:
-        if self.hidden < 0 or not 0.0 <= self.dropout < 1.0:
-            raise LeukoscopeError(
-                f"invalid head: hidden must be >= 0 and dropout in [0, 1), got {self}"
-            )
 
 
 class Backbone(NamedTuple):

@@ -12,10 +12,8 @@ from safetensors import SafetensorError
 
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import atomic_write_bytes
-from leukoscope.models.card import CARD_NAME, ModelCard, load_card, save_card
+from leukoscope.models.card import CARD_NAME, WEIGHTS_NAME, ModelCard, load_card, save_card
 from leukoscope.models.registry import TransferModel, create_model
-
-WEIGHTS_NAME = "model.safetensors"
 
 
 def save_model(out_dir: str | Path, model: TransferModel, card: ModelCard) -> Path:

@@ -1,0 +1,216 @@
+"""Running an exported model without PyTorch: ONNX Runtime and OpenVINO, and what an export
+carries in its metadata.
+
+An export (``leukoscope export``) is the graph of
+:class:`~leukoscope.inference.pixel_model.PixelModel`: uint8 RGB pixels (N, H, W, 3) in,
+``logits`` and pooled ``features`` out. Its metadata ties it to the weights it came from and
+holds the model card and the abstention statistics, so that the file alone is a model that
+predicts, calibrates and abstains anywhere. Nothing here imports torch or timm (about 4 s
+of start-up on two cores, more than a whole one-image prediction may take).
+
+Both runtimes read the same ONNX file, fp32 or int8 (QDQ). Which one is faster depends on the
+CPU (int8 dot-product instructions, AVX-512, AMX); ``benchmarks/inference.py`` measures them,
+and :data:`ENGINES` lists them fastest first on the machines measured.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leukoscope.errors import LeukoscopeError
+from leukoscope.inference.abstention import unpack_stats
+from leukoscope.models.card import ModelCard
+
+ONNX_NAME = "model.onnx"
+"""The export ``backend="auto"`` picks up from a model's directory."""
+INT8_NAME = "model.int8.onnx"
+FOLDER_EXPORTS = (INT8_NAME, ONNX_NAME)
+"""The exports a model directory may hold, in the order the predictor tries them: a released
+model ships an int8 export only where it is faster than fp32 and within one test image of its
+accuracy (``benchmarks/inference.py``)."""
+INPUT_NAME = "pixels"
+OUTPUT_NAMES = ("logits", "features")
+WEIGHTS_SHA_KEY = "leukoscope_weights_sha256"
+"""Metadata key tying an export to the exact weights it came from."""
+VIEWS_KEY = "test_time_views"
+"""Metadata key: how many symmetric views of each image the export averages."""
+CARD_KEY = "leukoscope_card"
+"""Metadata key: the model card (JSON) as it was when the model was exported."""
+STATS_KEY = "leukoscope_abstention"
+"""Metadata key: the abstention statistics (base64 of :func:`~.abstention.pack_stats`)."""
+VIEW_COUNTS = (1, 4, 8)
+
+ENGINES = ("openvino", "onnx")
+"""The runtimes for exports, in the order ``backend="auto"`` tries them (the faster first, as
+``benchmarks/inference.py`` measured them on the released models)."""
+BACKENDS = ("auto", "torch", *ENGINES)
+ENGINE_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
+
+
+class EngineMissing(LeukoscopeError):
+    """The runtime a backend needs is not installed."""
+
+
+ModelFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""uint8 pixels (N, H, W, 3) -> (raw logits (N, C), pooled features (N, D)), float32."""
+
+
+def cpu_cores() -> int:
+    """Cores this process may use (the affinity mask, not the machine's total)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def onnx_session(path: str | Path) -> Any:
+    """An ONNX Runtime CPU session with full graph optimisation and one thread per core.
+
+    Its threads sleep instead of spinning between operators: decoding workers and other
+    processes share these cores, and with two busy cores spinning cost 8% of end-to-end
+    throughput in our measurements.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = cpu_cores()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_runner(session: Any) -> ModelFn:
+    """Run an exported model in an ONNX Runtime session."""
+
+    def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, features = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels})
+        return logits, features
+
+    return run
+
+
+def openvino_model(path: str | Path) -> tuple[Any, dict[str, str]]:
+    """An export compiled by OpenVINO for this CPU, and its metadata.
+
+    fp32 graphs run in fp32 (OpenVINO would otherwise pick bf16 on CPUs with AMX, which is not
+    the model that was checked); int8 (QDQ) graphs run in int8. One inference request at a
+    time on every core (the ``LATENCY`` hint): the predictor calls the model one batch at a
+    time, and decoding threads share the cores.
+    """
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    # The ONNX metadata is the "framework" section of the model's runtime information.
+    framework = model.get_rt_info()["framework"] if model.has_rt_info(["framework"]) else {}
+    metadata = {key: str(value.astype(str)) for key, value in framework.items()}
+    compiled = core.compile_model(
+        model,
+        "CPU",
+        {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": cpu_cores(),
+            "INFERENCE_PRECISION_HINT": "f32",
+        },
+    )
+    return compiled, metadata
+
+
+def openvino_runner(compiled: Any) -> ModelFn:
+    """Run a compiled OpenVINO model, one request at a time."""
+    request = compiled.create_infer_request()
+    outputs = [compiled.output(name) for name in OUTPUT_NAMES]
+
+    def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        results = request.infer({INPUT_NAME: pixels})
+        logits, features = (np.array(results[output]) for output in outputs)
+        return logits, features
+
+    return run
+
+
+@dataclass(frozen=True)
+class Export:
+    """An export opened by one engine: how to run it and what its metadata says."""
+
+    path: Path
+    engine: str
+    run: ModelFn
+    metadata: dict[str, str]
+
+    def card(self) -> ModelCard:
+        """The model card embedded at export (an export made before cards were embedded, or
+        by another tool, has none)."""
+        text = self.metadata.get(CARD_KEY)
+        if text is None:
+            raise LeukoscopeError(
+                f"{self.path}: the export carries no model card (made by an older leukoscope); "
+                "put it in its model folder beside model_card.json, or export it again"
+            )
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise LeukoscopeError(f"{self.path}: its embedded model card is not JSON") from exc
+        return ModelCard.from_json(data, f"{self.path} (embedded model card)")
+
+    def abstention_stats(self) -> bytes:
+        """The abstention statistics file embedded at export."""
+        packed = self.metadata.get(STATS_KEY)
+        if packed is None:
+            raise LeukoscopeError(
+                f"{self.path}: the export carries no abstention statistics; export it again"
+            )
+        return unpack_stats(base64.b64decode(packed))
+
+    def check(self, card: ModelCard, card_source: str) -> None:
+        """Raise unless the export was made from ``card``'s weights with its views."""
+        problem = None
+        if self.metadata.get(WEIGHTS_SHA_KEY) != card.sha256:
+            problem = f"was exported from other weights than {card_source}"
+        elif int(self.metadata.get(VIEWS_KEY, 1)) != card.test_time_views:
+            views = card.test_time_views
+            problem = f"was exported without the {views} test-time views of {card_source}"
+        if problem is not None:
+            raise LeukoscopeError(f"{self.path} {problem}; export it again")
+
+
+def open_export(path: str | Path, engine: str) -> Export:
+    """Open an exported model with ``engine`` (``onnx``: ONNX Runtime, or ``openvino``).
+
+    Raises
+    ------
+    LeukoscopeError
+        Naming the file: missing, not loadable, or the engine not installed.
+    """
+    path = Path(path)
+    if engine not in ENGINES:
+        raise LeukoscopeError(f"unknown engine {engine!r}: use {', '.join(ENGINES)}")
+    if not path.is_file():
+        raise LeukoscopeError(f"{path}: no such exported model (run leukoscope export first)")
+    try:
+        if engine == "onnx":
+            session = onnx_session(path)
+            metadata = dict(session.get_modelmeta().custom_metadata_map)
+            return Export(path, engine, onnx_runner(session), metadata)
+        compiled, metadata = openvino_model(path)
+        return Export(path, engine, openvino_runner(compiled), metadata)
+    except ImportError:
+        raise EngineMissing(
+            f"the {engine} backend needs {ENGINE_PACKAGES[engine]}, which is not installed"
+        ) from None
+    except Exception as exc:  # both runtimes raise their own, unexported exception types
+        raise LeukoscopeError(f"{path}: {engine} cannot load it ({exc})") from exc
+
+
+def engines_for(backend: str) -> Sequence[str]:
+    """The engines ``backend`` may use, in the order to try them."""
+    if backend in ENGINES:
+        return (backend,)
+    return ENGINES
