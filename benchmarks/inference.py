@@ -1,165 +1,292 @@
-"""Inference speed: JPEG files on disk to predictions, per architecture and backend.
+"""Speed and accuracy of the released models, end to end from JPEG files, per runtime.
 
-For each arch (random weights: speed does not depend on them) it measures
-- end to end: images/s of ``Predictor.predict_paths`` (decode in worker processes, resize,
-  model; batch 64) over ``--n`` JPEGs already in the page cache;
-- batch 1: ms per image of ``Predictor.predict_bytes`` (decode, resize, model), p50 and p95;
-for PyTorch eager, ONNX Runtime fp32 and, with ``--int8``, ONNX Runtime int8. The compute bound
-is the machine's measured fp32 matmul FLOP/s divided by the model's FLOPs per image (counted by
-``torch.utils.flop_counter``), in images/s; ``ratio`` = achieved / bound.
+For each model of ``--models`` (default: every released model that ships an export), for each
+runtime installed (OpenVINO, ONNX Runtime; ``--torch`` adds eager PyTorch) and each precision it
+ships (``model.onnx`` fp32, ``model.int8.onnx`` int8), in one run:
 
-Run: python benchmarks/inference.py [--data DIR] [--archs squeezenet1_1,resnet50] [--n 640]
-     [--int8] [--workers 2] [--image-size PX] [--out benchmarks/results/inference.json]
+- end to end: ``leukoscope predict`` of the model's test-split JPEG files (``--n`` of them, evenly
+  spaced through the split: default all; ``--n-views``, default 256, for a model with test-time
+  views, which runs several times slower) to a CSV, as a fresh process: start-up, decoding (two
+  threads), batch 64 and writing included. images/s = files / wall time; the accuracy is read
+  back from that CSV against the manifest's labels;
+- model only: images/s of the runtime on decoded pixels, batch 64 (``--batches`` calls):
+  the bound the pipeline works against, and the share of it reached end to end;
+- batch 1: ``Predictor.predict_bytes`` of one JPEG (decode, resize, classify, abstain), p50 and
+  p95 over ``--latency`` images;
+- decoding only: images/s of decoding and resizing test files to each input size on two threads,
+  and on two processes (PyTorch's DataLoader, the decoder before threads) for comparison;
+- command-line start-up, ``--runs`` times each: ``leukoscope --help``, a usage error, and
+  ``predict`` of one image with each model folder as a user runs it (default options).
+
+Targets (issue 13, on two cores): ``--help`` under 1 s, one-image ``predict`` under 2 s. The
+CPU's instruction sets (AVX2, AVX-512, VNNI, AMX) are recorded with the machine: int8 and the
+ranking of the runtimes depend on them.
+
+Run: python benchmarks/inference.py [--models models/a,models/b] [--n 0] [--n-views 256] [--runs 5]
+     [--torch] [--out benchmarks/results/inference.json]
+     python benchmarks/inference.py --table [--out FILE.json]  (Markdown tables from the JSON)
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from results_file import write_results
-from torch.utils.flop_counter import FlopCounterMode
 
-from leukoscope.data import default_dataset_dir
-from leukoscope.data.datasets import samples_from_folder
-from leukoscope.inference.export import export_fp32, export_int8
-from leukoscope.inference.predictor import Predictor, cpu_cores
-from leukoscope.models import ModelCard, create_model, get_config, list_archs, save_model
+from leukoscope.data.batches import pixel_batches
+from leukoscope.data.datasets import Sample, evenly_spaced, make_loader, read_manifest
+from leukoscope.data.preprocess import pixels_dataset
+from leukoscope.inference.predictor import Predictor
+from leukoscope.inference.runtime import ENGINES, INT8_NAME, ONNX_NAME, cpu_cores
+from leukoscope.models import load_card
 
-LATENCY_IMAGES = 60
-
-
-def matmul_flops(size: int = 2048, repeats: int = 10) -> float:
-    """Best sustained fp32 FLOP/s of a large matrix product on all cores."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "leukoscope"]
+MANIFESTS = {"wbc5": "runs/manifests/wbc5-seed0.csv", "pbc8": "runs/manifests/pbc8-seed0.csv"}
+"""The split each released model was trained on, by the prefix of its name."""
+TARGETS_S = {"help": 1.0, "usage_error": 1.0, "predict_one_image": 2.0}
+ENGINE_NAMES = {"openvino": "OpenVINO", "onnx": "ONNX Runtime", "torch": "PyTorch eager"}
 
 
-def model_flops(model: torch.nn.Module, size: int) -> int:
-    """FLOPs of one image through the model (a multiply-add counts as 2)."""
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.randn(1, 3, size, size))
-    return counter.get_total_flops()
+def released_models() -> list[Path]:
+    return sorted(p.parent for p in (REPO / "models").glob(f"*/{ONNX_NAME}"))
 
 
-def build(
-    arch: str, classes: list[str], root: Path, calibration: Path | None, size: int | None
-) -> dict[str, Path]:
-    """A random-weight model of ``arch`` at input ``size`` (default: the arch's) and its exports;
-    returns backend name -> model path."""
-    config = get_config(arch)
-    model = create_model(arch, len(classes), weights="none").eval()
-    card = ModelCard(arch, tuple(classes), model.head_config, config.preprocessing(size))
-    save_model(root, model, card)
-    paths = {"torch": root, "onnx-fp32": export_fp32(root, root / "model.onnx")}
-    if calibration is not None:
-        paths["onnx-int8"] = export_int8(
-            root, root / "model.int8.onnx", calibration, images_per_class=8
-        )
-    return paths
-
-
-def measure(predictor: Predictor, paths: list[Path], workers: int) -> dict[str, float]:
-    """End-to-end images/s at batch 64 and batch-1 latency percentiles."""
-    predictor.predict_paths(paths[:64], workers=0)  # warm up kernels and allocator
+def timed(command: list[str], expect_code: int = 0) -> float:
+    """Wall seconds from launch to exit of ``command``."""
     start = time.perf_counter()
-    predictions = predictor.predict_paths(paths, batch_size=64, workers=workers)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     elapsed = time.perf_counter() - start
-    assert not any(p.error for p in predictions)
-    data = [p.read_bytes() for p in paths[:LATENCY_IMAGES]]
+    if result.returncode != expect_code:
+        raise SystemExit(f"{' '.join(command)} exited {result.returncode}:\n{result.stderr}")
+    return elapsed
+
+
+def medians(command: list[str], runs: int, expect_code: int = 0) -> dict[str, Any]:
+    times = [timed(command, expect_code) for _ in range(runs)]
+    return {"median_s": round(statistics.median(times), 3), "runs_s": [round(t, 3) for t in times]}
+
+
+def end_to_end(
+    model: Path, backend: str, paths: list[Path], labels: list[str], tmp: Path
+) -> dict[str, Any]:
+    """``leukoscope predict`` of ``paths`` to a CSV: images/s and accuracy."""
+    out = tmp / "predictions.csv"
+    command = [*CLI, "predict", *map(str, paths), "--model", str(model), "--backend", backend]
+    elapsed = timed([*command, "--out", str(out)])
+    with out.open(newline="") as handle:
+        predicted = {row["source"]: row["label"] for row in csv.DictReader(handle)}
+    correct = sum(predicted[str(p)] == label for p, label in zip(paths, labels, strict=True))
+    return {
+        "images_per_s": round(len(paths) / elapsed, 1),
+        "wall_s": round(elapsed, 2),
+        "accuracy": round(correct / len(paths), 4),
+        "errors": len(paths) - correct,
+    }
+
+
+def model_only(predictor: Predictor, pixels: np.ndarray, batches: int) -> float:
+    """images/s of the backend alone on decoded pixels (after one warm-up call)."""
+    predictor.run(pixels)
+    start = time.perf_counter()
+    for _ in range(batches):
+        predictor.run(pixels)
+    return batches * len(pixels) / (time.perf_counter() - start)
+
+
+def latency(predictor: Predictor, paths: list[Path]) -> dict[str, float]:
+    """Batch 1: decode, resize, classify and abstain on one uploaded JPEG, p50 and p95 in ms."""
+    blobs = [p.read_bytes() for p in paths]
+    predictor.predict_bytes(blobs[0], "warm-up.jpg")
     times = []
-    for i, blob in enumerate(data):
+    for i, blob in enumerate(blobs):
         start = time.perf_counter()
         predictor.predict_bytes(blob, f"{i}.jpg")
         times.append(time.perf_counter() - start)
     return {
-        "images_per_s": round(len(paths) / elapsed, 1),
         "batch1_p50_ms": round(1e3 * float(np.percentile(times, 50)), 2),
         "batch1_p95_ms": round(1e3 * float(np.percentile(times, 95)), 2),
     }
 
 
-def calibration_manifest(paths: list[Path], labels: list[str], out: Path) -> Path:
-    """A manifest marking the given images as training images (for int8 calibration)."""
-    with out.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "split", "sha256"])
-        writer.writerows(
-            [str(p.resolve()), label, "train", ""] for p, label in zip(paths, labels, strict=True)
-        )
-    return out
+def decoding(paths: list[Path], predictor: Predictor, workers: int) -> dict[str, float]:
+    """images/s of decoding and resizing to the model's input, in threads and in processes."""
+    config = predictor.card.preprocessing
+    start = time.perf_counter()
+    n = sum(len(b.indices) for b in pixel_batches(paths, config, workers=workers))
+    threads = n / (time.perf_counter() - start)
+    dataset = pixels_dataset([Sample(p) for p in paths], config)
+    start = time.perf_counter()
+    n = sum(len(b.indices) for b in make_loader(dataset, batch_size=64, workers=workers))
+    processes = n / (time.perf_counter() - start)
+    return {
+        "threads_images_per_s": round(threads, 1),
+        "processes_images_per_s": round(processes, 1),
+    }
+
+
+def variants(model: Path, torch: bool) -> list[tuple[str, str, Path]]:
+    """(backend, precision, path to load) of every way the model can run here."""
+    found = []
+    for engine in ENGINES:
+        try:
+            __import__({"onnx": "onnxruntime", "openvino": "openvino"}[engine])
+        except ImportError:
+            continue
+        found.append((engine, "fp32", model / ONNX_NAME))
+        if (model / INT8_NAME).is_file():
+            found.append((engine, "int8", model / INT8_NAME))
+    if torch:
+        found.append(("torch", "fp32", model))
+    return found
+
+
+def test_files(model: Path, n: int) -> tuple[list[Path], list[str]]:
+    """The model's test-split files (``n`` evenly spaced, or all) and their labels."""
+    card = load_card(model / "model_card.json")
+    manifest = REPO / MANIFESTS[model.name.split("-")[0]]
+    samples, classes = read_manifest(manifest, "test", card.classes)
+    if n:
+        samples = evenly_spaced(samples, -(-n // len(classes)))[:n]
+    for sample in samples:  # the page cache: time decoding, not the disk
+        sample.path.read_bytes()
+    return [s.path for s in samples], [classes[s.label] for s in samples]
+
+
+def images_for(views: int, args: argparse.Namespace) -> int:
+    """How many test images a model with ``views`` test-time views is run on (0: all)."""
+    return args.n_views if views > 1 else args.n
+
+
+def command_line_runs(model: Path, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """What runs as fresh processes: the one-image start-up and every end-to-end run."""
+    card = load_card(model / "model_card.json")
+    paths, labels = test_files(model, images_for(card.test_time_views, args))
+    one_image = [*CLI, "predict", str(paths[0]), "--model", str(model)]
+    entry: dict[str, Any] = {
+        "input_size": card.preprocessing.input_size,
+        "test_time_views": card.test_time_views,
+        "test_images": len(paths),
+        "card_test_accuracy": card.test_metrics.accuracy if card.test_metrics else None,
+        "startup_predict_one_image": medians([*one_image, "--out", str(tmp / "1.csv")], args.runs),
+        "backends": {},
+    }
+    print(model.name, "one-image predict", entry["startup_predict_one_image"], flush=True)
+    for backend, precision, path in variants(model, args.torch):
+        row = end_to_end(path, backend, paths, labels, tmp)
+        entry["backends"][f"{backend}-{precision}"] = row
+        print(model.name, backend, precision, row, flush=True)
+    return entry
+
+
+def in_process_runs(model: Path, entry: dict[str, Any], args: argparse.Namespace) -> None:
+    """What runs in this process: decoding, model only and batch 1 (after every fresh
+    process has run: forking a process that has loaded OpenVINO, ONNX Runtime and PyTorch
+    crashed it)."""
+    views = entry["test_time_views"]
+    paths, _ = test_files(model, images_for(views, args))
+    pixels = None
+    for backend, precision, path in variants(model, args.torch):
+        predictor = Predictor.load(path, backend=backend)
+        if pixels is None:
+            config = predictor.card.preprocessing
+            pixels = next(pixel_batches(paths[: 64 // views], config, workers=2)).pixels
+            entry["decoding"] = decoding(paths[: args.decode_n], predictor, 2)
+        row = entry["backends"][f"{backend}-{precision}"]
+        bound = model_only(predictor, pixels, args.batches)
+        row["model_only_images_per_s"] = round(bound, 1)
+        row["share_of_model_bound"] = round(row["images_per_s"] / bound, 3)
+        row |= latency(predictor, paths[: args.latency])
+        print(model.name, backend, precision, row, flush=True)
+
+
+def table(results: dict[str, Any]) -> str:
+    """The speed table of docs/benchmarks.md and the README from a results file."""
+    lines = [
+        "| model | runtime | images/s end to end | accuracy (errors) | batch-1 p50 / p95 "
+        "| model only | share | one-image `predict` |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, entry in results["results"].items():
+        first = True
+        for key, row in entry["backends"].items():
+            backend, precision = key.rsplit("-", 1)
+            label = (
+                f"`{name}` ({entry['input_size']} px, {entry['test_time_views']} view"
+                f"{'s' if entry['test_time_views'] > 1 else ''})"
+                if first
+                else ""
+            )
+            startup = f"{entry['startup_predict_one_image']['median_s']:.2f} s" if first else ""
+            lines.append(
+                f"| {label} | {ENGINE_NAMES[backend]} {precision} | {row['images_per_s']:.1f} "
+                f"| {100 * row['accuracy']:.2f}% ({row['errors']}) "
+                f"| {row['batch1_p50_ms']:.1f} / {row['batch1_p95_ms']:.1f} ms "
+                f"| {row['model_only_images_per_s']:.1f} | {row['share_of_model_bound']:.2f} "
+                f"| {startup} |"
+            )
+            first = False
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=default_dataset_dir())
-    parser.add_argument("--archs", default=",".join(list_archs()), help="comma-separated")
-    parser.add_argument("--n", type=int, default=640, help="images for the end-to-end run")
-    parser.add_argument("--workers", type=int, default=2, help="decoding processes")
-    parser.add_argument("--int8", action="store_true", help="also benchmark int8 ONNX")
-    parser.add_argument("--image-size", type=int, help="input side (default: each arch's own)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/inference.json"))
+    parser.add_argument("--models", help="comma-separated model folders (default: released)")
+    parser.add_argument("--n", type=int, default=0, help="test images per model (0: all)")
+    parser.add_argument(
+        "--n-views", type=int, default=256, help="the same for models with test-time views"
+    )
+    parser.add_argument("--runs", type=int, default=5, help="runs of each start-up command")
+    parser.add_argument("--latency", type=int, default=40, help="images for batch 1")
+    parser.add_argument("--batches", type=int, default=5, help="model-only calls of batch 64")
+    parser.add_argument("--decode-n", type=int, default=512, help="images for decoding only")
+    parser.add_argument("--torch", action="store_true", help="also run eager PyTorch")
+    parser.add_argument("--table", action="store_true", help="print the tables of --out")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/inference.json")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return
 
-    samples, classes = samples_from_folder(args.data)
-    step = max(1, len(samples) // args.n)
-    chosen = samples[::step][: args.n]
-    paths = [s.path for s in chosen]
-    for p in paths:  # page cache: time decoding, not the disk
-        p.read_bytes()
-    load_before = os.getloadavg()[0]
-    peak = matmul_flops()
-    results: dict[str, Any] = {}
+    models = [Path(m) for m in args.models.split(",")] if args.models else released_models()
+    load_before = os.getloadavg()
+    image = read_manifest(REPO / MANIFESTS["wbc5"], "test")[0][0].path
+    startup = {
+        "help": medians([*CLI, "--help"], args.runs),
+        "usage_error": medians([*CLI, "predict", "--modle", "m", str(image)], args.runs, 2),
+    }
+    print("start-up", startup, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = None
-        if args.int8:
-            labels = [classes[s.label] for s in chosen]
-            manifest = calibration_manifest(paths, labels, Path(tmp) / "calibration.csv")
-        for arch in args.archs.split(","):
-            model_paths = build(arch, list(classes), Path(tmp) / arch, manifest, args.image_size)
-            predictor = Predictor.load(model_paths["torch"], backend="torch")
-            flops = model_flops(predictor.model, predictor.input_size)
-            bound = peak / flops
-            entry: dict[str, Any] = {
-                "input_size": predictor.input_size,
-                "gflops_per_image": round(flops / 1e9, 3),
-                "compute_bound_images_per_s": round(bound, 1),
-            }
-            for backend, path in model_paths.items():
-                engine = "torch" if backend == "torch" else "onnx"
-                row = measure(Predictor.load(path, backend=engine), paths, args.workers)
-                row["ratio_to_bound"] = round(row["images_per_s"] / bound, 3)
-                entry[backend] = row
-                print(arch, backend, row, flush=True)
-            results[arch] = entry
+        results = {model.name: command_line_runs(model, args, Path(tmp)) for model in models}
+    for model in models:
+        in_process_runs(model, results[model.name], args)
     write_results(
         args.out,
         "inference",
-        data=str(args.data),
-        n_images=len(paths),
+        data="test split of each model's manifest (runs/manifests/<wbc5|pbc8>-seed0.csv)",
         batch_size=64,
-        decode_workers=args.workers,
-        onnxruntime_threads=cpu_cores(),
-        matmul_fp32_gflops=round(peak / 1e9, 1),
-        load_average_1min={"before": load_before, "after": os.getloadavg()[0]},
-        notes="Random weights; uncalibrated models (the abstention score adds one small "
-        "matrix product per image). Bound = measured matmul FLOP/s / model FLOPs per image. "
-        "A load average above the core count means other processes shared the cores.",
+        decode_threads=2,
+        runtime_threads=cpu_cores(),
+        targets_s=TARGETS_S,
+        load_average={"before": load_before, "after": os.getloadavg()},
+        startup=startup,
+        notes="End to end: `leukoscope predict FILES --model EXPORT --backend B --out X.csv` "
+        "as a fresh process (start-up included). One-image predict: the model folder with the "
+        "default options. A load average above the core count means other processes shared "
+        "the cores.",
         results=results,
     )
 
