@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import faulthandler
 import json
 import os
 import statistics
@@ -257,6 +258,7 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the tables of --out")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/inference.json")
     args = parser.parse_args()
+    faulthandler.enable()  # a crash of a runtime's native code says where it happened
     if args.table:
         print(table(json.loads(args.out.read_text())))
         return
@@ -273,8 +275,17 @@ def main() -> None:
         results = {model.name: command_line_runs(model, args, Path(tmp)) for model in models}
     for model in models:
         in_process_runs(model, results[model.name], args)
+        save(args.out, startup, load_before, results)  # each model's as soon as it is done
+
+
+def save(
+    out: Path,
+    startup: dict[str, Any],
+    load_before: tuple[float, float, float],
+    results: dict[str, Any],
+) -> None:
     write_results(
-        args.out,
+        out,
         "inference",
         data="test split of each model's manifest (runs/manifests/<wbc5|pbc8>-seed0.csv)",
         batch_size=64,
@@ -285,8 +296,9 @@ def main() -> None:
         startup=startup,
         notes="End to end: `leukoscope predict FILES --model EXPORT --backend B --out X.csv` "
         "as a fresh process (start-up included). One-image predict: the model folder with the "
-        "default options. A load average above the core count means other processes shared "
-        "the cores.",
+        "default options. Models with test-time views run on --n-views test images (evenly "
+        "spaced through the classes), the others on --n (0: the whole test split). A load "
+        "average above the core count means other processes shared the cores.",
         results=results,
     )
 

@@ -3,7 +3,7 @@
 Command modules define plain functions (or a sub-app) and never import this module or each
 other; the table below registers them. They import torch, timm and scikit-learn only inside the
 command that runs, so ``leukoscope --help`` and usage errors answer in a fraction of a second
-(``benchmarks/startup.py``).
+(``benchmarks/inference.py``).
 """
 
 from __future__ import annotations

@@ -95,8 +95,8 @@ class Backend(StrEnum):
 
     AUTO = "auto"
     TORCH = "torch"
-    OPENVINO = "openvino"
     ONNX = "onnx"
+    OPENVINO = "openvino"
 
 
 class Views(IntEnum):
@@ -151,8 +151,8 @@ class ReportFormat(StrEnum):
 
 
 BACKEND_HELP = (
-    "auto runs the export beside the model (model.int8.onnx, else model.onnx) in OpenVINO or, "
-    "if not installed, ONNX Runtime; without an export, PyTorch. onnx is ONNX Runtime."
+    "auto runs the export beside the model (model.int8.onnx, else model.onnx) in ONNX Runtime "
+    "or, if not installed, OpenVINO; without an export, PyTorch. onnx is ONNX Runtime."
 )
 VIEWS_HELP = (
     "Test-time views: predict from the average of the image turned by 90-degree steps "
