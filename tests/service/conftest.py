@@ -78,8 +78,10 @@ class FlagLowConfidence:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.predictor, name)
 
-    def predict_images(self, images: Sequence[Image.Image], names: Sequence[str]) -> list[Any]:
-        predictions = self.predictor.predict_images(images, names)
+    def predict_images(
+        self, images: Sequence[Image.Image], names: Sequence[str], scale: Any = None
+    ) -> list[Any]:
+        predictions = self.predictor.predict_images(images, names, scale)
         for prediction in predictions:
             prediction.uncertain = prediction.uncertain or prediction.confidence < self.threshold
         return predictions

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from fastapi import UploadFile
 from PIL import Image
 
+from leukoscope.data.preprocess import ScaleEstimate
 from leukoscope.inference.explain import gradcam_overlay
 from leukoscope.inference.predictor import Prediction, Predictor
 from leukoscope.models import ModelCard
@@ -59,10 +60,15 @@ class ModelRunner:
     def classify(
         self, files: Sequence[UploadFile], *, max_bytes: int, max_pixels: int
     ) -> tuple[list[tuple[Upload, Prediction]], list[RejectedFile]]:
-        """Decode and classify ``files`` in batches; unusable files come back as rejected."""
+        """Decode and classify ``files`` in batches; unusable files come back as rejected.
+
+        The files are taken as one sample: the first batch's magnification (see
+        :meth:`~leukoscope.inference.predictor.Predictor.scale_of_images`) rescales them all.
+        """
         done: list[tuple[Upload, Prediction]] = []
         rejected: list[RejectedFile] = []
         batch: list[tuple[Upload, Image.Image]] = []
+        scale: ScaleEstimate | None = None
         for index, file in enumerate(files):
             result = read_upload(file, index, max_bytes=max_bytes, max_pixels=max_pixels)
             if isinstance(result, RejectedFile):
@@ -70,27 +76,34 @@ class ModelRunner:
                 continue
             batch.append(result)
             if len(batch) == BATCH or sum(u.width * u.height for u, _ in batch) >= BATCH_PIXELS:
-                done.extend(self._predict(batch, rejected))
+                scale = self._predict(batch, rejected, done, scale)
                 batch = []
         if batch:
-            done.extend(self._predict(batch, rejected))
+            self._predict(batch, rejected, done, scale)
         return done, rejected
 
     def _predict(
-        self, batch: Sequence[tuple[Upload, Image.Image]], rejected: list[RejectedFile]
-    ) -> list[tuple[Upload, Prediction]]:
+        self,
+        batch: Sequence[tuple[Upload, Image.Image]],
+        rejected: list[RejectedFile],
+        done: list[tuple[Upload, Prediction]],
+        scale: ScaleEstimate | None,
+    ) -> ScaleEstimate:
+        """Classify ``batch`` into ``done`` and ``rejected``, rescaled by ``scale`` (by default
+        the batch's own); returns the scale used."""
         uploads = [upload for upload, _ in batch]
+        images = [image for _, image in batch]
         with self._lock:
+            scale = scale or self.predictor.scale_of_images(images)
             predictions = self.predictor.predict_images(
-                [image for _, image in batch], [upload.name for upload in uploads]
+                images, [upload.name for upload in uploads], scale
             )
-        done = []
         for upload, prediction in zip(uploads, predictions, strict=True):
             if prediction.error is None:
                 done.append((upload, prediction))
             else:
                 rejected.append(RejectedFile(name=upload.name, status=422, error=prediction.error))
-        return done
+        return scale
 
     def heatmap_png(self, image: Image.Image, target: str | None) -> bytes:
         """The Grad-CAM overlay for ``target`` (default: the predicted class) as PNG bytes."""
