@@ -49,19 +49,23 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
         "accuracy_kept": abstention["accuracy_kept"] if abstention else None,
         "ece": calibration["ece_after"],
         "confusion_matrix": metrics["confusion_matrix"],
+        "magnification": metrics["magnification"],
     }
 
 
 def score(
-    model: Path, samples_for: Callable[[Sequence[str]], list[Sample]], description: str
+    model: Path,
+    samples_for: Callable[[Sequence[str]], list[Sample]],
+    description: str,
+    rescale: bool = True,
 ) -> dict[str, Any]:
     """``evaluate_model`` without timing, mistakes or heatmaps, summarised."""
-    options = EvaluateOptions(throughput_runs=0, mistakes=0, heatmaps=False)
+    options = EvaluateOptions(throughput_runs=0, mistakes=0, heatmaps=False, rescale=rescale)
     with tempfile.TemporaryDirectory() as tmp:
         return summary(evaluate_model(model, samples_for, description, tmp, options=options))
 
 
-def pbc_test(model: Path, manifests: Path) -> dict[str, Any]:
+def pbc_test(model: Path, manifests: Path, rescale: bool) -> dict[str, Any]:
     """The model's own PBC test split, or the reason it could not be scored."""
     release = load_card(model / "model_card.json").release
     if release is None:
@@ -72,7 +76,10 @@ def pbc_test(model: Path, manifests: Path) -> dict[str, Any]:
     if sha256_file(manifest) != release.manifest_sha256:
         return {"skipped": f"{manifest} is not the manifest {model} was released with"}
     return score(
-        model, lambda classes: read_manifest(manifest, "test", classes)[0], f"{manifest} (test)"
+        model,
+        lambda classes: read_manifest(manifest, "test", classes)[0],
+        f"{manifest} (test)",
+        rescale,
     )
 
 
@@ -89,6 +96,12 @@ def main() -> None:
         action="store_false",
         help="skip the PBC test split (benchmarks/accuracy.py scores it too)",
     )
+    parser.add_argument(
+        "--as-is",
+        dest="rescale",
+        action="store_false",
+        help="score each set's images as they are, not rescaled to the training magnification",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/external.json"))
     args = parser.parse_args()
     models = args.models or sorted(p.parent for p in Path("models").glob("*/model_card.json"))
@@ -101,14 +114,17 @@ def main() -> None:
         for folder in sets:
             images = folder / "images"
             row[folder.name] = score(
-                model, lambda classes, d=images: samples_from_folder(d, classes)[0], str(images)
+                model,
+                lambda classes, d=images: samples_from_folder(d, classes)[0],
+                str(images),
+                args.rescale,
             )
             print(model, folder.name, {k: row[folder.name][k] for k in ("accuracy",)}, flush=True)
         if args.pbc_test:
-            row["pbc_test"] = pbc_test(model, args.manifests)
+            row["pbc_test"] = pbc_test(model, args.manifests, args.rescale)
             print(model, "pbc_test", row["pbc_test"].get("accuracy"), flush=True)
         results[str(model)] = row
-    write_results(args.out, "external", targets=TARGETS, results=results)
+    write_results(args.out, "external", targets=TARGETS, rescaled=args.rescale, results=results)
 
 
 if __name__ == "__main__":
