@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from leukoscope.data.preprocess import (
     reference_scale,
     rescale,
     resize,
+    spread,
     to_noted_pixels,
     to_pixels,
 )
@@ -192,3 +194,10 @@ def test_rescale_keeps_the_centre_and_fills_with_the_background() -> None:
 def test_reference_scale_needs_a_cell() -> None:
     with pytest.raises(LeukoscopeError, match="no white cell"):
         reference_scale([np.full((50, 50, 3), 230, np.uint8)], ["small"])
+
+
+def test_spread_takes_count_items_evenly_through_the_list() -> None:
+    chosen = spread(list(range(100)), 32)
+    assert len(chosen) == 32 and chosen[0] == 0 and chosen[-1] == 96
+    assert max(b - a for a, b in itertools.pairwise(chosen)) == 4
+    assert spread(list(range(5)), 8) == [0, 1, 2, 3, 4]

@@ -206,9 +206,13 @@ def spread(items: Sequence[T], count: int) -> Sequence[T]:
     """At most ``count`` of ``items``, evenly spaced through them.
 
     >>> spread(list(range(10)), 3)
-    [0, 4, 8]
+    [0, 3, 6]
+    >>> len(spread(list(range(100)), 32))
+    32
     """
-    return items[:: max(1, -(-len(items) // count))][:count]
+    if len(items) <= count:
+        return items
+    return [items[i * len(items) // count] for i in range(count)]
 
 
 def reference_scale(images: Iterable[np.ndarray], labels: Iterable[str]) -> SampleScale:
