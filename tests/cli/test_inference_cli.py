@@ -20,7 +20,7 @@ from leukoscope.models import load_model
 from leukoscope.models.card import update_card
 from leukoscope.reports import differential as differential_report
 from leukoscope.reports.differential import CellCall
-from tests.cells.drawing import drawn_cell
+from tests.cells.drawing import drawn_cell, smear
 from tests.conftest import cell_image
 from tests.inference.tiny import Tiny, build_tiny, build_untrained, squeezenet_h5
 
@@ -295,3 +295,48 @@ def test_predict_rescales_a_magnified_sample_and_says_so(tmp_path: Path, model_c
     result = invoke("predict", "--model", model_copy, folder / "0.png", "--out", out)
     assert result.exit_code == 0, result.output
     assert "Magnification:" not in result.output
+
+
+def fields_folder(root: Path) -> Path:
+    """Two field images (three white cells, one cut by the edge; none) and a broken file."""
+    root.mkdir(parents=True, exist_ok=True)
+    cells = [(200, 150, 90), (520, 300, 110), (980, 300, 100)]
+    Image.fromarray(smear((1000, 560), cells, red_cells=40, red_diameter=60)).save(root / "a.png")
+    Image.fromarray(smear((640, 400), [(-300, -300, 60)], red_cells=20)).save(root / "b.png")
+    (root / "c.jpg").write_bytes(b"not an image")
+    return root
+
+
+@pytest.mark.parametrize("suffix", ["csv", "json"])
+def test_predict_fields_gives_each_cell_its_box(
+    tmp_path: Path, untrained: Path, suffix: str
+) -> None:
+    folder = fields_folder(tmp_path / "fields")
+    out = tmp_path / f"p.{suffix}"
+    result = invoke("predict", "--model", untrained, folder, "--fields", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "Field images without a white cell: 1" in result.output
+    if suffix == "csv":
+        rows = list(csv.DictReader(out.open()))
+    else:
+        rows = [p | (p["box"] or {}) for p in json.loads(out.read_text())["predictions"]]
+    cells = [r for r in rows if r["source"].endswith("a.png")]
+    assert len(cells) == 3 and all(r["label"] for r in cells)
+    assert sorted(int(r["x_min"]) < 200 < int(r["x_max"]) for r in cells) == [False, False, True]
+    (edge,) = [r for r in cells if str(r["edge"]) == "1"]
+    assert str(edge["uncertain"]).lower() == "true" and "edge" in edge["note"]
+    (broken,) = [r for r in rows if r["source"].endswith("c.jpg")]
+    assert "not an image" in broken["error"] and not broken.get("x_min")
+
+
+def test_differential_fields_counts_the_cells_of_the_fields(
+    tmp_path: Path, untrained: Path
+) -> None:
+    folder = fields_folder(tmp_path / "fields")
+    out = tmp_path / "report"
+    result = invoke("differential", "--model", untrained, folder, "--fields", "--out", out)
+    assert result.exit_code == 0, result.output
+    differential = json.loads((out / "differential.json").read_text())
+    assert differential["white_cells_counted"] == 2 and differential["for_review"]["total"] == 1
+    rows = list(csv.DictReader((out / "cells.csv").open()))
+    assert len(rows) == 4 and {"x_min", "edge"} <= set(rows[0])

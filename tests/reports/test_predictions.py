@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from leukoscope.cells.fields import CellBox
 from leukoscope.errors import LeukoscopeError
 from leukoscope.inference.predictor import Prediction
 from leukoscope.reports.predictions import check_output_suffix, predictions_csv, summarise
@@ -55,3 +56,12 @@ def test_csv_and_json_are_accepted(name: str) -> None:
 def test_another_suffix_is_refused_before_any_work() -> None:
     with pytest.raises(LeukoscopeError, match=r"p\.xlsx: the output must end in \.csv or \.json"):
         check_output_suffix(Path("p.xlsx"))
+
+
+def test_field_cells_add_their_box_and_an_unreadable_field_leaves_it_empty() -> None:
+    boxes = [CellBox(1, 2, 30, 40, 0.9, False), CellBox(0, 5, 20, 50, 0.8, True), None]
+    rows = list(csv.DictReader(io.StringIO(predictions_csv(PREDICTIONS, CLASSES, boxes))))
+    assert [r["x_min"] for r in rows] == ["1", "0", ""]
+    assert [r["edge"] for r in rows] == ["0", "1", ""]
+    assert rows[0]["y_max"] == "40" and rows[2]["error"] == "c.jpg: empty file"
+    assert "x_min" not in next(csv.DictReader(io.StringIO(predictions_csv(PREDICTIONS, CLASSES))))

@@ -363,9 +363,18 @@ def frame_cell(
     return crop(rgb, round(location.x - side / 2), round(location.y - side / 2), side, side, pad)
 
 
-def crop(rgb: np.ndarray, x0: int, y0: int, width: int, height: int, pad: PadMode) -> np.ndarray:
+def crop(
+    rgb: np.ndarray,
+    x0: int,
+    y0: int,
+    width: int,
+    height: int,
+    pad: PadMode,
+    fill: np.ndarray | None = None,
+) -> np.ndarray:
     """The ``width`` x ``height`` window of ``rgb`` whose top-left corner is at ``(x0, y0)``,
-    filled where it leaves the image as ``pad`` says (see :func:`frame_cell`).
+    filled where it leaves the image as ``pad`` says (see :func:`frame_cell`); ``"border"``
+    fills with ``fill`` when given (a field's background colour: its border may be red cells).
 
     >>> crop(np.zeros((4, 4, 3), np.uint8), -1, 0, 6, 2, "border").shape
     (2, 6, 3)
@@ -377,9 +386,10 @@ def crop(rgb: np.ndarray, x0: int, y0: int, width: int, height: int, pad: PadMod
     widths = ((before_y, after_y), (before_x, after_x), (0, 0))
     if pad == "reflect":
         return np.pad(inside, widths, mode="reflect")
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    fill = np.median(border, axis=0).astype(rgb.dtype)
+    if fill is None:
+        border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+        fill = np.median(border, axis=0)
     out = np.empty((height, width, 3), dtype=rgb.dtype)
-    out[...] = fill
+    out[...] = np.asarray(fill).astype(rgb.dtype)
     out[before_y : before_y + inside.shape[0], before_x : before_x + inside.shape[1]] = inside
     return out

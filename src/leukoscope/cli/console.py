@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +29,10 @@ from leukoscope.errors import LeukoscopeError
 from leukoscope.progress import Tracker
 
 if TYPE_CHECKING:
+    from leukoscope.cells.fields import CellBox
     from leukoscope.data.preprocess import ScaleEstimate
     from leukoscope.inference.predictor import Prediction, Predictor
+    from leukoscope.inference.shift import ShiftCheck
 
 console = Console()
 err_console = Console(stderr=True)
@@ -180,3 +183,46 @@ def classify(
         )
     require_some_read(predictions)
     return predictions, scale
+
+
+@dataclass
+class Classified:
+    """What ``predict`` and ``differential`` classified: one prediction per cell image, or per
+    white cell found in field images with its box, and the sample's shift check."""
+
+    predictions: list[Prediction]
+    shift: ShiftCheck | None
+    magnification: ScaleEstimate | None = None
+    """How cell images were rescaled (field cells are cut out at the field's own scale)."""
+    boxes: list[CellBox | None] | None = None
+    fields_without_cells: int = 0
+
+
+def classify_inputs(
+    predictor: Predictor,
+    inputs: Sequence[str | Path],
+    batch_size: int,
+    workers: int,
+    *,
+    fields: bool,
+) -> Classified:
+    """:func:`classify` the cell images under ``inputs``, or with ``fields`` find, cut out and
+    classify every white cell of the field images under them (see
+    :mod:`leukoscope.inference.fields`)."""
+    if not fields:
+        predictions, magnification = classify(predictor, inputs, batch_size, workers)
+        return Classified(predictions, predictor.check_shift(predictions), magnification)
+    from leukoscope.inference.fields import classify_field_paths, field_shift
+
+    paths = find_images(inputs)
+    with progress_bar("Locating and classifying", total=len(paths)) as tracker:
+        cells = classify_field_paths(predictor, paths, on_progress=tracker.advance)
+    predictions = [cell.prediction for cell in cells]
+    require_some_read(predictions)
+    with_cells = {p.source for p in predictions}
+    return Classified(
+        predictions,
+        field_shift(predictor, cells),
+        boxes=[cell.box for cell in cells],
+        fields_without_cells=sum(str(path) not in with_cells for path in paths),
+    )

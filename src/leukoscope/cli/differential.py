@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from leukoscope.cli.console import classify, console, load_predictor, print_unreadable
+from leukoscope.cli.console import classify_inputs, console, load_predictor, print_unreadable
 from leukoscope.cli.options import (
     Backend,
     BackendOption,
     BatchSize,
+    FieldsOption,
     ModelDir,
     ReportFormat,
     Workers,
@@ -28,12 +29,15 @@ def differential(
     batch_size: BatchSize = 64,
     workers: Workers = 2,
     backend: BackendOption = Backend.AUTO,
+    fields: FieldsOption = False,
 ) -> None:
     """Count the cells of one sample per class, with 95% intervals, adult reference ranges and
     screening flags.
 
-    Writes differential.json, differential.md or .html, and cells.csv (every cell's call).
-    Cells flagged uncertain are counted apart for review.
+    Writes differential.json, differential.md or .html, and cells.csv (every cell's call; with
+    --fields, each white cell found in the folder's field images, with its field and box).
+    Cells flagged uncertain, and with --fields cells cut by an image's edge, are counted apart
+    for review.
     """
     from leukoscope.reports.differential import (
         DISCLAIMER,
@@ -46,8 +50,8 @@ def differential(
     if not folder.is_dir():
         raise LeukoscopeError(f"{folder}: not a folder")
     predictor = load_predictor(model, backend)
-    predictions, magnification = classify(predictor, [folder], batch_size, workers)
-    shift = predictor.check_shift(predictions)
+    result = classify_inputs(predictor, [folder], batch_size, workers, fields=fields)
+    predictions, shift = result.predictions, result.shift
     report, report_path = write_sample_report(
         predictions,
         predictor.classes,
@@ -56,7 +60,8 @@ def differential(
         model=model,
         fmt=fmt.value,
         shift=shift,
-        magnification=magnification,
+        magnification=result.magnification,
+        boxes=result.boxes,
     )
     if shift is not None and shift.shifted:
         console.print(f"[bold red]Warning:[/] {shift.message}", highlight=False)
@@ -67,6 +72,8 @@ def differential(
         table.add_row(*cells_text)
     console.print(table)
     console.print(f"For review (not counted): {report['for_review']['total']}")
+    if fields:
+        console.print(f"Field images without a white cell: {result.fields_without_cells}")
     for line in flag_lines(report):
         console.print(f"[bold yellow]flag:[/] {line}", highlight=False)
     print_unreadable(predictions)

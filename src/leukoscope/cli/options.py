@@ -165,6 +165,12 @@ DB_HELP = (
 )
 STATE_DIR_HELP = "Folder for the default SQLite database (default: ~/.local/share/leukoscope)."
 
+FIELDS_HELP = (
+    "The images are fields (microscope photos of a smear): find every white cell, cut it out as "
+    "the model's training images were and classify it; cells cut by an image's edge are flagged "
+    "for review."
+)
+FieldsOption = Annotated[bool, typer.Option("--fields", help=FIELDS_HELP)]
 ModelDir = Annotated[Path, typer.Option("--model", help="Model directory (or its .onnx export).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")]
 Workers = Annotated[int, typer.Option("--workers", min=0, help="Image-decoding threads.")]

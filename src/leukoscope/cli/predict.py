@@ -8,8 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from leukoscope.cli.console import classify, console, load_predictor, print_unreadable
-from leukoscope.cli.options import Backend, BackendOption, BatchSize, ModelDir, Workers
+from leukoscope.cli.console import classify_inputs, console, load_predictor, print_unreadable
+from leukoscope.cli.options import (
+    Backend,
+    BackendOption,
+    BatchSize,
+    FieldsOption,
+    ModelDir,
+    Workers,
+)
 
 
 def predict(
@@ -19,27 +26,33 @@ def predict(
     batch_size: BatchSize = 64,
     workers: Workers = 2,
     backend: BackendOption = Backend.AUTO,
+    fields: FieldsOption = False,
 ) -> None:
     """Classify white-cell images: class, every class's probability, runner-up, uncertain flag.
 
-    Unreadable files are listed in the output with their error and never stop the run.
+    With --fields, one row per white cell found in the field images, with its box in the field
+    (x_min, y_min, x_max, y_max and edge, 1 when the cell touches the image's edge). Unreadable
+    files are listed in the output with their error and never stop the run.
     """
     from leukoscope.reports.predictions import check_output_suffix, summarise, write_predictions
 
     check_output_suffix(out)
     predictor = load_predictor(model, backend)
-    predictions, _ = classify(predictor, inputs, batch_size, workers)
-    write_predictions(predictor, predictions, out)
+    result = classify_inputs(predictor, inputs, batch_size, workers, fields=fields)
+    predictions, shift = result.predictions, result.shift
+    write_predictions(predictor, predictions, out, shift=shift, boxes=result.boxes)
     summary = summarise(predictions)
     table = Table(title=f"Predictions ({predictor.backend})")
     table.add_column("class")
-    table.add_column("images", justify="right")
+    table.add_column("white cells" if fields else "images", justify="right")
     for label in predictor.classes:
         table.add_row(label, str(summary["by_class"].get(label, 0)))
     table.add_row("[italic]uncertain (for review)[/]", str(summary["uncertain"]))
     console.print(table)
-    shift = predictor.check_shift(predictions)
+    if fields:
+        console.print(f"Field images without a white cell: {result.fields_without_cells}")
     if shift is not None and shift.shifted:
         console.print(f"[bold red]Warning:[/] {shift.message}", highlight=False)
     print_unreadable(predictions)
-    console.print(f"Predictions for {len(predictions)} file(s): {out}")
+    what = "white cell(s) and unreadable file(s)" if fields else "file(s)"
+    console.print(f"Predictions for {len(predictions)} {what}: {out}")

@@ -24,6 +24,7 @@ from leukoscope.fileio import atomic_write_json, atomic_write_text
 from leukoscope.reports.predictions import predictions_csv
 
 if TYPE_CHECKING:
+    from leukoscope.cells.fields import CellBox
     from leukoscope.data.preprocess import ScaleEstimate
     from leukoscope.inference.predictor import Prediction
     from leukoscope.inference.shift import ShiftCheck
@@ -395,6 +396,7 @@ def write_sample_report(
     fmt: str = "md",
     shift: ShiftCheck | None = None,
     magnification: ScaleEstimate | None = None,
+    boxes: Sequence[CellBox | None] | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """The differential of one sample's predicted cells, written to ``out``.
 
@@ -417,6 +419,9 @@ def write_sample_report(
     magnification
         How the sample was matched to the training images' magnification
         (:meth:`~leukoscope.inference.predictor.Predictor.estimate_scale`), recorded and shown.
+    boxes
+        For the cells of field images: each cell's box in its field (aligned with
+        ``predictions``), written to ``cells.csv``; the cells are counted like any others.
 
     Returns
     -------
@@ -432,7 +437,7 @@ def write_sample_report(
         "unreadable": [{"source": p.source, "error": p.error} for p in predictions if p.error],
         "magnification": None if magnification is None else magnification.to_dict(),
     }
-    atomic_write_text(out / "cells.csv", predictions_csv(predictions, classes))
+    atomic_write_text(out / "cells.csv", predictions_csv(predictions, classes, boxes))
     atomic_write_json(out / "differential.json", report)
     report_path = out / f"differential.{fmt}"
     atomic_write_text(report_path, RENDERERS[fmt](report))

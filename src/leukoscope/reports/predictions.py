@@ -1,6 +1,8 @@
 """Prediction files: one row per image as CSV, or the predictions with a summary as JSON.
 
-Written by ``leukoscope predict``, ``differential`` (``cells.csv``) and ``demo``.
+Written by ``leukoscope predict``, ``differential`` (``cells.csv``) and ``demo``. For the cells
+of field images (``--fields``) each row also holds the cell's box in its field, whose file is the
+row's source, and whether the box touches the field's edge.
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
+    from leukoscope.cells.fields import CellBox
     from leukoscope.inference.predictor import Prediction, Predictor
+    from leukoscope.inference.shift import ShiftCheck
 
 OUTPUT_SUFFIXES = (".csv", ".json")
+BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max", "edge")
+"""The columns a field cell's row adds: its box in the field (pixels, maxima exclusive) and 1
+when the box touches the field's edge (the cell may be cut)."""
 
 
 def check_output_suffix(out: Path) -> None:
@@ -34,18 +41,43 @@ def check_output_suffix(out: Path) -> None:
         raise LeukoscopeError(f"{out}: the output must end in {' or '.join(OUTPUT_SUFFIXES)}")
 
 
-def predictions_csv(predictions: Sequence[Prediction], classes: Sequence[str]) -> str:
+def box_fields(box: CellBox | None) -> dict[str, int] | None:
+    """A field cell's :data:`BOX_COLUMNS` as a dict; None for a cell image or unreadable file."""
+    if box is None:
+        return None
+    return {
+        "x_min": box.x_min,
+        "y_min": box.y_min,
+        "x_max": box.x_max,
+        "y_max": box.y_max,
+        "edge": int(box.edge),
+    }
+
+
+_NO_BOX = dict.fromkeys(BOX_COLUMNS, "")
+
+
+def predictions_csv(
+    predictions: Sequence[Prediction],
+    classes: Sequence[str],
+    boxes: Sequence[CellBox | None] | None = None,
+) -> str:
     """One row per image: the call, its flag and score, then each class's probability, and a
-    note when preprocessing flagged it (no cell found to frame). An unreadable file's row
-    holds only its source and error: no zeros that read as results."""
+    note when preprocessing flagged it (no cell found to frame, cut by a field's edge). An
+    unreadable file's row holds only its source and error: no zeros that read as results.
+    With ``boxes`` (aligned with ``predictions``: the cells of field images) the rows end with
+    :data:`BOX_COLUMNS`."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     fields = ["source", "label", "confidence", "uncertain", "score", "runner_up"]
     header = [*fields, "runner_up_probability", *(f"p_{c}" for c in classes), "error", "note"]
+    if boxes is not None:
+        header += BOX_COLUMNS
     writer.writerow(header)
-    for p in predictions:
+    for p, box in zip(predictions, boxes or [None] * len(predictions), strict=True):
+        where = [] if boxes is None else list((box_fields(box) or _NO_BOX).values())
         if p.error is not None:
-            writer.writerow([p.source, *[""] * (len(header) - 3), p.error, ""])
+            writer.writerow([p.source, *[""] * (len(header) - 3 - len(where)), p.error, "", *where])
             continue
         writer.writerow(
             [
@@ -59,6 +91,7 @@ def predictions_csv(predictions: Sequence[Prediction], classes: Sequence[str]) -
                 *(f"{p.probabilities[c]:.6f}" for c in classes),
                 "",
                 p.note or "",
+                *where,
             ]
         )
     return buffer.getvalue()
@@ -76,12 +109,24 @@ def summarise(predictions: Sequence[Prediction]) -> dict[str, Any]:
     }
 
 
-def write_predictions(predictor: Predictor, predictions: Sequence[Prediction], out: Path) -> None:
-    """Write the predictions atomically as CSV or JSON (by the file's suffix)."""
+def write_predictions(
+    predictor: Predictor,
+    predictions: Sequence[Prediction],
+    out: Path,
+    *,
+    shift: ShiftCheck | None,
+    boxes: Sequence[CellBox | None] | None = None,
+) -> None:
+    """Write the predictions atomically as CSV or JSON (by the file's suffix), with the
+    sample's ``shift`` check in JSON and, for the cells of field images, their ``boxes``
+    (aligned with ``predictions``)."""
     check_output_suffix(out)
     if out.suffix.lower() == ".csv":
-        atomic_write_text(out, predictions_csv(predictions, predictor.classes))
+        atomic_write_text(out, predictions_csv(predictions, predictor.classes, boxes))
         return
+    records = [p.to_dict() for p in predictions]
+    if boxes is not None:
+        records = [r | {"box": box_fields(b)} for r, b in zip(records, boxes, strict=True)]
     atomic_write_json(
         out,
         {
@@ -90,7 +135,7 @@ def write_predictions(predictor: Predictor, predictions: Sequence[Prediction], o
             "classes": list(predictor.classes),
             "calibrated": predictor.abstainer is not None,
             "summary": summarise(predictions),
-            "shift": shift.to_dict() if (shift := predictor.check_shift(predictions)) else None,
-            "predictions": [p.to_dict() for p in predictions],
+            "shift": shift.to_dict() if shift else None,
+            "predictions": records,
         },
     )

@@ -1,0 +1,95 @@
+"""Classify every white cell of field images: located, cut out as the model's training images
+were (:mod:`leukoscope.cells.crops`), classified, and kept with the field and box they came from.
+
+Used by ``leukoscope predict --fields``, ``leukoscope differential --fields`` and the web app.
+A cell cut by the field's edge is classified like the others but flagged uncertain, with a note,
+so that a person decides: part of it may be missing. An unreadable field becomes one error
+entry and never stops the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from leukoscope.cells.crops import FieldCell, field_cells
+from leukoscope.cells.fields import CellBox
+from leukoscope.data.images import decode_rgb
+from leukoscope.errors import ImageDecodeError
+from leukoscope.inference.predictor import Prediction, Predictor
+from leukoscope.inference.shift import ShiftCheck
+
+EDGE_NOTE = "cut by the field's edge: part of the cell may be missing"
+
+
+@dataclass(frozen=True)
+class FieldPrediction:
+    """One white cell of a field and the model's call on it, or an unreadable field.
+
+    Attributes
+    ----------
+    prediction : Prediction
+        Its ``source`` is the field's; ``error`` set (and ``box`` None) for an unreadable field.
+    box : CellBox or None
+        Where the cell is in the field.
+    """
+
+    prediction: Prediction
+    box: CellBox | None = None
+
+
+def classify_cells(
+    predictor: Predictor, cells: Sequence[FieldCell], source: str
+) -> list[FieldPrediction]:
+    """The model's call on each cut-out cell of the field ``source``; cells on the field's edge
+    are flagged uncertain with :data:`EDGE_NOTE`."""
+    if not cells:
+        return []
+    images = [Image.fromarray(cell.rgb) for cell in cells]
+    predictions = predictor.predict_images(images, [source] * len(cells))
+    return [
+        FieldPrediction(_flag_edge(prediction) if cell.box.edge else prediction, cell.box)
+        for cell, prediction in zip(cells, predictions, strict=True)
+    ]
+
+
+def classify_field(predictor: Predictor, rgb: np.ndarray, source: str) -> list[FieldPrediction]:
+    """Locate, cut out and classify every white cell of one decoded field."""
+    return classify_cells(predictor, field_cells(rgb), source)
+
+
+def classify_field_paths(
+    predictor: Predictor,
+    paths: Sequence[str | Path],
+    on_progress: Callable[[int], None] | None = None,
+) -> list[FieldPrediction]:
+    """Every white cell of every field file, in input order; an unreadable file gives one entry
+    with its error. ``on_progress(1)`` after each file."""
+    results: list[FieldPrediction] = []
+    for path in paths:
+        try:
+            rgb = np.asarray(decode_rgb(path))
+        except ImageDecodeError as exc:
+            results.append(FieldPrediction(predictor.error_prediction(str(path), str(exc))))
+        else:
+            results.extend(classify_field(predictor, rgb, str(path)))
+        if on_progress is not None:
+            on_progress(1)
+    return results
+
+
+def field_shift(predictor: Predictor, cells: Sequence[FieldPrediction]) -> ShiftCheck | None:
+    """The shift check (:meth:`Predictor.check_shift`) on the model's own flags: cells flagged
+    only for being cut by the edge say nothing about the images being unlike the training
+    data."""
+    return predictor.check_shift([c.prediction for c in cells if c.box is None or not c.box.edge])
+
+
+def _flag_edge(prediction: Prediction) -> Prediction:
+    note = EDGE_NOTE if prediction.note is None else f"{prediction.note}; {EDGE_NOTE}"
+    return dataclasses.replace(prediction, uncertain=True, note=note)

@@ -1,0 +1,67 @@
+"""Classifying the white cells of field images: boxes, edge flags and unreadable fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from leukoscope.cells.crops import field_cells
+from leukoscope.inference.fields import (
+    EDGE_NOTE,
+    FieldPrediction,
+    classify_cells,
+    classify_field_paths,
+    field_shift,
+)
+from leukoscope.inference.predictor import Prediction, Predictor
+from tests.cells.drawing import smear
+
+CELLS = [(200, 150, 90), (520, 300, 110), (980, 300, 100)]
+"""Three white cells, the last cut by the right edge of a 1000-px-wide field."""
+
+
+def test_every_cell_is_classified_with_its_field_and_box(tmp_path: Path, untrained: Path) -> None:
+    predictor = Predictor.load(untrained)
+    Image.fromarray(smear((1000, 560), CELLS, red_cells=40, red_diameter=60)).save(
+        tmp_path / "a.png"
+    )
+    Image.fromarray(smear((640, 400), [(-300, -300, 60)], red_cells=20)).save(tmp_path / "b.png")
+    (tmp_path / "c.jpg").write_bytes(b"not an image")
+    paths = [tmp_path / name for name in ("a.png", "b.png", "c.jpg")]
+    progress: list[int] = []
+    results = classify_field_paths(predictor, paths, on_progress=progress.append)
+    assert progress == [1, 1, 1]
+    cells = [r for r in results if r.prediction.error is None]
+    assert len(cells) == 3 and {r.prediction.source for r in cells} == {str(paths[0])}
+    for result in cells:
+        assert result.box is not None and result.prediction.label in predictor.classes
+        assert result.prediction.uncertain == result.box.edge
+        assert (result.prediction.note == EDGE_NOTE) == result.box.edge
+    assert sum(r.box.edge for r in cells if r.box) == 1
+    (broken,) = [r for r in results if r.prediction.error]
+    assert broken.box is None and broken.prediction.source == str(paths[2])
+
+
+def test_a_cell_classified_from_its_crop_gets_the_same_call_as_the_crop_itself(
+    untrained: Path,
+) -> None:
+    predictor = Predictor.load(untrained)
+    found = field_cells(smear((1000, 560), CELLS[:2], red_cells=40, red_diameter=60))
+    results = classify_cells(predictor, found, "field.png")
+    direct = predictor.predict_images([Image.fromarray(c.rgb) for c in found], ["x", "y"])
+    for result, alone in zip(results, direct, strict=True):
+        assert result.prediction.probabilities == alone.probabilities
+    assert classify_cells(predictor, [], "field.png") == []
+
+
+def test_the_shift_check_ignores_cells_flagged_only_for_the_edge(untrained: Path) -> None:
+    predictor = Predictor.load(untrained)
+    found = field_cells(smear((1000, 560), CELLS, red_cells=40, red_diameter=60))
+    results = classify_cells(predictor, found, "field.png")
+    seen: list[list[Prediction]] = []
+    predictor.check_shift = lambda predictions: seen.append(list(predictions))  # type: ignore[method-assign,assignment,func-returns-value]
+    field_shift(predictor, [*results, FieldPrediction(predictor.error_prediction("x", "bad"))])
+    assert len(seen[0]) == 3 and not any(p.note == EDGE_NOTE for p in seen[0])
+    assert np.isclose(sum(seen[0][0].probabilities.values()), 1)
