@@ -1,16 +1,19 @@
 """Cut every white cell out of a field image the way the classifier's training images were cut.
 
-The released models learned from PBC crops: about 360 px, one white cell in the middle whose
-diameter is about :data:`~leukoscope.cells.locate.DEFAULT_CELL_FRACTION` of the side, red cells
-around it. :func:`field_cells` finds the white cells of a field
-(:func:`~leukoscope.cells.fields.locate_cells`) and cuts a square around each in which its
-diameter is that same fraction of the side, whatever the microscope's magnification; the
-model's own preprocessing (resize, and framing if its card asks for it) then applies as to any
-image. Where the square runs off the field it is filled with the field's background colour, as
-a PBC crop's margin would be background or red cells, never a mirror image of a cell.
+The released models learned from PBC crops: 360 px squares at PBC's magnification, one white
+cell in the middle, red cells around it. They learned the cell's size in that frame too (a
+monocyte fills about 0.46 of the side, a lymphocyte 0.30), so a crop that made every cell the
+same fraction of the frame would hide a cue they rely on. :func:`field_cells` therefore finds
+the white cells of a field (:func:`~leukoscope.cells.fields.locate_field`) and cuts around each
+the square that a 360-px PBC crop covers at the field's magnification, measured by its red
+cells: the side is ``360 * red cell diameter / PBC's red cell diameter`` (:data:`PBC_RED_CELL_
+DIAMETER`). A field with too few red cells to measure is scaled by its white cells instead (their
+median diameter against PBC's). The model's own preprocessing (resize, and framing if its card
+asks for it) then applies as to any image. Where the square runs off the field it is filled with
+the field's background colour, as a PBC crop's margin would be, never with a mirror image.
 
-A cell cut by the field's edge keeps its full size: its diameter is the longer side of its box
-and the square is centred where the whole cell's centre would be, beyond the cut.
+A cell cut by the field's edge is centred where the whole cell's centre would be, beyond the
+cut (its diameter is the longer side of its box).
 """
 
 from __future__ import annotations
@@ -19,8 +22,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from leukoscope.cells.fields import CellBox, locate_cells
+from leukoscope.cells.fields import CellBox, locate_field
 from leukoscope.cells.locate import DEFAULT_CELL_FRACTION, background_colour, crop
+
+PBC_CROP_SIDE = 360
+"""Side of a PBC image (360 x 363 px), in PBC's pixels."""
+
+PBC_RED_CELL_DIAMETER = 65.0
+"""Median red-cell diameter that :func:`~leukoscope.cells.fields.locate_field` measures on PBC
+images (65 px over 145 train-split images of every class, interquartile range 57-71; recorded
+by ``benchmarks/fields.py`` as ``pbc_red_cell_diameter``)."""
+
+MAX_CELL_FRACTION = 0.8
+"""A crop is at least this much wider than its cell, whatever the magnification measured."""
 
 BACKGROUND_STRIDE = 4
 """The field's background colour is measured on every 4th pixel of every 4th row (the median of
@@ -43,30 +57,24 @@ class FieldCell:
     rgb: np.ndarray
 
 
-def cell_square(
-    box: CellBox, shape: tuple[int, int], cell_fraction: float = DEFAULT_CELL_FRACTION
-) -> tuple[int, int, int]:
-    """The square ``(x0, y0, side)`` in which the boxed cell's diameter is ``cell_fraction`` of
-    the side.
+def cell_diameter(box: CellBox) -> float:
+    """A boxed cell's diameter: the geometric mean of its box's sides (the diameter of the
+    circle with an elliptic cell's area), or for a box on the image's edge its longer side."""
+    width, height = box.x_max - box.x_min, box.y_max - box.y_min
+    return float(max(width, height) if box.edge else np.sqrt(width * height))
 
-    The diameter is the geometric mean of the box's sides (the diameter of the circle with an
-    elliptic cell's area, as the single-cell locator measures it), or for a box on the image's
-    edge its longer side; the square is centred on the box, or on the whole cell's estimated
-    centre along a side where the box is cut.
-    """
-    if not 0 < cell_fraction <= 1:
-        raise ValueError(f"cell_fraction must be in (0, 1], got {cell_fraction}")
+
+def cell_square(box: CellBox, shape: tuple[int, int], side: int) -> tuple[int, int, int]:
+    """The square ``(x0, y0, side)`` centred on the boxed cell, or on the whole cell's
+    estimated centre along a side where the image's edge cuts it; widened to hold the cell
+    (:data:`MAX_CELL_FRACTION`)."""
     height, width = shape
-    box_width, box_height = box.x_max - box.x_min, box.y_max - box.y_min
-    diameter = max(box_width, box_height) if box.edge else float(np.sqrt(box_width * box_height))
-    side = max(1, round(diameter / cell_fraction))
+    diameter = cell_diameter(box)
+    side = max(side, round(diameter / MAX_CELL_FRACTION), 1)
     centres = []
-    for low, high, limit, extent in (
-        (box.x_min, box.x_max, width, box_width),
-        (box.y_min, box.y_max, height, box_height),
-    ):
+    for low, high, limit in ((box.x_min, box.x_max, width), (box.y_min, box.y_max, height)):
         centre = (low + high) / 2
-        if box.edge and extent < diameter:
+        if box.edge and high - low < diameter:
             if low <= 0 < high < limit:
                 centre = high - diameter / 2
             elif high >= limit > low > 0:
@@ -75,17 +83,26 @@ def cell_square(
     return round(centres[0] - side / 2), round(centres[1] - side / 2), side
 
 
+def crop_side(boxes: list[CellBox], red_cell_diameter: float | None) -> int:
+    """The side, in the field's pixels, that a PBC crop covers at the field's magnification:
+    from its red cells, else from its white cells' median diameter against PBC's
+    (:data:`~leukoscope.cells.locate.DEFAULT_CELL_FRACTION` of the side)."""
+    if red_cell_diameter is not None:
+        return round(PBC_CROP_SIDE * red_cell_diameter / PBC_RED_CELL_DIAMETER)
+    diameters = [cell_diameter(box) for box in boxes if not box.edge] or [
+        cell_diameter(box) for box in boxes
+    ]
+    return round(float(np.median(diameters)) / DEFAULT_CELL_FRACTION)
+
+
 def crop_cell(
-    rgb: np.ndarray,
-    box: CellBox,
-    fill: np.ndarray | None = None,
-    cell_fraction: float = DEFAULT_CELL_FRACTION,
+    rgb: np.ndarray, box: CellBox, side: int, fill: np.ndarray | None = None
 ) -> np.ndarray:
     """The square of :func:`cell_square` cut from the field ``rgb``, filled with ``fill``
     (default: the field's background colour) beyond the field."""
     if fill is None:
         fill = field_background(rgb)
-    x0, y0, side = cell_square(box, rgb.shape[:2], cell_fraction)
+    x0, y0, side = cell_square(box, rgb.shape[:2], side)
     return crop(rgb, x0, y0, side, side, "border", fill)
 
 
@@ -94,15 +111,13 @@ def field_background(rgb: np.ndarray) -> np.ndarray:
     return background_colour(rgb[::BACKGROUND_STRIDE, ::BACKGROUND_STRIDE])
 
 
-def field_cells(rgb: np.ndarray, cell_fraction: float = DEFAULT_CELL_FRACTION) -> list[FieldCell]:
-    """Every white cell of a field image, located and cut out as a single-cell image.
+def field_cells(rgb: np.ndarray) -> list[FieldCell]:
+    """Every white cell of a field image, located and cut out as a PBC image of it would be.
 
     Parameters
     ----------
     rgb : ndarray of shape (H, W, 3), uint8
         The field.
-    cell_fraction : float
-        The cell's diameter as a fraction of each crop's side (PBC's by default).
 
     Returns
     -------
@@ -110,8 +125,9 @@ def field_cells(rgb: np.ndarray, cell_fraction: float = DEFAULT_CELL_FRACTION) -
         In :func:`~leukoscope.cells.fields.locate_cells`' order (best score first); empty when
         the field holds no white cell.
     """
-    boxes = locate_cells(rgb)
-    if not boxes:
+    located = locate_field(rgb)
+    if not located.boxes:
         return []
+    side = crop_side(located.boxes, located.red_cell_diameter)
     fill = field_background(rgb)
-    return [FieldCell(box, crop_cell(rgb, box, fill, cell_fraction)) for box in boxes]
+    return [FieldCell(box, crop_cell(rgb, box, side, fill)) for box in located.boxes]

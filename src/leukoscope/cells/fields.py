@@ -96,6 +96,23 @@ class CellBox:
     edge: bool
 
 
+@dataclass(frozen=True)
+class FieldLocation:
+    """What :func:`locate_field` found in a field.
+
+    Attributes
+    ----------
+    boxes : list of CellBox
+        One box per white cell, best score first.
+    red_cell_diameter : float or None
+        The median stained diameter of the field's single red cells, in the image's pixels
+        (a measure of the microscope's magnification); None with fewer than five of them.
+    """
+
+    boxes: list[CellBox]
+    red_cell_diameter: float | None
+
+
 def locate_cells(rgb: np.ndarray) -> list[CellBox]:
     """Find every white cell in a field image.
 
@@ -109,9 +126,14 @@ def locate_cells(rgb: np.ndarray) -> list[CellBox]:
     list of CellBox
         One box per white cell found, best score first; empty when there is none.
     """
+    return locate_field(rgb).boxes
+
+
+def locate_field(rgb: np.ndarray) -> FieldLocation:
+    """:func:`locate_cells`, with the field's red-cell diameter measured on the way."""
     stain = stain_levels(rgb, FIELD_WORK_SIDE)
     if stain is None:
-        return []
+        return FieldLocation([], None)
     od, density, low, high, scale = stain
     # With few white cells the top Otsu class is the red cells' darker rims: a nucleus is also
     # well above the lightly stained pixels (red cells) in absolute terms.
@@ -121,7 +143,8 @@ def locate_cells(rgb: np.ndarray) -> list[CellBox]:
     dense = ndi.binary_opening(ndi.binary_closing(dense, disk(1)), disk(1))
     dense = remove_small_objects(dense, max_size=int(MIN_WORK_DIAMETER**2 / 4))
     if not dense.any():
-        return []
+        red_diameter = _red_cell_diameter((density > low) & ~dense)
+        return FieldLocation([], None if red_diameter is None else red_diameter * scale)
     # Touching nuclei (two cells pressed together) form one dense component: cut every
     # component at its waists, and let join_lobes put the pieces of one cell together again.
     distance = ndi.distance_transform_edt(dense)
@@ -140,7 +163,8 @@ def locate_cells(rgb: np.ndarray) -> list[CellBox]:
     # The red cells' hue from the stained pixels no cell took; none where there are too few.
     red_hue = np.median(chroma[red_pixels], axis=0) if red_pixels.sum() > MIN_RED_PIXELS else None
     nuclei = np.where(dense, cells, 0)
-    return _boxes(cells, nuclei, chroma, density, red_hue, least, scale, rgb.shape[:2])
+    boxes = _boxes(cells, nuclei, chroma, density, red_hue, least, scale, rgb.shape[:2])
+    return FieldLocation(boxes, None if red_diameter is None else red_diameter * scale)
 
 
 def join_lobes(regions: np.ndarray, least_diameter: float) -> np.ndarray:
