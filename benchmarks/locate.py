@@ -133,23 +133,27 @@ def box_iou(a: Box, b: Box) -> float:
     return inter / union if union else 0.0
 
 
-def match(truth: list[Box], found: list[CellBox]) -> list[bool]:
-    """For each true box, whether a found box matches it at IoU >= 0.5 (greedy, best pairs
-    first, each found box used once)."""
-    boxes = [box(b) for b in found]
+def assign(truth: list[Box], found: list[Box]) -> list[int | None]:
+    """For each true box, the index of the found box matching it at IoU >= 0.5, or None
+    (greedy, best pairs first, each found box used once)."""
     pairs = sorted(
-        ((box_iou(t, f), i, j) for i, t in enumerate(truth) for j, f in enumerate(boxes)),
+        ((box_iou(t, f), i, j) for i, t in enumerate(truth) for j, f in enumerate(found)),
         reverse=True,
     )
-    hit = [False] * len(truth)
+    matched: list[int | None] = [None] * len(truth)
     used: set[int] = set()
     for iou, i, j in pairs:
         if iou < 0.5:
             break
-        if not hit[i] and j not in used:
-            hit[i] = True
+        if matched[i] is None and j not in used:
+            matched[i] = j
             used.add(j)
-    return hit
+    return matched
+
+
+def match(truth: list[Box], found: list[CellBox]) -> list[bool]:
+    """For each true box, whether a found box matches it (see :func:`assign`)."""
+    return [j is not None for j in assign(truth, [box(b) for b in found])]
 
 
 def detection(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -45,13 +45,14 @@ class Cutout:
 @dataclass(frozen=True)
 class Field:
     """A composed field and the boxes ``(x_min, y_min, x_max, y_max)`` of its white cells, in
-    its pixels, with whether each is cut by the image's edge, and the boxes of the distractors
-    pasted."""
+    its pixels, with whether each is cut by the image's edge, the boxes of the distractors
+    pasted, and which of the white cells given (their index) each box holds."""
 
     rgb: np.ndarray
     boxes: list[tuple[int, int, int, int]]
     edge: list[bool]
     distractor_boxes: list[tuple[int, int, int, int]]
+    cells: list[int] = field(default_factory=list)
 
 
 def cut_out(rgb: np.ndarray, location: CellLocation) -> Cutout:
@@ -229,9 +230,11 @@ def compose_field(
     canvas = _tiled(tiles, canvas_size, rng)
     boxes: list[tuple[int, int, int, int]] = []
     edge: list[bool] = []
+    pasted: list[int] = []
     order = rng.permutation(len(white_cells))
     for k in range(cells):
-        cut = white_cells[order[k % len(order)]]
+        index = int(order[k % len(order)])
+        cut = white_cells[index]
         if rng.random() < 0.5:
             cut = Cutout(cut.rgb[:, ::-1].copy(), cut.mask[:, ::-1].copy())
         is_touching = 0 < k <= touching
@@ -244,6 +247,7 @@ def compose_field(
             h, w = cut.mask.shape
             x0, y0 = corner
             boxes.append(box)
+            pasted.append(index)
             edge.append(x0 < 0 or y0 < 0 or x0 + w > canvas_size[0] or y0 + h > canvas_size[1])
     distractor_boxes: list[tuple[int, int, int, int]] = []
     for cut in (distractors[i] for i in rng.permutation(len(distractors))):
@@ -273,7 +277,9 @@ def compose_field(
         buffer = io.BytesIO()
         Image.fromarray(rgb).save(buffer, format="JPEG", quality=jpeg_quality)
         rgb = np.asarray(Image.open(buffer).convert("RGB"))
-    return Field(rgb, [scaled(b) for b in boxes], edge, [scaled(b) for b in distractor_boxes])
+    return Field(
+        rgb, [scaled(b) for b in boxes], edge, [scaled(b) for b in distractor_boxes], pasted
+    )
 
 
 def _tiled(
