@@ -227,3 +227,44 @@ def test_upload_review_and_sign_off_in_chromium(server_url: str, tmp_path: Path)
     if os.environ.get("LEUKOSCOPE_SCREENSHOTS"):
         for shot in shots:
             shutil.copy(shot, Path(os.environ["LEUKOSCOPE_SCREENSHOTS"]) / shot.name)
+
+
+def test_field_images_in_chromium(make_server: Callable[..., str], tmp_path: Path) -> None:
+    """Field images: every cell found is in the gallery with its crop, and shows in its field
+    with its box drawn."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.service.test_fields import LEFT, jpeg
+
+    url = make_server(max_file_bytes=2_000_000, max_request_bytes=8_000_000)
+    field = tmp_path / "left.jpg"
+    field.write_bytes(jpeg(LEFT))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(20_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.fill("#sample-name", "Fields")
+        page.get_by_role("button", name="Create").click()
+        expect(page.locator("#sample-title")).to_have_text("Fields")
+        page.check("#fields-mode")
+        page.set_input_files("#file-input", [field])
+        expect(page.locator("#upload-status")).to_contain_text(
+            "2 white cell(s) found in 1 field(s) and classified."
+        )
+        expect(page.locator("#results-body tr")).to_have_count(2)
+        page.locator("#gallery button.cell").first.click()
+        expect(page.locator("#detail-body .cell-name")).to_contain_text("left.jpg cell")
+        page.keyboard.press("f")
+        image = page.locator("#detail-body .field-image")
+        expect(image).to_have_js_property("complete", True)
+        box = page.locator("#detail-body .field-box").bounding_box()
+        shown = image.bounding_box()
+        assert box is not None and shown is not None
+        assert 0 < box["width"] < shown["width"] / 4 and box["x"] >= shown["x"]
+        page.get_by_role("button", name="Hide field (F)").click()
+        expect(page.locator("#detail-body .field-image")).to_have_count(0)
+        assert not errors, errors
+        browser.close()

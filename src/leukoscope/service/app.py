@@ -7,6 +7,7 @@ decoding, inference and database work of concurrent requests do not block the ev
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import re
@@ -20,6 +21,7 @@ from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Security, UploadFile
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -30,6 +32,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leukoscope import __version__
+from leukoscope.cells.crops import FieldCell
+from leukoscope.cells.fields import CellBox
+from leukoscope.cells.overlap import find_duplicates, grey
 from leukoscope.inference.predictor import Prediction, Predictor
 from leukoscope.inference.shift import check_shift
 from leukoscope.reports.differential import CellCall, compute_differential, render_html
@@ -53,6 +58,8 @@ from leukoscope.service.schemas import (
     Differential,
     DifferentialRequest,
     ErrorOut,
+    FieldOut,
+    FieldUploadResponse,
     Health,
     Identity,
     ImagePrediction,
@@ -120,17 +127,21 @@ class Service:
         self, files: Sequence[UploadFile]
     ) -> tuple[list[tuple[Upload, Prediction]], list[RejectedFile]]:
         """Classify uploads within the limits; fail the request only if no file is usable."""
-        limit = self.settings.max_files
-        if len(files) > limit:
-            raise ApiError(
-                413, f"too many files: {len(files)} in one request, the limit is {limit}"
-            )
+        self.check_count(files)
         done, rejected = self.runner.classify(
             files, max_bytes=self.settings.max_file_bytes, max_pixels=self.settings.max_pixels
         )
         if not done:
             raise _unusable(rejected)
         return done, rejected
+
+    def check_count(self, files: Sequence[UploadFile]) -> None:
+        """Refuse a request with more files than the server takes at once."""
+        limit = self.settings.max_files
+        if len(files) > limit:
+            raise ApiError(
+                413, f"too many files: {len(files)} in one request, the limit is {limit}"
+            )
 
     def read_one(self, file: UploadFile) -> Image.Image:
         """Decode a single upload or fail the request with its problem."""
@@ -164,6 +175,7 @@ class Service:
             differential=Differential.model_validate(self.differential(sample)),
             comments=[CommentOut.model_validate(comment) for comment in sample.comments],
             amendments=[AmendmentOut.model_validate(a) for a in sample.amendments],
+            fields=[FieldOut.model_validate(field) for field in sample.fields],
         )
 
     def report_html(self, sample: store.Sample) -> str:
@@ -377,6 +389,52 @@ def add_cells(sample_id: str, files: UploadFiles, service: ServiceDep) -> Upload
         return UploadResponse(added=[CellOut.model_validate(c) for c in cells], rejected=rejected)
 
 
+@api.post(
+    "/samples/{sample_id}/fields",
+    tags=["review"],
+    summary="Find, classify and add the white cells of field images",
+)
+def add_fields(sample_id: str, files: UploadFiles, service: ServiceDep) -> FieldUploadResponse:
+    """Each field image (a microscope photo of the smear) is stored, and every white cell found
+    in it becomes a cell of the sample: its image is the crop cut around it, with its box in
+    the field. A cell cut by the field's edge starts unidentified. A cell seen in an earlier
+    field of the sample that overlaps this one (measured by image registration) is excluded as
+    a duplicate; one that only looks like an earlier cell, in a field whose overlap is unknown,
+    starts unidentified as a possible duplicate. Same limits and rejection rules as
+    ``/api/classify``; a field without white cells is stored with none."""
+    sha256 = service.runner.sha256
+    with service.sessions.begin() as session:  # fail before the costly part when we can
+        store.add_cells(session, store.get_sample(session, sample_id), [], sha256)
+    service.check_count(files)
+    settings = service.settings
+    fields: list[FieldOut] = []
+    added: list[CellOut] = []
+    rejected: list[RejectedFile] = []
+    for index, file in enumerate(files):
+        result = read_upload(
+            file, index, max_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels
+        )
+        if isinstance(result, RejectedFile):
+            rejected.append(result)
+            continue
+        upload, image = result
+        rgb = np.asarray(image)
+        found = service.runner.classify_field(rgb, upload.name)
+        with service.writes.begin() as session:
+            sample = store.lock_sample(session, sample_id)
+            repeats = _repeats(session, sample, rgb, [cell.box for cell, _ in found], settings)
+            new_cells = [
+                _field_cell(upload.name, k, cell, prediction, repeat)
+                for k, ((cell, prediction), repeat) in enumerate(zip(found, repeats, strict=True))
+            ]
+            field, cells = store.add_field(session, sample, _new_field(upload), new_cells, sha256)
+            fields.append(FieldOut.model_validate(field))
+            added.extend(CellOut.model_validate(cell) for cell in cells)
+    if not fields:
+        raise _unusable(rejected)
+    return FieldUploadResponse(added=added, rejected=rejected, fields=fields)
+
+
 @api.post("/cells/{cell_id}/label", tags=["review"], summary="Reclassify or exclude a cell")
 def relabel(
     cell_id: str, body: RelabelRequest, service: ServiceDep, caller: CallerDep
@@ -479,9 +537,28 @@ def cell_image(cell_id: str, service: ServiceDep) -> Response:
     with service.sessions.begin() as session:
         cell = store.get_cell(session, cell_id)
         data = store.cell_bytes(session, cell_id)
-    media_type = BROWSER_IMAGE_FORMATS.get(cell.image_format)
+    return _image_response(data, cell.image_format, cell_id, service)
+
+
+@api.get(
+    "/fields/{field_id}/image",
+    tags=["review"],
+    summary="A field image as uploaded (TIFF and BMP as PNG)",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}},
+)
+def field_image(field_id: str, service: ServiceDep) -> Response:
+    with service.sessions.begin() as session:
+        field = store.get_field(session, field_id)
+        data = store.field_bytes(session, field_id)
+    return _image_response(data, field.image_format, field_id, service)
+
+
+def _image_response(data: bytes, image_format: str, name: str, service: Service) -> Response:
+    """Stored image bytes as the browser can show them: as they are, or converted to PNG."""
+    media_type = BROWSER_IMAGE_FORMATS.get(image_format)
     if media_type is None:
-        image = decode_bounded(data, name=cell_id, max_pixels=service.settings.max_pixels)
+        image = decode_bounded(data, name=name, max_pixels=service.settings.max_pixels)
         data, media_type = _png(image), "image/png"
     return Response(
         data, media_type=media_type, headers={"Cache-Control": "private, max-age=86400"}
@@ -555,6 +632,83 @@ def _new_cell(upload: Upload, prediction: Prediction) -> store.NewCell:
         runner_up=prediction.runner_up,
         runner_up_probability=prediction.runner_up_probability,
         uncertain=prediction.uncertain,
+    )
+
+
+def _new_field(upload: Upload) -> store.NewField:
+    return store.NewField(
+        original_name=upload.name,
+        data=upload.data,
+        image_format=upload.image_format,
+        sha256=upload.sha256,
+        width=upload.width,
+        height=upload.height,
+    )
+
+
+def _field_cell(
+    field_name: str, index: int, cell: FieldCell, prediction: Prediction, repeat: Repeat
+) -> store.NewCell:
+    """A cell found in a field: its crop as PNG, its box, and whether it repeats an earlier
+    cell (``("same", id)``: excluded as a duplicate; ``("possible", id)``: unidentified)."""
+    data = _png(Image.fromarray(cell.rgb))
+    box = cell.box
+    kind, earlier = repeat if repeat is not None else (None, None)
+    return store.NewCell(
+        original_name=f"{field_name} cell {index + 1}",
+        data=data,
+        image_format="PNG",
+        sha256=hashlib.sha256(data).hexdigest(),
+        width=cell.rgb.shape[1],
+        height=cell.rgb.shape[0],
+        label=prediction.label,
+        confidence=prediction.confidence,
+        probabilities=prediction.probabilities,
+        runner_up=prediction.runner_up,
+        runner_up_probability=prediction.runner_up_probability,
+        uncertain=prediction.uncertain,
+        box=(box.x_min, box.y_min, box.x_max, box.y_max),
+        edge=box.edge,
+        duplicate_of=earlier if kind == "same" else None,
+        possible_duplicate_of=earlier if kind == "possible" else None,
+    )
+
+
+Repeat = tuple[str, str] | None
+"""How a new field's cell repeats an earlier cell of the sample: ``(kind, cell id)``."""
+
+
+def _repeats(
+    session: Session,
+    sample: store.Sample,
+    rgb: np.ndarray,
+    boxes: Sequence[CellBox],
+    settings: Settings,
+) -> list[Repeat]:
+    """For each cell of a new field, the earlier cell of the sample it repeats, if any (see
+    :func:`leukoscope.cells.overlap.find_duplicates`); every earlier field is decoded again."""
+    if not boxes or not sample.fields:
+        return [None] * len(boxes)
+    earlier = []
+    ids: list[list[str]] = []
+    for field in sample.fields:
+        cells = [c for c in sample.cells if c.field_id == field.id and c.x_min is not None]
+        data = store.field_bytes(session, field.id)
+        image = decode_bounded(data, name=field.original_name, max_pixels=settings.max_pixels)
+        earlier.append((grey(np.asarray(image)), [_cell_box(cell) for cell in cells]))
+        ids.append([cell.id for cell in cells])
+    found = find_duplicates(grey(rgb), boxes, earlier)
+    return [None if d is None else (d.kind, ids[d.field][d.cell]) for d in found]
+
+
+def _cell_box(cell: store.Cell) -> CellBox:
+    return CellBox(
+        int(cell.x_min or 0),
+        int(cell.y_min or 0),
+        int(cell.x_max or 0),
+        int(cell.y_max or 0),
+        1.0,
+        bool(cell.edge),
     )
 
 

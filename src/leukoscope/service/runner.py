@@ -12,11 +12,14 @@ import io
 import threading
 from collections.abc import Sequence
 
+import numpy as np
 from fastapi import UploadFile
 from PIL import Image
 
+from leukoscope.cells.crops import FieldCell, field_cells
 from leukoscope.data.preprocess import ScaleEstimate
 from leukoscope.inference.explain import gradcam_overlay
+from leukoscope.inference.fields import classify_cells
 from leukoscope.inference.predictor import Prediction, Predictor
 from leukoscope.models import ModelCard
 from leukoscope.service.schemas import RejectedFile
@@ -104,6 +107,14 @@ class ModelRunner:
             else:
                 rejected.append(RejectedFile(name=upload.name, status=422, error=prediction.error))
         return scale
+
+    def classify_field(self, rgb: np.ndarray, name: str) -> list[tuple[FieldCell, Prediction]]:
+        """Every white cell of a decoded field, cut out, with the model's call on it (cells on
+        the field's edge flagged uncertain: see :mod:`leukoscope.inference.fields`)."""
+        cells = field_cells(rgb)
+        with self._lock:
+            results = classify_cells(self.predictor, cells, name)
+        return [(cell, result.prediction) for cell, result in zip(cells, results, strict=True)]
 
     def heatmap_png(self, image: Image.Image, target: str | None) -> bytes:
         """The Grad-CAM overlay for ``target`` (default: the predicted class) as PNG bytes."""

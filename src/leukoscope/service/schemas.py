@@ -204,9 +204,33 @@ class CellOut(BaseModel):
     sha256: str
     label: str | None = Field(description="The current class; None if unidentified or excluded.")
     exclusion: Exclusion | None = Field(description="Why the cell is left out, if it is.")
-    duplicate_of: str | None = Field(description="The sample's earlier cell with these bytes.")
+    duplicate_of: str | None = Field(
+        description="The sample's earlier cell with these bytes, or the same cell in an earlier "
+        "field that overlaps this one's."
+    )
+    field_id: str | None = Field(None, description="The field image the cell was found in.")
+    x_min: int | None = Field(None, description="The cell's box in its field (pixels).")
+    y_min: int | None = None
+    x_max: int | None = Field(None, description="Exclusive.")
+    y_max: int | None = None
+    edge: bool | None = Field(None, description="The box touches the field's edge.")
+    possible_duplicate_of: str | None = Field(
+        None,
+        description="An earlier cell that looks like this one, in a field whose overlap with "
+        "this one's is unknown: the cell starts unidentified, for the reviewer to decide.",
+    )
     prediction: PredictionOut
     corrections: list[CorrectionOut]
+
+
+class FieldOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    position: int
+    original_name: str
+    width: int
+    height: int
 
 
 class CommentOut(BaseModel):
@@ -256,11 +280,16 @@ class SampleDetail(SampleSummary):
     differential: Differential = Field(description="From the cells' current calls.")
     comments: list[CommentOut]
     amendments: list[AmendmentOut]
+    fields: list[FieldOut] = Field(description="The field images the cells were found in.")
 
 
 class UploadResponse(BaseModel):
     added: list[CellOut]
     rejected: list[RejectedFile]
+
+
+class FieldUploadResponse(UploadResponse):
+    fields: list[FieldOut] = Field(description="The fields stored, whose cells are ``added``.")
 
 
 class CallIn(BaseModel):

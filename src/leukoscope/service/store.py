@@ -144,6 +144,9 @@ class Sample(Base):
     amendments: Mapped[list[Amendment]] = relationship(
         order_by="Amendment.id", cascade="all, delete-orphan", lazy="selectin"
     )
+    fields: Mapped[list[Field]] = relationship(
+        order_by="Field.position", cascade="all, delete-orphan", lazy="selectin"
+    )
 
     @property
     def unidentified(self) -> list[Cell]:
@@ -170,7 +173,22 @@ class Cell(Base):
     height: Mapped[int]
     byte_size: Mapped[int]
     duplicate_of: Mapped[str | None] = mapped_column(String(32))
-    """The sample's earlier cell with the same bytes: this one starts excluded as a duplicate."""
+    """The sample's earlier cell with the same bytes, or the same cell in an earlier field
+    that overlaps this one's: this one starts excluded as a duplicate."""
+    field_id: Mapped[str | None] = mapped_column(
+        ForeignKey("fields.id", ondelete="CASCADE"), index=True
+    )
+    """The field image the cell was found in (its image is then the crop cut from it)."""
+    x_min: Mapped[int | None]
+    y_min: Mapped[int | None]
+    x_max: Mapped[int | None]
+    y_max: Mapped[int | None]
+    """The cell's box in its field, in the field's pixels (maxima exclusive)."""
+    edge: Mapped[bool | None]
+    """The box touches the field's edge: the cell may be cut (flagged for review)."""
+    possible_duplicate_of: Mapped[str | None] = mapped_column(String(32))
+    """An earlier cell of the sample, in a field whose overlap with this one is unknown, that
+    looks like this one: it starts unidentified, for a person to decide."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sample: Mapped[Sample] = relationship(back_populates="cells")
     image: Mapped[CellImage] = relationship(cascade="all, delete-orphan", lazy="raise")
@@ -184,6 +202,8 @@ class Cell(Base):
         """Before any correction: a duplicate is excluded, else the model's confident class."""
         if self.duplicate_of is not None:
             return exclusion_call("duplicate")
+        if self.possible_duplicate_of is not None:
+            return None
         return None if self.prediction.uncertain else self.prediction.label
 
     @property
@@ -206,6 +226,36 @@ class Cell(Base):
     @property
     def exclusion(self) -> str | None:
         return exclusion_of(self.call)
+
+
+class Field(Base):
+    """One uploaded field image (a photo of a smear with several cells): its cells are rows of
+    ``cells`` pointing to it, each with its box. ``original_name`` is text only, as for cells."""
+
+    __tablename__ = "fields"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    sample_id: Mapped[str] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int]
+    original_name: Mapped[str] = mapped_column(String(255))
+    image_format: Mapped[str] = mapped_column(String(8))
+    sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int]
+    height: Mapped[int]
+    byte_size: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    image: Mapped[FieldImage] = relationship(cascade="all, delete-orphan", lazy="raise")
+
+
+class FieldImage(Base):
+    """A field's uploaded bytes, unchanged, apart from its row."""
+
+    __tablename__ = "field_images"
+
+    field_id: Mapped[str] = mapped_column(
+        ForeignKey("fields.id", ondelete="CASCADE"), primary_key=True
+    )
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class CellImage(Base):
@@ -397,6 +447,24 @@ class NewCell:
     runner_up: str | None
     runner_up_probability: float
     uncertain: bool
+    box: tuple[int, int, int, int] | None = None
+    """For a cell found in a field: its box there ``(x_min, y_min, x_max, y_max)``."""
+    edge: bool | None = None
+    duplicate_of: str | None = None
+    """The same cell, in an earlier field that overlaps this one's (else found by bytes)."""
+    possible_duplicate_of: str | None = None
+
+
+@dataclass(frozen=True)
+class NewField:
+    """A decoded field upload, ready to be stored."""
+
+    original_name: str
+    data: bytes
+    image_format: str
+    sha256: str
+    width: int
+    height: int
 
 
 def create_sample(session: Session, name: str, classes: Sequence[str], model_sha256: str) -> Sample:
@@ -428,6 +496,20 @@ def get_cell(session: Session, cell_id: str) -> Cell:
     if cell is None:
         raise NotFoundError(f"no cell {cell_id!r}")
     return cell
+
+
+def field_bytes(session: Session, field_id: str) -> bytes:
+    image = session.get(FieldImage, field_id)
+    if image is None:
+        raise NotFoundError(f"no field {field_id!r}")
+    return image.data
+
+
+def get_field(session: Session, field_id: str) -> Field:
+    field = session.get(Field, field_id)
+    if field is None:
+        raise NotFoundError(f"no field {field_id!r}")
+    return field
 
 
 def cell_bytes(session: Session, cell_id: str) -> bytes:
@@ -478,10 +560,15 @@ def lock_cell(session: Session, cell_id: str) -> Cell:
 
 
 def add_cells(
-    session: Session, sample: Sample, new_cells: Sequence[NewCell], model_sha256: str
+    session: Session,
+    sample: Sample,
+    new_cells: Sequence[NewCell],
+    model_sha256: str,
+    field: Field | None = None,
 ) -> list[Cell]:
     """Store uploads and the predictions of the model ``model_sha256`` at the end of the
-    sample; refused if another model classified the sample's cells (the classes could differ)."""
+    sample (found in ``field``, when given); refused if another model classified the sample's
+    cells (the classes could differ)."""
     require_open(sample)
     if model_sha256 != sample.model_sha256:
         raise ConflictError(
@@ -509,7 +596,14 @@ def add_cells(
             width=new.width,
             height=new.height,
             byte_size=len(new.data),
-            duplicate_of=first_with.get(new.sha256),
+            duplicate_of=new.duplicate_of or first_with.get(new.sha256),
+            field_id=None if field is None else field.id,
+            x_min=None if new.box is None else new.box[0],
+            y_min=None if new.box is None else new.box[1],
+            x_max=None if new.box is None else new.box[2],
+            y_max=None if new.box is None else new.box[3],
+            edge=new.edge,
+            possible_duplicate_of=new.possible_duplicate_of,
             image=CellImage(data=new.data),
             prediction=Prediction(
                 model_sha256=sample.model_sha256,
@@ -526,6 +620,38 @@ def add_cells(
         cells.append(cell)
     session.flush()
     return cells
+
+
+def add_field(
+    session: Session,
+    sample: Sample,
+    new_field: NewField,
+    new_cells: Sequence[NewCell],
+    model_sha256: str,
+) -> tuple[Field, list[Cell]]:
+    """Store a field image at the end of the sample's fields, and its cells (see
+    :func:`add_cells`)."""
+    require_open(sample)
+    start: int = (
+        session.scalar(
+            select(func.coalesce(func.max(Field.position), -1)).where(Field.sample_id == sample.id)
+        )
+        or 0
+    )
+    field = Field(
+        id=new_id(),
+        position=start + 1,
+        original_name=new_field.original_name[:255],
+        image_format=new_field.image_format,
+        sha256=new_field.sha256,
+        width=new_field.width,
+        height=new_field.height,
+        byte_size=len(new_field.data),
+        image=FieldImage(data=new_field.data),
+    )
+    sample.fields.append(field)
+    session.flush()
+    return field, add_cells(session, sample, new_cells, model_sha256, field)
 
 
 def check_call(sample: Sample, call: str) -> None:

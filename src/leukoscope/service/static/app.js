@@ -12,6 +12,7 @@ const state = {
   sample: null,
   selected: null,
   showHeatmap: true,
+  showField: false,
 };
 
 const blobUrls = new Map();
@@ -263,7 +264,8 @@ function sendBatch(sampleId, files, onProgress) {
     const form = new FormData();
     for (const file of files) form.append("files", file, file.name);
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", `/api/samples/${sampleId}/cells`);
+    const kind = $("#fields-mode").checked ? "fields" : "cells";
+    xhr.open("POST", `/api/samples/${sampleId}/${kind}`);
     for (const [key, value] of Object.entries(authHeaders())) xhr.setRequestHeader(key, value);
     xhr.responseType = "json";
     xhr.upload.addEventListener("progress", (event) => onProgress(event.loaded));
@@ -295,6 +297,7 @@ async function uploadFiles(fileList) {
   progress.value = 0;
   let done = 0;
   let added = 0;
+  let fields = 0;
   try {
     for (const batch of batches(usable)) {
       const batchBytes = batch.reduce((sum, file) => sum + file.size, 0);
@@ -304,13 +307,15 @@ async function uploadFiles(fileList) {
       });
       done += batchBytes;
       added += result.added.length;
+      fields += result.fields ? result.fields.length : 0;
       for (const item of result.rejected) {
         errors.append(element("li", { text: `${item.name}: ${item.error}` }));
       }
     }
     progress.value = 100;
     const rejected = errors.children.length;
-    status.textContent = `${added} image(s) classified${rejected ? `, ${rejected} rejected` : ""}.`;
+    const what = $("#fields-mode").checked ? `${added} white cell(s) found in ${fields} field(s) and classified` : `${added} image(s) classified`;
+    status.textContent = `${what}${rejected ? `, ${rejected} rejected` : ""}.`;
   } finally {
     progress.hidden = true;
     $("#file-input").value = "";
@@ -425,6 +430,8 @@ function renderDetail() {
     setImage(heatmap, `/api/cells/${cell.id}/heatmap`);
     pictures.append(element("figure", {}, heatmap, element("figcaption", { text: `Grad-CAM: ${cell.prediction.label}` })));
   }
+  const field = cell.field_id && state.sample.fields.find((f) => f.id === cell.field_id);
+  if (field && state.showField) pictures.append(fieldFigure(cell, field));
   const probabilities = Object.entries(cell.prediction.probabilities)
     .sort((a, b) => b[1] - a[1])
     .slice(0, 3)
@@ -468,6 +475,16 @@ function renderDetail() {
     history.append(element("li", { text: `“${c.text}” — ${c.reviewer}, ${new Date(c.created_at).toLocaleString()}` }));
   }
   const original = cell.duplicate_of && state.sample.cells.find((c) => c.id === cell.duplicate_of);
+  const lookalike = cell.possible_duplicate_of && state.sample.cells.find((c) => c.id === cell.possible_duplicate_of);
+  const notes = [];
+  if (original) {
+    const same = cell.field_id ? `The same cell as ${original.original_name}, in an overlapping field` : `Same bytes as ${original.original_name}`;
+    notes.push(element("p", { class: "duplicate", text: `${same}: excluded as a duplicate.` }));
+  }
+  if (lookalike) {
+    notes.push(element("p", { class: "duplicate", text: `Looks like ${lookalike.original_name}, in a field whose overlap with this one is unknown: a possible duplicate (exclude it as a duplicate, or classify it).` }));
+  }
+  if (cell.edge) notes.push(element("p", { class: "duplicate", text: "Cut by the field's edge: part of the cell may be missing." }));
   const commentForm = element(
     "form",
     {
@@ -482,7 +499,7 @@ function renderDetail() {
   );
   body.append(
     element("p", { class: "cell-name", text: cell.original_name }),
-    ...(original ? [element("p", { class: "duplicate", text: `Same bytes as ${original.original_name}: excluded as a duplicate.` })] : []),
+    ...notes,
     pictures,
     element("p", {}, element("strong", { text: cell.exclusion ? `excluded: ${exclusionName(cell.exclusion)}` : labelOf(cell) }), ` · model: ${probabilities}`),
     element(
@@ -490,6 +507,15 @@ function renderDetail() {
       { type: "button", class: "secondary", "aria-keyshortcuts": "H", onclick: toggleHeatmap },
       state.showHeatmap ? "Hide heatmap (H)" : "Show heatmap (H)",
     ),
+    ...(field
+      ? [
+          element(
+            "button",
+            { type: "button", class: "secondary", "aria-keyshortcuts": "F", onclick: toggleField },
+            state.showField ? "Hide field (F)" : "Show in its field (F)",
+          ),
+        ]
+      : []),
     buttons,
     excludes,
     history,
@@ -500,6 +526,28 @@ function renderDetail() {
 function toggleHeatmap() {
   state.showHeatmap = !state.showHeatmap;
   renderDetail();
+}
+
+function toggleField() {
+  state.showField = !state.showField;
+  renderDetail();
+}
+
+// The field image with the cell's box drawn on it (percentages, so it follows the image's size).
+function fieldFigure(cell, field) {
+  const image = element("img", { class: "field-image", alt: `Field ${field.original_name}` });
+  setImage(image, `/api/fields/${field.id}/image`);
+  const box = element("div", { class: "field-box" });
+  box.style.left = `${(100 * cell.x_min) / field.width}%`;
+  box.style.top = `${(100 * cell.y_min) / field.height}%`;
+  box.style.width = `${(100 * (cell.x_max - cell.x_min)) / field.width}%`;
+  box.style.height = `${(100 * (cell.y_max - cell.y_min)) / field.height}%`;
+  return element(
+    "figure",
+    { class: "field-figure" },
+    element("div", { class: "field-view" }, image, box),
+    element("figcaption", { text: `In ${field.original_name}` }),
+  );
 }
 
 function select(cellId) {
@@ -572,6 +620,7 @@ function onKey(event) {
   if (event.key === "ArrowRight" || event.key === "ArrowDown") moveSelection(1);
   else if (event.key === "ArrowLeft" || event.key === "ArrowUp") moveSelection(-1);
   else if ((event.key === "h" || event.key === "H") && cell) toggleHeatmap();
+  else if ((event.key === "f" || event.key === "F") && cell && cell.field_id) toggleField();
   else if (editable && digit >= 1 && digit <= state.sample.classes.length) {
     guarded(() => relabel(cell.id, { label: state.sample.classes[digit - 1] }));
   } else if (editable && (event.key === "x" || event.key === "X")) {
