@@ -1,26 +1,34 @@
 """From field images to classified cells: speed, and accuracy against the same cells cut out.
 
-Fields are composed (:mod:`leukoscope.cells.synthetic`) from PBC images of the manifest's test
-split that the model never saw: each white cell cut out with the single-cell locator's mask
-(where it scored at least 0.8), pasted on a background tiled from train-split images (red cells
-and platelets only), one pair of cells touching, one cell cut by the field's edge, two PBC
-platelet clumps as distractors, camera noise and JPEG at quality 90.
+Fields are built from PBC images of the manifest's test split that the model never saw, two
+ways, each at PBC's magnification (``scale`` 1) and at other microscopes' (0.6-1.6x,
+log-uniform), 1920x1080 and JPEG at quality 90:
+
+- *tiled*: whole test images side by side (each cell in its own surroundings, as a PBC crop was
+  cut from a field); the true boxes are the single-cell locator's. This measures what locating
+  and cutting out loses against the images as the lab cut them.
+- *pasted* (:mod:`leukoscope.cells.synthetic`): each white cell cut out with the single-cell
+  locator's mask (where it scored at least 0.8) and pasted on a background tiled from
+  train-split images (red cells and platelets only), one pair of cells touching, one cell cut by
+  the field's edge, two PBC platelet clumps as distractors. The cells lose their own
+  surroundings and gain tile seams and neighbours, which the model never saw in training.
 
 Accuracy: every field is located, cut out and classified (:func:`leukoscope.inference.fields.
-classify_field`, as ``predict --fields`` does); a pasted cell is found when a box overlaps its
-own at IoU >= 0.5 (benchmarks/locate.py's matching) and its call is the top class of that box.
-The same cells' original PBC images are classified as files (``predict`` without ``--fields``).
+classify_field`, as ``predict --fields`` does); a cell is found when a box overlaps its own at
+IoU >= 0.5 (benchmarks/locate.py's matching) and its call is the top class of that box. The
+same cells' original PBC images are classified as files (``predict`` without ``--fields``).
 Accuracy on the found cells is compared between the two (the target: within one point);
-accuracy over every pasted cell, a missed one counting as wrong, is given too, and the boxes
-that match no pasted cell (they would enter a differential). Two conditions: PBC's
-magnification (``scale`` 1) and other microscopes' (0.6-1.6x, log-uniform).
+accuracy over every cell, a missed one counting as wrong, is given too, and the boxes that
+match no cell (they would enter a differential).
 
 PBC's red-cell diameter (the crops' scale, :data:`~leukoscope.cells.crops.PBC_RED_CELL_DIAMETER`)
 is measured on the train-split images the background tiles come from.
 
 Speed: ``--speed-fields`` 1920x1080 fields of six white cells each, from JPEG bytes to every
 cell's prediction (decode, locate, cut out, classify), one field at a time after one warm-up,
-with torch on every core of this process.
+with torch on every core of this process: wall-clock seconds, and the process's CPU seconds
+(all its threads; on a machine shared with other jobs, what the field cost whatever the
+others took). Locating alone is timed again after each field.
 
 Run: python benchmarks/fields.py --model models/pbc8-efficientnet_lite0
      --manifest runs/manifests/pbc8-seed0.csv [--fields 60] [--per-class 60]
@@ -33,6 +41,8 @@ import argparse
 import io
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +66,22 @@ NOT_WHITE_CELLS = {"platelet"}
 JPEG_QUALITY = 90
 
 
-def test_cells(
-    manifest: Path, classes: tuple[str, ...], per_class: int
-) -> tuple[list[synthetic.Cutout], list[Path], list[str]]:
-    """Up to ``per_class`` test-split cells of each white-cell class the model knows, cut out,
-    with their files and labels."""
+@dataclass
+class TestCells:
+    """Test-split cells: their images, where the single-cell locator found each, the cell cut
+    out with its mask, the files and the labels."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    locations: list[CellLocation] = field(default_factory=list)
+    cutouts: list[synthetic.Cutout] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+
+def test_cells(manifest: Path, classes: tuple[str, ...], per_class: int) -> TestCells:
+    """Up to ``per_class`` test-split cells of each white-cell class the model knows."""
     samples, labels = read_manifest(manifest, "test", classes)
-    cutouts, paths, names = [], [], []
+    cells = TestCells()
     taken: dict[str, int] = {}
     for sample in samples:
         label = labels[sample.label]
@@ -71,11 +90,13 @@ def test_cells(
         rgb = read_rgb(sample.path)
         location = locate_cell(rgb)
         if isinstance(location, CellLocation) and location.score >= 0.8:
-            cutouts.append(synthetic.cut_out(rgb, location))
-            paths.append(sample.path)
-            names.append(label)
+            cells.images.append(rgb)
+            cells.locations.append(location)
+            cells.cutouts.append(synthetic.cut_out(rgb, location))
+            cells.paths.append(sample.path)
+            cells.labels.append(label)
             taken[label] = taken.get(label, 0) + 1
-    return cutouts, paths, names
+    return cells
 
 
 def backgrounds(
@@ -120,13 +141,46 @@ def compose(
     return field, buffer.getvalue()
 
 
+def mosaic(
+    cells: TestCells, rng: np.random.Generator, scale: float
+) -> tuple[synthetic.Field, bytes]:
+    """A 1920x1080 field tiled from whole test images (each cell in its own surroundings),
+    scaled by ``scale``, and its JPEG bytes; the boxes are the single-cell locator's."""
+    tile_h, tile_w = 363, 360
+    columns = int(np.ceil(1920 / (tile_w * scale)))
+    rows = int(np.ceil(1080 / (tile_h * scale)))
+    canvas = np.empty((rows * tile_h, columns * tile_w, 3), np.uint8)
+    chosen = rng.choice(len(cells.images), rows * columns, replace=False)
+    boxes, edge, pasted = [], [], []
+    for k, index in enumerate(chosen):
+        y, x = tile_h * (k // columns), tile_w * (k % columns)
+        image = np.asarray(Image.fromarray(cells.images[index]).resize((tile_w, tile_h)))
+        canvas[y : y + tile_h, x : x + tile_w] = image
+        fx, fy = tile_w / cells.images[index].shape[1], tile_h / cells.images[index].shape[0]
+        x0, y0, x1, y1 = cells.locations[index].box
+        box = [(x + x0 * fx) * scale, (y + y0 * fy) * scale]
+        box += [(x + x1 * fx) * scale, (y + y1 * fy) * scale]
+        if box[0] >= 1920 or box[1] >= 1080:
+            continue
+        boxes.append(
+            (round(box[0]), round(box[1]), min(1920, round(box[2])), min(1080, round(box[3])))
+        )
+        edge.append(box[2] > 1920 or box[3] > 1080)
+        pasted.append(int(index))
+    size = (round(canvas.shape[1] * scale), round(canvas.shape[0] * scale))
+    rgb = np.asarray(Image.fromarray(canvas).resize(size, Image.Resampling.LANCZOS))[:1080, :1920]
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return synthetic.Field(rgb, boxes, edge, [], pasted), buffer.getvalue()
+
+
+FieldMaker = Callable[[np.random.Generator, float], tuple[synthetic.Field, bytes]]
+
+
 def accuracy(
     predictor: Predictor,
-    cells: list[synthetic.Cutout],
-    paths: list[Path],
-    labels: list[str],
-    tiles: list[np.ndarray],
-    platelets: list[synthetic.Cutout],
+    cells: TestCells,
+    make_field: FieldMaker,
     fields: int,
     scales: tuple[float, float],
     seed: int,
@@ -139,7 +193,7 @@ def accuracy(
     pasted = missed = extra = 0
     for _ in range(fields):
         scale = float(np.exp(rng.uniform(*np.log(scales))))
-        field, data = compose(cells, tiles, platelets, rng, scale, int(rng.integers(3, 9)))
+        field, data = make_field(rng, scale)
         rgb = np.asarray(decode_rgb(data))
         results = classify_field(predictor, rgb, "field")
         boxes = [r.box for r in results if r.box is not None]
@@ -153,9 +207,9 @@ def accuracy(
                 field_calls.append(str(results[j].prediction.label))
                 on_edge.append(edge)
     unique = sorted(set(found_cells))
-    direct = predictor.predict_paths([paths[i] for i in unique], workers=0)
+    direct = predictor.predict_paths([cells.paths[i] for i in unique], workers=0)
     file_call = {i: p.label for i, p in zip(unique, direct, strict=True)}
-    truth = np.array([labels[i] for i in found_cells])
+    truth = np.array([cells.labels[i] for i in found_cells])
     as_field = np.array(field_calls) == truth
     as_file = np.array([file_call[i] for i in found_cells]) == truth
     inner = ~np.array(on_edge, dtype=bool)
@@ -187,18 +241,25 @@ def speed(
     """Seconds from a 1920x1080 field's JPEG bytes to its cells' predictions."""
     rng = np.random.default_rng(seed)
     jpegs = [compose(cells, tiles, platelets, rng, 1.0)[1] for _ in range(count + 1)]
-    timings, cell_counts = [], []
+    timings, cpu_times, locating, cell_counts = [], [], [], []
     for k, data in enumerate(jpegs):
-        start = time.perf_counter()
-        results = classify_field(predictor, np.asarray(decode_rgb(data)), "field")
+        start, cpu = time.perf_counter(), time.process_time()
+        rgb = np.asarray(decode_rgb(data))
+        results = classify_field(predictor, rgb, "field")
         if k:  # the first is a warm-up
             timings.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu)
             cell_counts.append(len(results))
+            start = time.perf_counter()
+            locate_field(rgb)
+            locating.append(time.perf_counter() - start)
     return {
         "fields": count,
         "size": [1920, 1080],
         "white_cells_per_field": summary([float(n) for n in cell_counts]),
         "seconds_per_field": summary(timings),
+        "cpu_seconds_per_field": summary(cpu_times),
+        "seconds_locating_alone": summary(locating),
         "torch_threads": torch.get_num_threads(),
         "cpu_cores": cpu_cores(),
     }
@@ -220,17 +281,22 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or REPO / f"benchmarks/results/fields-{args.model.name}.json"
     predictor = Predictor.load(args.model, backend=args.backend)
-    cells, paths, labels = test_cells(args.manifest, predictor.classes, args.per_class)
+    cells = test_cells(args.manifest, predictor.classes, args.per_class)
     tiles, platelets, red_cells = backgrounds(args.manifest, predictor.classes, args.backgrounds)
-    timing = speed(predictor, cells, tiles, platelets, args.speed_fields, args.seed)
+    timing = speed(predictor, cells.cutouts, tiles, platelets, args.speed_fields, args.seed)
+
+    def pasted(rng: np.random.Generator, scale: float) -> tuple[synthetic.Field, bytes]:
+        count = int(rng.integers(3, 9))
+        return compose(cells.cutouts, tiles, platelets, rng, scale, count)
+
+    def tiled(rng: np.random.Generator, scale: float) -> tuple[synthetic.Field, bytes]:
+        return mosaic(cells, rng, scale)
+
+    scales = {"pbc_magnification": (1.0, 1.0), "other_magnifications": (0.6, 1.6)}
     conditions = {
-        name: accuracy(
-            predictor, cells, paths, labels, tiles, platelets, args.fields, scales, args.seed
-        )
-        for name, scales in {
-            "pbc_magnification": (1.0, 1.0),
-            "other_magnifications": (0.6, 1.6),
-        }.items()
+        f"{kind}_{name}": accuracy(predictor, cells, maker, args.fields, scale, args.seed)
+        for kind, maker in {"tiled": tiled, "pasted": pasted}.items()
+        for name, scale in scales.items()
     }
     write_results(
         out,
@@ -239,7 +305,7 @@ def main() -> None:
         backend=predictor.backend,
         test_time_views=predictor.card.test_time_views,
         manifest=str(args.manifest),
-        test_cells=len(cells),
+        test_cells=len(cells.paths),
         background_tiles=len(tiles),
         pbc_red_cell_diameter={"images": len(red_cells), **summary(red_cells)},
         pbc_red_cell_diameter_assumed=PBC_RED_CELL_DIAMETER,
