@@ -3,6 +3,7 @@ box, and a cell seen again in an overlapping field is counted once."""
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Callable
 
@@ -87,6 +88,12 @@ def test_a_cell_in_overlapping_fields_is_counted_once_and_a_lookalike_is_flagged
     assert lookalike["duplicate_of"] is None and lookalike["label"] is None
     differential = client.get(f"/api/samples/{sample['id']}").json()["differential"]
     assert differential["excluded"]["duplicate"] == 1
+    table = client.get(f"/api/samples/{sample['id']}/cells.csv").text
+    rows = list(csv.DictReader(io.StringIO(table)))
+    assert [r["field"] for r in rows] == ["left.jpg"] * 2 + ["right.jpg"] * 3 + ["far.jpg"]
+    (row,) = [r for r in rows if r["cell_id"] == again["id"]]
+    assert int(row["x_min"]) == again["x_min"] and row["duplicate_of"] == original["id"]
+    assert sum(bool(r["possible_duplicate_of"]) for r in rows) == 1
 
 
 def test_field_uploads_follow_the_upload_rules(make_client: Callable[..., TestClient]) -> None:
