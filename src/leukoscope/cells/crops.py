@@ -14,6 +14,12 @@ the field's background colour, as a PBC crop's margin would be, never with a mir
 
 A cell cut by the field's edge is centred where the whole cell's centre would be, beyond the
 cut (its diameter is the longer side of its box).
+
+Measured (``benchmarks/fields.py``, fields tiled from PBC test images): the cells found and
+cut out so score 98.7% with pbc8-efficientnet_lite0 and 97.3% with wbc5-squeezenet1_1, against
+98.7% and 97.5% for the same images classified as files; at 0.6-1.6x PBC's magnification 1.1
+and 1.2 points below them. A first version that made every cell the same fraction of its crop
+scored 46% on a few pasted fields where the files scored 100%.
 """
 
 from __future__ import annotations
