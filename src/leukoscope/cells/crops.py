@@ -18,8 +18,7 @@ cut (its diameter is the longer side of its box).
 Measured (``benchmarks/fields.py``, fields tiled from PBC test images): the cells found and
 cut out so score 98.7% with pbc8-efficientnet_lite0 and 97.3% with wbc5-squeezenet1_1, against
 98.7% and 97.5% for the same images classified as files; at 0.6-1.6x PBC's magnification 1.1
-and 1.2 points below them. A first version that made every cell the same fraction of its crop
-scored 46% on a few pasted fields where the files scored 100%.
+and 1.2 points below them.
 """
 
 from __future__ import annotations
@@ -36,8 +35,8 @@ PBC_CROP_SIDE = 360
 
 PBC_RED_CELL_DIAMETER = 65.0
 """Median red-cell diameter that :func:`~leukoscope.cells.fields.locate_field` measures on PBC
-images (65 px over 145 train-split images of every class, interquartile range 57-71; recorded
-by ``benchmarks/fields.py`` as ``pbc_red_cell_diameter``)."""
+images: 65.4 and 64.9 px on 146 and 151 train-split images of the pbc8 and wbc5 classes
+(``pbc_red_cell_diameter`` in ``benchmarks/results/fields-*.json``)."""
 
 MAX_CELL_FRACTION = 0.8
 """A crop is at least this much wider than its cell, whatever the magnification measured."""

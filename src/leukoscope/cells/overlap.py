@@ -8,6 +8,10 @@ the earlier one at IoU >= :data:`MIN_IOU` is the same cell. When it cannot (the 
 overlap, or too little, or too differently lit), a cell that looks like an earlier one
 (:func:`cell_likeness`: normalised cross-correlation of their grey patches,
 ``skimage.feature.match_template``) is only a possible duplicate, for a person to decide.
+
+Phase correlation finds the strongest shift only: on drawn test smears (``tests/cells/
+test_overlap.py``) overlaps of 30% of a field and more are found to within a few pixels; a small
+overlap can be missed, and the cells it holds are then at most flagged as possible duplicates.
 """
 
 from __future__ import annotations
