@@ -20,6 +20,7 @@ from PIL import Image
 from leukoscope.cells.crops import FieldCell, field_cells
 from leukoscope.cells.fields import CellBox
 from leukoscope.data.images import decode_rgb
+from leukoscope.data.preprocess import UNSCALED
 from leukoscope.errors import ImageDecodeError
 from leukoscope.inference.predictor import Prediction, Predictor
 from leukoscope.inference.shift import ShiftCheck
@@ -51,7 +52,9 @@ def classify_cells(
     if not cells:
         return []
     images = [Image.fromarray(cell.rgb) for cell in cells]
-    predictions = predictor.predict_images(images, [source] * len(cells))
+    # The crops are cut at the training images' magnification already (from the field's red
+    # cells): the sample rescaling of cell images must not measure and rescale them again.
+    predictions = predictor.predict_images(images, [source] * len(cells), UNSCALED)
     return [
         FieldPrediction(_flag_edge(prediction) if cell.box.edge else prediction, cell.box)
         for cell, prediction in zip(cells, predictions, strict=True)
