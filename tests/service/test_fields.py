@@ -12,16 +12,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.cells.drawing import smear
+from tests.cells.test_overlap import SMEAR
 from tests.service.conftest import files
 from tests.service.test_api import assert_error
 
-SMEAR = smear(
-    (1600, 900),
-    [(300, 300, 100), (700, 450, 110), (1200, 300, 100), (1400, 700, 90)],
-    red_cells=150,
-    red_diameter=60,
-    seed=3,
-)
 LEFT = SMEAR[:700, :1000]
 """Holds the cells at (300, 300) and (700, 450)."""
 RIGHT = SMEAR[150:850, 550:1550]
