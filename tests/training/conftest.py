@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from leukoscope.training.trainer import TrainConfig
+
 CLASSES = ("eosinophil", "lymphocyte", "neutrophil")
 """Synthetic stand-ins: red discs, green squares and blue triangles."""
 
@@ -84,3 +86,17 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 def synthetic_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """16 images per class: 8 train, 4 val, 4 test."""
     return write_dataset(tmp_path_factory.mktemp("synthetic"), per_class=16)
+
+
+def train_config(manifest: Path, out: Path, **overrides: object) -> TrainConfig:
+    """A quick training of a random-init SqueezeNet at 48 px (3 fine-tuning epochs), with
+    ``overrides`` of any :class:`TrainConfig` field."""
+    settings: dict[str, object] = {
+        "manifest": manifest,
+        "arch": "squeezenet1_1",
+        "out": out,
+        "weights": "none",
+        "image_size": 48,
+        "epochs": 3,
+    }
+    return TrainConfig(**(settings | overrides))  # type: ignore[arg-type]

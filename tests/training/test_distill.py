@@ -12,8 +12,8 @@ from leukoscope.errors import LeukoscopeError
 from leukoscope.inference.predictor import Predictor
 from leukoscope.models import load_model
 from leukoscope.training.distill import soft_targets, teacher_targets
-from leukoscope.training.trainer import TrainConfig, train
-from tests.training.conftest import CLASSES
+from leukoscope.training.trainer import train
+from tests.training.conftest import CLASSES, train_config
 
 
 def test_soft_targets_mix_the_teacher_and_the_labels() -> None:
@@ -28,23 +28,11 @@ def test_soft_targets_mix_the_teacher_and_the_labels() -> None:
         soft_targets(probabilities, labels, 1.5)
 
 
-def _config(manifest: Path, out: Path, **overrides: object) -> TrainConfig:
-    settings: dict[str, object] = {
-        "manifest": manifest,
-        "arch": "squeezenet1_1",
-        "out": out,
-        "weights": "none",
-        "image_size": 48,
-        "epochs": 1,
-    }
-    return TrainConfig(**(settings | overrides))  # type: ignore[arg-type]
-
-
 def test_a_student_learns_from_a_teacher_and_names_it(
     tmp_path: Path, synthetic_manifest: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     teacher = tmp_path / "teacher"
-    train(_config(synthetic_manifest, teacher))
+    train(train_config(synthetic_manifest, teacher, epochs=1))
     samples, _ = read_manifest(synthetic_manifest, "train", CLASSES)
     paths = [s.path for s in samples]
     labels = np.array([s.label for s in samples])
@@ -60,7 +48,7 @@ def test_a_student_learns_from_a_teacher_and_names_it(
         teacher_targets(teacher, paths, labels, ("a", "b", "c"), cache)
 
     student = tmp_path / "student"
-    train(_config(synthetic_manifest, student, teacher=teacher, image_size=40))
+    train(train_config(synthetic_manifest, student, teacher=teacher, image_size=40, epochs=1))
     card = load_model(student)[1]
     assert card.training is not None and card.training.teacher == str(teacher)
     assert card.training.teacher_sha256 == load_model(teacher)[1].sha256

@@ -16,24 +16,12 @@ from leukoscope.errors import LeukoscopeError
 from leukoscope.models import load_model
 from leukoscope.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from leukoscope.training.rundir import HISTORY_COLUMNS
-from leukoscope.training.trainer import EpochRecord, TrainConfig, train
-from tests.training.conftest import CLASSES, tiny_train_args, write_dataset
+from leukoscope.training.trainer import EpochRecord, train
+from tests.training.conftest import CLASSES, tiny_train_args, train_config, write_dataset
 
 
 class Interrupt(Exception):
     """Stands in for a crash or Ctrl-C at the end of an epoch."""
-
-
-def _config(manifest: Path, out: Path, **overrides: object) -> TrainConfig:
-    settings: dict[str, object] = {
-        "manifest": manifest,
-        "arch": "squeezenet1_1",
-        "out": out,
-        "weights": "none",
-        "image_size": 48,
-        "epochs": 3,
-    }
-    return TrainConfig(**(settings | overrides))  # type: ignore[arg-type]
 
 
 def _without_seconds(history: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -53,7 +41,7 @@ def test_run_directory_holds_config_log_history_checkpoint_and_best_model(
     with manifest.open("a", encoding="utf-8") as handle:
         handle.write(f"images/lymphocyte/broken.jpg,lymphocyte,train,{'0' * 64}\n")
 
-    result = train(_config(manifest, tmp_path / "run", epochs=2))
+    result = train(train_config(manifest, tmp_path / "run", epochs=2))
 
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} == {
@@ -94,7 +82,7 @@ def test_run_directory_holds_config_log_history_checkpoint_and_best_model(
 def test_resume_after_a_crash_continues_exactly_where_it_stopped(
     synthetic_manifest: Path, tmp_path: Path, profile: str
 ) -> None:
-    config = _config(synthetic_manifest, tmp_path / "straight", profile=profile, epochs=2)
+    config = train_config(synthetic_manifest, tmp_path / "straight", profile=profile, epochs=2)
     straight = train(config)
     first_finetune = next(r["epoch"] for r in straight.history if r["phase"] == "finetune")
 
@@ -105,7 +93,7 @@ def test_resume_after_a_crash_continues_exactly_where_it_stopped(
 
         return callback
 
-    interrupted = _config(synthetic_manifest, tmp_path / "resumed", profile=profile, epochs=2)
+    interrupted = train_config(synthetic_manifest, tmp_path / "resumed", profile=profile, epochs=2)
     for stop in (1, first_finetune):  # once inside phase 1, once inside phase 2
         with pytest.raises(Interrupt):
             train(replace(interrupted, resume=True), on_epoch_end=crash_after(stop))
@@ -128,7 +116,7 @@ def test_resume_after_a_crash_continues_exactly_where_it_stopped(
 def test_existing_runs_need_resume_with_the_same_settings(
     synthetic_manifest: Path, tmp_path: Path
 ) -> None:
-    config = _config(synthetic_manifest, tmp_path / "run", epochs=1)
+    config = train_config(synthetic_manifest, tmp_path / "run", epochs=1)
     first = train(config)
     with pytest.raises(LeukoscopeError, match="--resume"):
         train(config)
@@ -148,7 +136,9 @@ def test_pretrained_squeezenet_learns_the_synthetic_classes(
     synthetic_manifest: Path, tmp_path: Path, squeezenet_h5: Path
 ) -> None:
     result = train(
-        _config(synthetic_manifest, tmp_path / "run", weights="imagenet", image_size=64, epochs=2)
+        train_config(
+            synthetic_manifest, tmp_path / "run", weights="imagenet", image_size=64, epochs=2
+        )
     )
     assert result.best["val_accuracy"] >= 0.9
 
@@ -186,7 +176,7 @@ def test_a_crash_inside_a_write_leaves_only_complete_files(
     """Kill the run while it renames the n-th output file into place (model weights, card,
     checkpoint, history, in that order per epoch): what is on disk must still load, and
     resuming must finish the run."""
-    config = _config(synthetic_manifest, tmp_path / "run", epochs=1)
+    config = train_config(synthetic_manifest, tmp_path / "run", epochs=1)
     outputs = {"model.safetensors", "model_card.json", CHECKPOINT_NAME, "history.csv"}
     calls = 0
     real_replace = os.replace
@@ -218,8 +208,8 @@ def test_a_crash_inside_a_write_leaves_only_complete_files(
 def test_init_from_a_saved_model_reuses_its_weights(
     synthetic_manifest: Path, tmp_path: Path
 ) -> None:
-    source = train(_config(synthetic_manifest, tmp_path / "source", epochs=1, seed=1)).run_dir
-    config = _config(
+    source = train(train_config(synthetic_manifest, tmp_path / "source", epochs=1, seed=1)).run_dir
+    config = train_config(
         synthetic_manifest, tmp_path / "finer", image_size=64, epochs=1, init_from=source
     )
     run = train(config).run_dir
