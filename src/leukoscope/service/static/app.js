@@ -157,7 +157,7 @@ async function loadModel() {
   $("#shortcuts").innerHTML = "";
   $("#shortcuts").append(
     element("strong", { text: "Keys: " }),
-    `← → select a cell · ${keys} · Enter accept the suggestion · X artefact · H heatmap`,
+    `← → select a cell · ${keys} · Enter accept the suggestion · X artefact · H heatmap · F field (for cells of field images)`,
   );
 }
 
