@@ -27,9 +27,10 @@ is measured on the train-split images the background tiles come from.
 
 Speed: ``--speed-fields`` 1920x1080 fields of six white cells each, from JPEG bytes to every
 cell's prediction (decode, locate, cut out, classify), one field at a time after one warm-up,
-with torch on every core of this process: wall-clock seconds, and the process's CPU seconds
-(all its threads; on a machine shared with other jobs, what the field cost whatever the
-others took). Locating alone is timed again after each field.
+on the predictor's backend (``--backend``, recorded; ``auto`` takes an ONNX export beside
+the model when there is one), torch's threads on every core: wall-clock seconds, and the
+process's CPU seconds (all its threads; on a machine shared with other jobs, what the field
+cost whatever the others took). Locating alone is timed again after each field.
 
 Run: python benchmarks/fields.py --model models/pbc8-efficientnet_lite0
      --manifest runs/manifests/pbc8-seed0.csv [--fields 60] [--per-class 60]
@@ -60,7 +61,8 @@ from leukoscope.cells.locate import CellLocation, locate_cell
 from leukoscope.data.datasets import read_manifest
 from leukoscope.data.images import decode_rgb
 from leukoscope.inference.fields import classify_field
-from leukoscope.inference.predictor import Predictor, cpu_cores
+from leukoscope.inference.predictor import Predictor
+from leukoscope.inference.runtime import cpu_cores
 
 REPO = Path(__file__).resolve().parents[1]
 NOT_WHITE_CELLS = {"platelet"}
