@@ -1,3 +1,4 @@
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from leukoscope.inference.export import (
     fold_normalisation,
     int8_agreement,
     onnx_parity,
+    restamp,
 )
 from leukoscope.inference.pixel_model import PixelModel
+from leukoscope.inference.predictor import Predictor
 from leukoscope.inference.runtime import INPUT_NAME, WEIGHTS_SHA_KEY, onnx_runner, onnx_session
-from leukoscope.models import create_model, get_config, load_model
+from leukoscope.models import create_model, get_config, load_model, update_card
 from tests.inference.tiny import SIZE, Tiny
 
 
@@ -97,3 +100,25 @@ def test_int8_calibration_choices(tmp_path: Path, tiny: Tiny) -> None:
     with pytest.raises(LeukoscopeError, match="unknown int8 calibration 'median'"):
         export_int8(tiny.model_dir, tmp_path / "x.onnx", tiny.manifest, calibration="median")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_restamp_carries_a_changed_card_into_the_export(
+    tmp_path: Path, tiny: Tiny, untrained: Path
+) -> None:
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny.model_dir, model_dir)
+    out = export_fp32(model_dir, model_dir / "model.onnx")
+    graph = onnx.load(str(out)).graph
+    card = load_model(model_dir)[1]
+    assert card.calibration is not None
+    calibration = replace(card.calibration, temperature=2 * card.calibration.temperature)
+    update_card(model_dir, calibration=calibration)
+    alone = tmp_path / "alone.onnx"
+    shutil.copy(restamp(out, model_dir), alone)
+    assert Predictor.load(alone).card.calibration == calibration
+    assert onnx.load(str(out)).graph == graph  # the graph is untouched
+    update_card(model_dir, test_time_views=4)
+    with pytest.raises(LeukoscopeError, match="without the 4 test-time views"):
+        restamp(out, model_dir)
+    with pytest.raises(LeukoscopeError, match="other weights"):
+        restamp(export_fp32(untrained, tmp_path / "other.onnx"), model_dir)

@@ -45,6 +45,14 @@ def export(
         typer.Option("--calibration", help="int8 activation ranges from the calibration values."),
     ] = Calibration.PERCENTILE,
     opset: Annotated[int, typer.Option("--opset", min=OPSET, help="ONNX opset.")] = OPSET,
+    restamp: Annotated[
+        bool,
+        typer.Option(
+            "--restamp",
+            help="Only write the model's current card (e.g. after calibrate) into the existing "
+            "export(s): --onnx, or every export in the model directory.",
+        ),
+    ] = False,
 ) -> None:
     """Export to ONNX (uint8 pixels in; logits and features out; any batch size).
 
@@ -52,15 +60,24 @@ def export(
     quantisation (QDQ, per-channel) and reports how often it agrees with PyTorch on the
     manifest's validation images.
     """
-    from leukoscope.inference.export import export_fp32, export_int8, int8_agreement, onnx_parity
+    from leukoscope.inference import export as onnx_export
     from leukoscope.machine import has_int8_dot_product
 
     model_dir = model if model.is_dir() else model.parent
+    if restamp:
+        found = [model_dir / name for name in (INT8_NAME, ONNX_NAME)]
+        targets = [onnx_out] if onnx_out else [path for path in found if path.is_file()]
+        if not targets:
+            raise LeukoscopeError(f"{model_dir}: no export to restamp")
+        for target in targets:
+            onnx_export.restamp(target, model_dir)
+            console.print(f"Restamped {target} with {model_dir}'s current card")
+        return
     out = onnx_out or model_dir / (INT8_NAME if int8 else ONNX_NAME)
     if int8:
         if manifest is None:
             raise LeukoscopeError("--int8 needs --calibration-manifest (training images)")
-        export_int8(
+        onnx_export.export_int8(
             model,
             out,
             manifest,
@@ -68,7 +85,9 @@ def export(
             calibration=calibration.value,
             opset=opset,
         )
-        agreement, n = int8_agreement(model, out, manifest, images_per_class=images_per_class)
+        agreement, n = onnx_export.int8_agreement(
+            model, out, manifest, images_per_class=images_per_class
+        )
         console.print(f"int8 predicts the same class as PyTorch on {agreement:.1%} of {n} images")
         if has_int8_dot_product() is False:
             console.print(
@@ -76,8 +95,8 @@ def export(
                 "int8 runs about as fast as fp32 on it; it pays on CPUs that have them."
             )
     else:
-        export_fp32(model, out, opset=opset)
-        difference = onnx_parity(model, out)
+        onnx_export.export_fp32(model, out, opset=opset)
+        difference = onnx_export.onnx_parity(model, out)
         verdict = "ok" if difference <= PARITY_TOLERANCE else "[yellow]above tolerance[/]"
         console.print(f"ONNX Runtime vs PyTorch: max logit difference {difference:.2e} ({verdict})")
     size_mb = out.stat().st_size / 1e6

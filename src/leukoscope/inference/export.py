@@ -55,6 +55,7 @@ from leukoscope.inference.runtime import (
     onnx_session,
 )
 from leukoscope.models import ModelCard, load_model
+from leukoscope.models.card import card_path, load_card
 
 OPSET = 17
 FOLD_TOLERANCE = 1e-4
@@ -161,6 +162,39 @@ def export_fp32(model_path: str | Path, out: str | Path, *, opset: int = OPSET) 
         graph = onnx.load(str(raw))
     atomic_write_bytes(out, _stamp(graph, card, "fp32", _abstention_stats(model_path, card)))
     return Path(out)
+
+
+def restamp(onnx_path: str | Path, model_path: str | Path) -> Path:
+    """Write the model's current card and abstention statistics into an existing export,
+    keeping its graph (written atomically).
+
+    A card changes after export without its weights changing (``calibrate``, a new sample
+    scale): an export in the model directory reads the card beside it, but a copy used on its
+    own carries what it was stamped with. Re-exporting int8 would also re-quantise, and then
+    need checking again; restamping does not touch the graph.
+
+    Raises
+    ------
+    LeukoscopeError
+        When the export was made from other weights or with other test-time views than the
+        card's (the graph itself is then wrong: export again).
+    """
+    card = load_card(card_path(model_path))
+    graph = onnx.load(str(onnx_path))
+    metadata = {prop.key: prop.value for prop in graph.metadata_props}
+    if metadata.get(WEIGHTS_SHA_KEY) != card.sha256:
+        raise LeukoscopeError(f"{onnx_path} was exported from other weights than {model_path}")
+    if int(metadata.get(VIEWS_KEY, 1)) != card.test_time_views:
+        raise LeukoscopeError(
+            f"{onnx_path} was exported without the {card.test_time_views} test-time views of "
+            f"{model_path}; export it again"
+        )
+    del graph.metadata_props[:]
+    precision = metadata.get("leukoscope_precision", "fp32")
+    atomic_write_bytes(
+        onnx_path, _stamp(graph, card, precision, _abstention_stats(model_path, card))
+    )
+    return Path(onnx_path)
 
 
 CALIBRATIONS: dict[str, tuple[CalibrationMethod, dict[str, Any]]] = {
