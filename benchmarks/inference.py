@@ -223,9 +223,10 @@ def table(results: dict[str, Any]) -> str:
         first = True
         for key, row in entry["backends"].items():
             backend, precision = key.rsplit("-", 1)
+            views = entry["test_time_views"]
             label = (
-                f"`{name}` ({entry['input_size']} px, {entry['test_time_views']} view"
-                f"{'s' if entry['test_time_views'] > 1 else ''})"
+                f"`{name}` ({entry['input_size']} px, {views} view{'s' if views > 1 else ''}; "
+                f"{entry['test_images']:,} test images)"
                 if first
                 else ""
             )
@@ -238,6 +239,12 @@ def table(results: dict[str, Any]) -> str:
                 f"| {startup} |"
             )
             first = False
+    startup = results["startup"]
+    lines += [
+        "",
+        f"`leukoscope --help`: {startup['help']['median_s']:.2f} s; a usage error: "
+        f"{startup['usage_error']['median_s']:.2f} s (medians).",
+    ]
     return "\n".join(lines)
 
 

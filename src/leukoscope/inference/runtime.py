@@ -51,12 +51,11 @@ VIEW_COUNTS = (1, 4, 8)
 ENGINES = ("onnx", "openvino")
 """The runtimes for exports, in the order ``backend="auto"`` tries them.
 
-ONNX Runtime first: on the 2-core AMD EPYC (AVX-512 with VNNI, no AMX) it starts 0.3-0.5 s
-sooner (one-image ``predict``: 1.4-1.8 s against 1.9-2.2 s) and runs the SqueezeNets as fast
-in int8 and 1.2 times as fast in fp32, end to end from JPEG files. OpenVINO runs the
-EfficientNets (four test-time views) 1.04-1.4 times as fast end to end and answers one image
-in 110 ms instead of 165 ms: ``--backend openvino`` for those (``benchmarks/inference.py``,
-``docs/benchmarks.md``)."""
+ONNX Runtime first: end to end from JPEG files on the 2-core AMD EPYC (AVX-512 with VNNI, no
+AMX; ``benchmarks/results/inference.json``) it ran the SqueezeNets in fp32 1.1-1.3 times as
+fast as OpenVINO and the EfficientNets (four test-time views) within 4% of it; in int8 neither
+was consistently ahead (0.7-1.15). OpenVINO is the fallback and ``--backend openvino``.
+"""
 BACKENDS = ("auto", "torch", *ENGINES)
 ENGINE_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
 
