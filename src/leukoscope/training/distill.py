@@ -13,7 +13,7 @@ run does not recompute them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,7 @@ def teacher_targets(
     *,
     batch_size: int = 64,
     workers: int = 2,
+    advance: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """The distillation targets of training images (:func:`soft_targets`).
 
@@ -77,6 +78,8 @@ def teacher_targets(
         The student's classes.
     cache
         Folder where the targets are kept between runs of the same training.
+    advance
+        Called with the number of images the teacher has just classified.
 
     Raises
     ------
@@ -98,7 +101,7 @@ def teacher_targets(
         if len(probabilities) == len(paths):
             return soft_targets(probabilities, labels)
     outputs = predictor.outputs_for_paths(
-        paths, batch_size=batch_size, workers=workers, scale=UNSCALED
+        paths, batch_size=batch_size, workers=workers, on_progress=advance, scale=UNSCALED
     )
     if outputs.errors:
         index, message = outputs.errors[0]

@@ -326,7 +326,7 @@ class _Trainer:
         samples, _ = read_manifest(self.config.manifest, "train", self.classes)
         paths = [samples[row].path for row in cache.rows]
 
-        def targets() -> np.ndarray:
+        def targets(advance: Callable[[int], None] | None = None) -> np.ndarray:
             return teacher_targets(
                 teacher,
                 paths,
@@ -335,10 +335,12 @@ class _Trainer:
                 self.run_dir.cache,
                 batch_size=self.profile.batch_size,
                 workers=self.profile.loader_workers(),
+                advance=advance,
             )
 
         if self.ctx.is_main:
-            result = targets()
+            with self.progress("Teacher predictions", len(paths)) as advance:
+                result = targets(advance)
         self.ctx.barrier()
         if not self.ctx.is_main:
             result = targets()
