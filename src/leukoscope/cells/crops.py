@@ -15,10 +15,10 @@ the field's background colour, as a PBC crop's margin would be, never with a mir
 A cell cut by the field's edge is centred where the whole cell's centre would be, beyond the
 cut (its diameter is the longer side of its box).
 
-Measured (``benchmarks/fields.py``, fields tiled from PBC test images): the cells found and
-cut out so score 98.7% with pbc8-efficientnet_lite0 and 97.3% with wbc5-squeezenet1_1, against
-98.7% and 97.5% for the same images classified as files; at 0.6-1.6x PBC's magnification 1.1
-and 1.2 points below them.
+Measured (``benchmarks/fields.py``, fields tiled from PBC test images, ONNX exports): the
+cells found and cut out so score 98.6% with pbc8-efficientnet_lite0 and 97.5% with
+wbc5-squeezenet1_1, against 99.1% and 98.6% for the same images classified as files; at
+0.6-1.6x PBC's magnification 0.9 and 0.7 points below them.
 """
 
 from __future__ import annotations
