@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import leukoscope
@@ -23,6 +24,16 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _outside_functions(node: ast.AST) -> Iterator[ast.AST]:
+    """``node`` and its descendants, not descending into function bodies (``ast.walk`` would:
+    an import inside a function runs when it is called, not when the module is imported)."""
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        return
+    yield node
+    for child in ast.iter_child_nodes(node):
+        yield from _outside_functions(child)
+
+
 def _module_level_imports(tree: ast.Module, known: set[str]) -> set[str]:
     """leukoscope modules imported when the module runs (a name imported from a package
     counts as its submodule when there is one)."""
@@ -30,9 +41,7 @@ def _module_level_imports(tree: ast.Module, known: set[str]) -> set[str]:
     for node in tree.body:
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             continue
-        for child in ast.walk(node):
-            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
-                continue
+        for child in _outside_functions(node):
             if isinstance(child, ast.Import):
                 found |= {alias.name for alias in child.names}
             elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
