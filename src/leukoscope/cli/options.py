@@ -88,6 +88,7 @@ class Profile(StrEnum):
     FAST = "fast"
     FAST_ROBUST = "fast-robust"
     FULL = "full"
+    FULL_ROBUST = "full-robust"
 
 
 class Backend(StrEnum):

@@ -8,7 +8,7 @@ is meant for GPUs.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from leukoscope.data.preprocess import Augmentation, Framing
 from leukoscope.errors import LeukoscopeError
@@ -77,6 +77,20 @@ LAB_ROBUST = Augmentation(
 """Augmentation for other labs' images: stain, white balance, gamma, defocus, noise and JPEG
 well beyond one lab's variation, and the cell's size in the frame within what framing leaves."""
 
+FULL_PHASES = (
+    Phase("head", epochs=3, lr=1e-3, trainable_stages=0, warmup_epochs=0.5, patience=3),
+    Phase(
+        "finetune",
+        epochs=30,
+        lr=3e-4,
+        trainable_stages=None,
+        stage_lr_decay=0.8,
+        warmup_epochs=1,
+        patience=6,
+    ),
+)
+"""Head warm-up, then every stage end to end."""
+
 PROFILES: dict[str, Profile] = {
     "fast": Profile(
         name="fast",
@@ -129,18 +143,17 @@ PROFILES: dict[str, Profile] = {
         batch_size=64,
         cached_views=0,
         augmentation=Augmentation(colour_jitter=0.2, hed_sigma=0.05),
-        phases=(
-            Phase("head", epochs=3, lr=1e-3, trainable_stages=0, warmup_epochs=0.5, patience=3),
-            Phase(
-                "finetune",
-                epochs=30,
-                lr=3e-4,
-                trainable_stages=None,
-                stage_lr_decay=0.8,
-                warmup_epochs=1,
-                patience=6,
-            ),
-        ),
+        phases=FULL_PHASES,
+    ),
+    "full-robust": Profile(
+        name="full-robust",
+        description="the full recipe with the lab-robust stain, colour, defocus, noise and JPEG "
+        "augmentation, unframed and unzoomed (a sample's magnification is matched when it is "
+        "classified); every stage learns, including the lower ones that see colour first",
+        batch_size=64,
+        cached_views=0,
+        augmentation=replace(LAB_ROBUST, scale=0.0),
+        phases=FULL_PHASES,
     ),
 }
 
