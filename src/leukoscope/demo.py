@@ -5,8 +5,9 @@ With a released model (by default ``models/pbc8-efficientnet_lite0``, all eight 
 short report with the sample's differential; without one, :func:`audit_sample` audits the
 sample instead, so that the job still shows something on a fresh checkout.
 
-The command line reads :data:`DEFAULT_MODEL` from here to show it in its help, so this module
-imports the dataset, model and report code only inside the functions that use them.
+The command line's ``demo`` and ``serve`` take :data:`DEFAULT_MODEL` from here as their default
+model and show it in their help, so this module imports the dataset, model and report code only
+inside the functions that use them.
 """
 
 from __future__ import annotations

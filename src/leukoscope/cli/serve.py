@@ -9,6 +9,7 @@ import typer
 
 from leukoscope.cli.console import console
 from leukoscope.cli.options import DbOption, StateDirOption
+from leukoscope.demo import DEFAULT_MODEL
 from leukoscope.errors import LeukoscopeError
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def _settings_problems(exc: ValidationError) -> str:
 def serve(
     model: Annotated[
         Path, typer.Option("--model", help="Trained model directory (or its weights).")
-    ],
+    ] = DEFAULT_MODEL,
     host: Annotated[
         str,
         typer.Option("--host", help="Address to listen on; any non-loopback one needs a token."),
