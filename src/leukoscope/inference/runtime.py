@@ -52,9 +52,11 @@ ENGINES = ("onnx", "openvino")
 """The runtimes for exports, in the order ``backend="auto"`` tries them.
 
 ONNX Runtime first: end to end from JPEG files on the 2-core AMD EPYC (AVX-512 with VNNI, no
-AMX; ``benchmarks/results/inference.json``) it ran the SqueezeNets in fp32 1.1-1.3 times as
-fast as OpenVINO and the EfficientNets (four test-time views) within 4% of it; in int8 neither
-was consistently ahead (0.7-1.15). OpenVINO is the fallback and ``--backend openvino``.
+AMX; ``benchmarks/results/inference.json``) it ran the SqueezeNets, the fast models, in fp32
+1.01-1.12 times as fast as OpenVINO, and in int8 within 7% of it either way; OpenVINO ran the
+EfficientNets (four test-time views) 1.15-1.22 times as fast. An earlier run the same day had
+the ranking the other way round for most pairs, so neither is consistently ahead on this CPU.
+OpenVINO is the fallback and ``--backend openvino``.
 """
 BACKENDS = ("auto", "torch", *ENGINES)
 ENGINE_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
