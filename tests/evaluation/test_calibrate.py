@@ -34,6 +34,16 @@ def test_calibration_section_writes_figures_and_reports_the_threshold(tmp_path: 
     assert curve["accuracy"][-1] == pytest.approx(metrics["accuracy"], abs=1e-4)
 
 
+def test_accuracy_of_kept_images_is_undefined_when_every_image_is_flagged(tmp_path: Path) -> None:
+    logits, labels = synthetic(2.0, n=100)
+    markdown, metrics = calibration_section(
+        logits, labels, ["a", "b", "c", "d", "e"], 2.0, tmp_path, threshold=1.5
+    )
+    assert metrics["abstention"] == {"threshold": 1.5, "coverage": 0.0, "accuracy_kept": None}
+    assert "every one of these images is flagged uncertain" in markdown
+    assert (tmp_path / "accuracy_coverage.png").stat().st_size > 0
+
+
 def test_calibrate_stores_temperature_and_threshold_and_keeps_the_weights_valid(
     tiny: Tiny,
 ) -> None:

@@ -80,9 +80,10 @@ def calibrate_command(
         f"{metrics['ece_before']:.4f} -> {metrics['ece_after']:.4f} on {metrics['n']} {split} "
         "images"
     )
+    kept = "none" if a["accuracy_kept"] is None else f"{a['accuracy_kept']:.2%}"
     console.print(
         f"Abstention threshold {a['threshold']:.4f}: {a['coverage']:.1%} of {split} images kept, "
-        f"accuracy {a['accuracy_kept']:.2%} (all: {metrics['accuracy']:.2%})"
+        f"accuracy {kept} (all: {metrics['accuracy']:.2%})"
     )
     print_skipped([item["error"] for item in metrics["unreadable"]])
     console.print(

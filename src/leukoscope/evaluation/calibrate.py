@@ -154,12 +154,15 @@ def calibration_section(
     marker = None
     if threshold is not None:
         kept = scores >= threshold
-        marker = (float(kept.mean()), float(correct[kept].mean()) if kept.any() else 0.0)
+        # When every image is flagged, the accuracy of the kept ones is undefined, not 0.
+        accuracy_kept = round(float(correct[kept].mean()), 4) if kept.any() else None
         metrics["abstention"] = {
             "threshold": threshold,
-            "coverage": round(marker[0], 4),
-            "accuracy_kept": round(marker[1], 4),
+            "coverage": round(float(kept.mean()), 4),
+            "accuracy_kept": accuracy_kept,
         }
+        if accuracy_kept is not None:
+            marker = (float(kept.mean()), accuracy_kept)
     plot_accuracy_coverage(curve, out / "accuracy_coverage.png", marker)
     lines = [
         "## Calibration",
@@ -185,6 +188,11 @@ def calibration_section(
             f"At the abstention threshold {threshold:.4f}, {marker[0]:.1%} of these images keep "
             f"their prediction, with accuracy {marker[1]:.2%} (all images: "
             f"{metrics['accuracy']:.2%})."
+        )
+    elif threshold is not None:
+        lines.append(
+            f"At the abstention threshold {threshold:.4f} every one of these images is flagged "
+            "uncertain."
         )
     lines += ["", "![Accuracy-coverage curve](accuracy_coverage.png)", ""]
     return "\n".join(lines), metrics
