@@ -77,83 +77,69 @@ LAB_ROBUST = Augmentation(
 """Augmentation for other labs' images: stain, white balance, gamma, defocus, noise and JPEG
 well beyond one lab's variation, and the cell's size in the frame within what framing leaves."""
 
-FULL_PHASES = (
-    Phase("head", epochs=3, lr=1e-3, trainable_stages=0, warmup_epochs=0.5, patience=3),
-    Phase(
-        "finetune",
-        epochs=30,
-        lr=3e-4,
-        trainable_stages=None,
-        stage_lr_decay=0.8,
-        warmup_epochs=1,
-        patience=6,
-    ),
-)
-"""Head warm-up, then every stage end to end."""
-
-PROFILES: dict[str, Profile] = {
-    "fast": Profile(
-        name="fast",
-        description="CPU budget: the head on cached pooled features, then the upper stages "
-        "fine-tuned on cached lower-stage feature maps of a few views per image",
-        image_size=160,
-        batch_size=64,
-        cached_views=2,
-        workers=2,
-        phases=(
-            Phase("head", epochs=20, lr=2e-3, trainable_stages=0, warmup_epochs=1, patience=5),
-            Phase(
-                "finetune",
-                epochs=8,
-                lr=2e-3,
-                trainable_stages=4,
-                stage_lr_decay=0.7,
-                warmup_epochs=1,
-                patience=3,
-            ),
+FAST = Profile(
+    name="fast",
+    description="CPU budget: the head on cached pooled features, then the upper stages "
+    "fine-tuned on cached lower-stage feature maps of a few views per image",
+    image_size=160,
+    batch_size=64,
+    cached_views=2,
+    workers=2,
+    phases=(
+        Phase("head", epochs=20, lr=2e-3, trainable_stages=0, warmup_epochs=1, patience=5),
+        Phase(
+            "finetune",
+            epochs=8,
+            lr=2e-3,
+            trainable_stages=4,
+            stage_lr_decay=0.7,
+            warmup_epochs=1,
+            patience=3,
         ),
     ),
-    "fast-robust": Profile(
+)
+
+FULL = Profile(
+    name="full",
+    description="GPU-oriented: head warm-up, then end-to-end fine-tuning at the arch's "
+    "native resolution with online augmentation",
+    batch_size=64,
+    cached_views=0,
+    augmentation=Augmentation(colour_jitter=0.2, hed_sigma=0.05),
+    phases=(
+        Phase("head", epochs=3, lr=1e-3, trainable_stages=0, warmup_epochs=0.5, patience=3),
+        Phase(
+            "finetune",
+            epochs=30,
+            lr=3e-4,
+            trainable_stages=None,
+            stage_lr_decay=0.8,
+            warmup_epochs=1,
+            patience=6,
+        ),
+    ),
+)
+
+PROFILES: dict[str, Profile] = {
+    "fast": FAST,
+    "fast-robust": replace(
+        FAST,
         name="fast-robust",
         description="the fast CPU recipe on framed cells with lab-robust augmentation and more "
         "cached views",
-        image_size=160,
-        batch_size=64,
         cached_views=3,
-        workers=2,
         augmentation=LAB_ROBUST,
         framing=Framing(),
-        phases=(
-            Phase("head", epochs=20, lr=2e-3, trainable_stages=0, warmup_epochs=1, patience=5),
-            Phase(
-                "finetune",
-                epochs=6,
-                lr=2e-3,
-                trainable_stages=4,
-                stage_lr_decay=0.7,
-                warmup_epochs=1,
-                patience=3,
-            ),
-        ),
+        phases=(FAST.phases[0], replace(FAST.phases[1], epochs=6)),
     ),
-    "full": Profile(
-        name="full",
-        description="GPU-oriented: head warm-up, then end-to-end fine-tuning at the arch's "
-        "native resolution with online augmentation",
-        batch_size=64,
-        cached_views=0,
-        augmentation=Augmentation(colour_jitter=0.2, hed_sigma=0.05),
-        phases=FULL_PHASES,
-    ),
-    "full-robust": Profile(
+    "full": FULL,
+    "full-robust": replace(
+        FULL,
         name="full-robust",
         description="the full recipe with the lab-robust stain, colour, defocus, noise and JPEG "
         "augmentation, unframed and unzoomed (a sample's magnification is matched when it is "
         "classified); every stage learns, including the lower ones that see colour first",
-        batch_size=64,
-        cached_views=0,
         augmentation=replace(LAB_ROBUST, scale=0.0),
-        phases=FULL_PHASES,
     ),
 }
 
