@@ -154,15 +154,16 @@ def calibration_section(
     marker = None
     if threshold is not None:
         kept = scores >= threshold
+        coverage = float(kept.mean())
         # When every image is flagged, the accuracy of the kept ones is undefined, not 0.
-        accuracy_kept = round(float(correct[kept].mean()), 4) if kept.any() else None
+        accuracy_kept = float(correct[kept].mean()) if kept.any() else None
         metrics["abstention"] = {
             "threshold": threshold,
-            "coverage": round(float(kept.mean()), 4),
-            "accuracy_kept": accuracy_kept,
+            "coverage": round(coverage, 4),
+            "accuracy_kept": None if accuracy_kept is None else round(accuracy_kept, 4),
         }
         if accuracy_kept is not None:
-            marker = (float(kept.mean()), accuracy_kept)
+            marker = (coverage, accuracy_kept)
     plot_accuracy_coverage(curve, out / "accuracy_coverage.png", marker)
     lines = [
         "## Calibration",
