@@ -9,9 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from leukoscope.cli.app import app
+from leukoscope.errors import LeukoscopeError
 from leukoscope.models import load_card
 from tests.inference.tiny import Tiny, tiny_or_skip
-from tests.training.test_adapt import new_lab_cells
+from tests.training.test_adapt import new_lab_cells, save_batchnorm_model, unlabelled_cells
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +42,21 @@ def test_adapt_then_predict(tmp_path: Path, tiny: Tiny) -> None:
     assert result.exit_code == 0, result.output
     written = json.loads(predictions.read_text())
     assert written["calibrated"] and written["summary"]["images"] == 2
+
+
+def test_adapt_unlabelled(tmp_path: Path, tiny: Tiny) -> None:
+    lab = unlabelled_cells(tmp_path / "lab", 32)
+    model = save_batchnorm_model(tmp_path / "bn").parent
+    out = tmp_path / "renormalised"
+    args = ["adapt", "--model", model, "--data", lab, "--out", out, "--unlabelled"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "32 unlabelled cells" in result.output and "broken.png" in result.output
+    assert load_card(out / "model_card.json").adaptation.renormalised == 32
+
+    # A model without BatchNorm (the SqueezeNets) says why, and nothing is written.
+    args[2], args[6] = tiny.model_dir, tmp_path / "squeezenet"
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert isinstance(result.exception, LeukoscopeError)  # `main` prints it and exits 1
+    assert "no BatchNorm layers" in str(result.exception)
+    assert not (tmp_path / "squeezenet").exists()

@@ -10,14 +10,23 @@ import pytest
 import torch
 from PIL import Image
 
-from leukoscope.data.preprocess import Augmentation, SampleScale
+from leukoscope.data.preprocess import Augmentation, Preprocessing, SampleScale
+from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import sha256_file
+from leukoscope.inference.pixel_model import PixelModel
 from leukoscope.inference.predictor import Predictor
-from leukoscope.models import load_model
-from leukoscope.training.adapt import AdaptOptions, adapt, load_cells, outputs
+from leukoscope.models import HeadConfig, ModelCard, create_model, load_model, save_model
+from leukoscope.training.adapt import (
+    MIN_RENORMALISE_CELLS,
+    AdaptOptions,
+    adapt,
+    load_cells,
+    outputs,
+    renormalise,
+)
 from tests.cells.drawing import drawn_cell
 from tests.conftest import cell_image
-from tests.inference.tiny import HUES, Tiny, tiny_or_skip
+from tests.inference.tiny import HUES, MEAN, STD, Tiny, tiny_or_skip
 
 NEW_LAB = ("eosinophil", "lymphocyte", "neutrophil")
 """The classes the new lab labelled: no basophils."""
@@ -120,3 +129,95 @@ def test_cells_are_rescaled_to_the_source_magnification_when_it_has_one(
     assert cells.scale.factor > 1.5
     unscaled = load_cells(lab, scaled)
     assert not torch.equal(cells.pixels, unscaled.pixels)
+
+
+def save_batchnorm_model(model_dir: Path) -> Path:
+    """An untrained EfficientNet-Lite0 (which has BatchNorm layers) saved at 32 px."""
+    torch.manual_seed(0)
+    head = HeadConfig(0, 0.0)
+    model = create_model("efficientnet_lite0", len(HUES), weights="none", head=head)
+    card = ModelCard("efficientnet_lite0", tuple(HUES), head, Preprocessing(32, MEAN, STD))
+    return save_model(model_dir, model.eval(), card)
+
+
+@pytest.fixture(scope="module")
+def batchnorm_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_batchnorm_model(tmp_path_factory.mktemp("bn") / "model")
+
+
+def unlabelled_cells(root: Path, n: int) -> Path:
+    """``n`` pale-yellow 'rapid stain' cells in one flat folder, and one corrupt file."""
+    root.mkdir(parents=True)
+    for i in range(n):
+        cell_image(7000 + i, size=48, hue=(180, 150, 60)).save(root / f"{i}.png")
+    (root / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def test_renormalised_statistics_are_the_cells(batchnorm_model: Path, tmp_path: Path) -> None:
+    model, card = load_model(batchnorm_model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cells = load_cells(unlabelled_cells(tmp_path / "lab", 40), card, labelled=False)
+    assert len(cells.skipped) == 1 and "broken.png" in cells.skipped[0]
+    tuned = renormalise(model, card, cells.pixels)
+
+    # The first BatchNorm's statistics are those of the stem's output on these cells, computed
+    # here directly (one batch: momentum None averages the batches).
+    stem = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():
+        x = stem(PixelModel.from_card(model, card).normalise(cells.pixels))
+    var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=1)
+    norm = next(m for m in tuned.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    torch.testing.assert_close(norm.running_mean, mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norm.running_var, var, rtol=1e-4, atol=1e-5)
+    assert norm.momentum == 0.1 and not norm.training  # as it was, ready to predict
+
+    source, after = model.state_dict(), tuned.state_dict()
+    assert all(torch.equal(source[k], v) for k, v in before.items())  # the source is untouched
+    changed = {k for k, v in before.items() if not torch.equal(after[k], v)}
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    assert changed and all(k.endswith(statistics) for k in changed)  # only statistics moved
+
+
+def test_renormalise_refuses_too_few_cells_and_models_without_batchnorm(
+    batchnorm_model: Path, tiny: Tiny
+) -> None:
+    model, card = load_model(batchnorm_model)
+    few = torch.zeros((MIN_RENORMALISE_CELLS - 1, 32, 32, 3), dtype=torch.uint8)
+    with pytest.raises(LeukoscopeError, match="too few"):
+        renormalise(model, card, few)
+    squeezenet, card = load_model(tiny.model_dir)
+    pixels = torch.zeros((MIN_RENORMALISE_CELLS, 64, 64, 3), dtype=torch.uint8)
+    with pytest.raises(LeukoscopeError, match="no BatchNorm"):
+        renormalise(squeezenet, card, pixels)
+
+
+def test_unlabelled_adaptation_writes_a_renormalised_model(
+    batchnorm_model: Path, tmp_path: Path
+) -> None:
+    lab = unlabelled_cells(tmp_path / "lab", 36)
+    options = AdaptOptions(labelled=False)
+    result = adapt(batchnorm_model.parent, lab, tmp_path / "renormalised", options=options)
+    adaptation = result.card.adaptation
+    assert adaptation.renormalised == 36 and adaptation.cells == {} and adaptation.steps == 0
+    assert len(adaptation.files) == 36 and adaptation.skipped == 1
+    assert "--unlabelled" in adaptation.command and "36 unlabelled cells" in result.summary
+    source, _ = load_model(batchnorm_model)
+    tuned, _ = load_model(result.path)
+    weights = [k for k in source.state_dict() if k.endswith("weight")]
+    assert all(torch.equal(source.state_dict()[k], tuned.state_dict()[k]) for k in weights)
+    predictions = Predictor.load(result.path).predict_paths(sorted(lab.glob("*.png")), workers=0)
+    assert sum(p.error is not None for p in predictions) == 1  # broken.png, named
+
+
+def test_labelled_adaptation_can_renormalise_first(batchnorm_model: Path, tmp_path: Path) -> None:
+    lab = new_lab_cells(tmp_path / "lab", per_class=11)
+    options = AdaptOptions(steps=2, batch_size=8, folds=0, renormalise=True)
+    result = adapt(batchnorm_model.parent, lab, tmp_path / "adapted", options=options)
+    adaptation = result.card.adaptation
+    assert adaptation.renormalised == 33 and adaptation.cells == dict.fromkeys(NEW_LAB, 11)
+    assert "--renormalise" in adaptation.command and "--unlabelled" not in adaptation.command
+    source, _ = load_model(batchnorm_model)
+    tuned, _ = load_model(result.path)
+    key = next(k for k in source.state_dict() if k.endswith("running_mean"))
+    assert not torch.equal(source.state_dict()[key], tuned.state_dict()[key])

@@ -1,4 +1,4 @@
-"""``leukoscope adapt``: fine-tune a model on a few labelled cells of a new lab."""
+"""``leukoscope adapt``: fit a model to a new lab, on a few labelled cells or many unlabelled."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def adapt_command(
         typer.Option(
             "--data",
             help="Labelled cells of the new lab: class folders with PBC names "
-            "(e.g. what `leukoscope review export` writes).",
+            "(e.g. what `leukoscope review export` writes); with --unlabelled, any folder "
+            "of its cell images.",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", help="New model directory (replaced if present).")],
@@ -36,16 +37,41 @@ def adapt_command(
         ),
     ] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the batches and views.")] = 0,
+    renormalise: Annotated[
+        bool,
+        typer.Option(
+            "--renormalise",
+            help="Re-estimate the normalisation statistics on the cells before fine-tuning "
+            "(at least 32; models with BatchNorm, e.g. the EfficientNets).",
+        ),
+    ] = False,
+    unlabelled: Annotated[
+        bool,
+        typer.Option(
+            "--unlabelled",
+            help="Use no labels: only re-estimate the normalisation statistics on the lab's "
+            "cells (at least 32; models with BatchNorm).",
+        ),
+    ] = False,
 ) -> None:
-    """Adapt a model to another lab's images with a few labelled cells per class.
+    """Adapt a model to another lab's images: a few labelled cells per class, or unlabelled ones.
 
-    The head and top stages learn from many random views of each cell; the temperature and the
-    abstention threshold are refitted on out-of-fold predictions; the new model's card names
-    the source model and every cell file by sha256.
+    Labelled: the head and top stages learn from many random views of each cell (after the
+    normalisation statistics are re-estimated on them, with --renormalise); the temperature
+    and the abstention threshold are refitted on out-of-fold predictions.
+    Unlabelled: the BatchNorm statistics become the lab's cells', nothing else changes. The new
+    model's card names the source model and every cell file by sha256.
     """
     from leukoscope.training.adapt import AdaptOptions, adapt
 
-    options = AdaptOptions(steps=steps, trainable_stages=trainable_stages, folds=folds, seed=seed)
+    options = AdaptOptions(
+        steps=steps,
+        trainable_stages=trainable_stages,
+        folds=folds,
+        seed=seed,
+        renormalise=renormalise,
+        labelled=not unlabelled,
+    )
     with console.status("Adapting") as status:
         result = adapt(
             model,

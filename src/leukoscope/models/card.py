@@ -184,8 +184,9 @@ class Release:
 
 @dataclass(frozen=True)
 class Adaptation:
-    """Where an adapted model came from: the model it was fine-tuned from (by sha256 of its
-    weights), the labelled cells (count per class, sha256 of every file relative to ``data``),
+    """Where an adapted model came from: the model it was fine-tuned or renormalised from (by
+    sha256 of its weights), the cells (labelled: count per class; sha256 of every file relative
+    to ``data``),
     the recipe, how its calibration was refitted (``recalibration``) and the cells rescaled
     (``magnification``)."""
 
@@ -205,6 +206,8 @@ class Adaptation:
     magnification: float = 1.0
     """The factor the cells were rescaled by to the source's training magnification
     (:class:`~leukoscope.data.preprocess.SampleScale`)."""
+    renormalised: int = 0
+    """Cells the BatchNorm statistics were re-estimated on (0: the source's kept)."""
 
 
 @dataclass(frozen=True)
