@@ -8,14 +8,15 @@ whole set. Per set and k: mean, min and max over seeds of the accuracy and macro
 seconds one adaptation took.
 
 The adaptation is :func:`leukoscope.training.adapt.fine_tune` with ``adapt``'s default recipe
-(or ``--steps``), in memory: nothing is written, and the recalibration that ``adapt`` adds is
-left out (it changes confidences, not the predicted class; its out-of-fold refits cost
-``folds`` more adaptations). The external sets are for measuring and adapting; no released
-model is trained on them.
+(or ``--steps``; with ``--renormalise``, after :func:`~leukoscope.training.adapt.renormalise` on
+the same k cells per class, as ``adapt --renormalise`` does), in memory: nothing is written,
+and the recalibration that ``adapt`` adds is left out (it changes confidences, not the predicted
+class; its out-of-fold refits cost ``folds`` more adaptations). The external sets are for
+measuring and adapting; no released model is trained on them.
 
 Run: .venv/bin/python benchmarks/adapt.py [--model models/wbc5-squeezenet1_1-128]
        [--external ../shared/data/external] [--k 1 5 10 20] [--seeds 3] [--steps 60]
-       [--batch-size 32] [--out benchmarks/results/adapt.json]
+       [--batch-size 32] [--renormalise] [--out benchmarks/results/adapt.json]
 """
 
 from __future__ import annotations
@@ -33,7 +34,15 @@ from results_file import write_results
 from sklearn.metrics import f1_score
 
 from leukoscope.models import ModelCard, TransferModel, load_model
-from leukoscope.training.adapt import AdaptOptions, Cells, fine_tune, load_cells, outputs
+from leukoscope.training.adapt import (
+    MIN_RENORMALISE_CELLS,
+    AdaptOptions,
+    Cells,
+    fine_tune,
+    load_cells,
+    outputs,
+    renormalise,
+)
 
 TARGETS = {"zheng2018-cellavision": 0.95, "zheng2018-tecom": 0.90}
 """Accuracy targets with 10 labelled cells per class (issue 12)."""
@@ -88,12 +97,18 @@ def curve(
         "0": score(model, card, cells, everything) | {"n_scored": len(everything)}
     }
     for k in ks:
+        if options.renormalise and len(split(cells.labels, k, 0)[0]) < MIN_RENORMALISE_CELLS:
+            rows[str(k)] = {"skipped": f"fewer than {MIN_RENORMALISE_CELLS} cells to renormalise"}
+            continue
         runs = []
         for seed in range(seeds):
             adapt_on, scored = split(cells.labels, k, seed)
             start = time.perf_counter()
+            source = model
+            if options.renormalise:
+                source = renormalise(model, card, cells.pixels[adapt_on])
             tuned = fine_tune(
-                model,
+                source,
                 card,
                 cells.pixels[adapt_on],
                 cells.labels[adapt_on],
@@ -126,11 +141,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=AdaptOptions.steps)
     parser.add_argument("--batch-size", type=int, default=AdaptOptions.batch_size)
+    parser.add_argument("--renormalise", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/adapt.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, card = load_model(args.model)
-    options = AdaptOptions(steps=args.steps, batch_size=args.batch_size)
+    options = AdaptOptions(
+        steps=args.steps, batch_size=args.batch_size, renormalise=args.renormalise
+    )
     results: dict[str, Any] = {}
     for images in sorted(args.external.glob("*/images")):
         name = images.parent.name
@@ -156,6 +174,7 @@ def main() -> None:
                     "batch_size": options.batch_size,
                     "lr": options.lr,
                     "trainable_stages": options.trainable_stages,
+                    "renormalise": options.renormalise,
                 },
                 sets=results,
             )

@@ -9,9 +9,14 @@ cells kept, and the expected calibration error at the card's temperature.
 
 The external sets measure; they never train a released model.
 
+``--renormalise`` scores each model after ``leukoscope adapt --unlabelled`` on the very images
+it then classifies (their labels unused): the lab-adapted model a lab gets from its own cells,
+and on the PBC test split what renormalising costs in the training lab. Models without
+BatchNorm layers are skipped, with the reason recorded.
+
 Run: .venv/bin/python benchmarks/external.py [--models models/a models/b ...]
        [--external ../shared/data/external] [--manifests runs/manifests] [--no-pbc-test]
-       [--out benchmarks/results/external.json]
+       [--as-is] [--renormalise] [--out benchmarks/results/external.json]
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from typing import Any
 from results_file import write_results
 
 from leukoscope.data.datasets import Sample, read_manifest, samples_from_folder
+from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
 from leukoscope.fileio import sha256_file
 from leukoscope.models.card import load_card
+from leukoscope.training.adapt import AdaptOptions, adapt
 
 TARGETS = {
     "zheng2018-cellavision": {"accuracy": 0.85, "accuracy_kept": 0.95},
@@ -58,16 +65,37 @@ def score(
     samples_for: Callable[[Sequence[str]], list[Sample]],
     description: str,
     rescale: bool = True,
+    renormalise_on: Path | None = None,
 ) -> dict[str, Any]:
-    """``evaluate_model`` without timing, mistakes or heatmaps, summarised."""
+    """``evaluate_model`` without timing, mistakes or heatmaps, summarised; with
+    ``renormalise_on`` (a folder of images), of the model adapted to them without labels, or the
+    reason it could not be adapted."""
     options = EvaluateOptions(throughput_runs=0, mistakes=0, heatmaps=False, rescale=rescale)
     with tempfile.TemporaryDirectory() as tmp:
+        if renormalise_on is not None:
+            try:
+                unlabelled = AdaptOptions(labelled=False)
+                model = adapt(model, renormalise_on, Path(tmp) / "model", options=unlabelled).path
+            except LeukoscopeError as exc:
+                return {"skipped": str(exc)}
         return summary(evaluate_model(model, samples_for, description, tmp, options=options))
 
 
-def pbc_test(model: Path, manifests: Path, rescale: bool) -> dict[str, Any]:
-    """The model's own PBC test split, or the reason it could not be scored."""
-    release = load_card(model / "model_card.json").release
+def linked(samples: Sequence[Sample], folder: Path) -> Path:
+    """``folder`` holding a link to each sample's file (to adapt on a manifest's split)."""
+    folder.mkdir()
+    for i, sample in enumerate(samples):
+        (folder / f"{i:05d}{sample.path.suffix}").symlink_to(sample.path.resolve())
+    return folder
+
+
+def pbc_test(
+    model: Path, manifests: Path, rescale: bool, renormalise: bool = False
+) -> dict[str, Any]:
+    """The model's own PBC test split (with ``renormalise``, after adapting to it without
+    labels), or the reason it could not be scored."""
+    card = load_card(model / "model_card.json")
+    release = card.release
     if release is None:
         return {"skipped": f"{model} is not a released model (its card names no manifest)"}
     manifest = manifests / release.manifest
@@ -75,12 +103,13 @@ def pbc_test(model: Path, manifests: Path, rescale: bool) -> dict[str, Any]:
         return {"skipped": f"{manifest} not found (make it with `leukoscope data split`)"}
     if sha256_file(manifest) != release.manifest_sha256:
         return {"skipped": f"{manifest} is not the manifest {model} was released with"}
-    return score(
-        model,
-        lambda classes: read_manifest(manifest, "test", classes)[0],
-        f"{manifest} (test)",
-        rescale,
-    )
+
+    def samples_for(classes: Sequence[str]) -> list[Sample]:
+        return read_manifest(manifest, "test", classes)[0]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        images = linked(samples_for(card.classes), Path(tmp) / "test") if renormalise else None
+        return score(model, samples_for, f"{manifest} (test)", rescale, images)
 
 
 def main() -> None:
@@ -102,6 +131,11 @@ def main() -> None:
         action="store_false",
         help="score each set's images as they are, not rescaled to the training magnification",
     )
+    parser.add_argument(
+        "--renormalise",
+        action="store_true",
+        help="score each model adapted without labels to the images it classifies",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/external.json"))
     args = parser.parse_args()
     models = args.models or sorted(p.parent for p in Path("models").glob("*/model_card.json"))
@@ -118,13 +152,21 @@ def main() -> None:
                 lambda classes, d=images: samples_from_folder(d, classes)[0],
                 str(images),
                 args.rescale,
+                images if args.renormalise else None,
             )
-            print(model, folder.name, {k: row[folder.name][k] for k in ("accuracy",)}, flush=True)
+            print(model, folder.name, row[folder.name].get("accuracy"), flush=True)
         if args.pbc_test:
-            row["pbc_test"] = pbc_test(model, args.manifests, args.rescale)
+            row["pbc_test"] = pbc_test(model, args.manifests, args.rescale, args.renormalise)
             print(model, "pbc_test", row["pbc_test"].get("accuracy"), flush=True)
         results[str(model)] = row
-    write_results(args.out, "external", targets=TARGETS, rescaled=args.rescale, results=results)
+    write_results(
+        args.out,
+        "external",
+        targets=TARGETS,
+        rescaled=args.rescale,
+        renormalised=args.renormalise,
+        results=results,
+    )
 
 
 if __name__ == "__main__":
