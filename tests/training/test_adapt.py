@@ -217,6 +217,7 @@ def test_labelled_adaptation_can_renormalise_first(batchnorm_model: Path, tmp_pa
     adaptation = result.card.adaptation
     assert adaptation.renormalised == 33 and adaptation.cells == dict.fromkeys(NEW_LAB, 11)
     assert "--renormalise" in adaptation.command and "--unlabelled" not in adaptation.command
+    assert "(normalisation statistics re-estimated)" in result.summary
     source, _ = load_model(batchnorm_model)
     tuned, _ = load_model(result.path)
     key = next(k for k in source.state_dict() if k.endswith("running_mean"))
