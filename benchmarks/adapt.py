@@ -8,8 +8,7 @@ whole set. Per set and k: mean, min and max over seeds of the accuracy and macro
 seconds one adaptation took.
 
 The adaptation is :func:`leukoscope.training.adapt.fine_tune` with ``adapt``'s default recipe
-(or ``--steps``; with ``--renormalise``, after :func:`~leukoscope.training.adapt.renormalise` on
-the same k cells per class, as ``adapt --renormalise`` does), in memory: nothing is written,
+(or ``--steps``), in memory: nothing is written,
 and the recalibration that ``adapt`` adds is left out (it changes confidences, not the predicted
 class; its out-of-fold refits cost ``folds`` more adaptations). The external sets are for
 measuring and adapting; no released model is trained on them.
@@ -89,15 +88,17 @@ def curve(
     seeds: int,
     options: AdaptOptions,
     save: Callable[[dict[str, Any]], None],
+    renormalise_first: bool = False,
 ) -> dict[str, Any]:
     """The k = 0 row and one row per k, averaged over ``seeds``; ``save`` is handed the rows
-    so far after each (a long run keeps what it measured)."""
+    so far after each (a long run keeps what it measured). With ``renormalise_first``, each
+    adaptation starts from the model renormalised on its k cells per class."""
     everything = np.arange(len(cells.labels))
     rows: dict[str, Any] = {
         "0": score(model, card, cells, everything) | {"n_scored": len(everything)}
     }
     for k in ks:
-        if options.renormalise and len(split(cells.labels, k, 0)[0]) < MIN_RENORMALISE_CELLS:
+        if renormalise_first and len(split(cells.labels, k, 0)[0]) < MIN_RENORMALISE_CELLS:
             rows[str(k)] = {"skipped": f"fewer than {MIN_RENORMALISE_CELLS} cells to renormalise"}
             continue
         runs = []
@@ -105,7 +106,7 @@ def curve(
             adapt_on, scored = split(cells.labels, k, seed)
             start = time.perf_counter()
             source = model
-            if options.renormalise:
+            if renormalise_first:
                 source = renormalise(model, card, cells.pixels[adapt_on])
             tuned = fine_tune(
                 source,
@@ -141,14 +142,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=AdaptOptions.steps)
     parser.add_argument("--batch-size", type=int, default=AdaptOptions.batch_size)
-    parser.add_argument("--renormalise", action="store_true")
+    parser.add_argument(
+        "--renormalise",
+        action="store_true",
+        help="re-estimate the BatchNorm statistics on the k cells per class before each "
+        "fine-tuning (tried, not kept: see docs/results.md)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/adapt.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, card = load_model(args.model)
-    options = AdaptOptions(
-        steps=args.steps, batch_size=args.batch_size, renormalise=args.renormalise
-    )
+    options = AdaptOptions(steps=args.steps, batch_size=args.batch_size)
     results: dict[str, Any] = {}
     for images in sorted(args.external.glob("*/images")):
         name = images.parent.name
@@ -174,12 +178,12 @@ def main() -> None:
                     "batch_size": options.batch_size,
                     "lr": options.lr,
                     "trainable_stages": options.trainable_stages,
-                    "renormalise": options.renormalise,
+                    "renormalise": args.renormalise,
                 },
                 sets=results,
             )
 
-        curve(model, card, cells, args.k, args.seeds, options, save)
+        curve(model, card, cells, args.k, args.seeds, options, save, args.renormalise)
 
 
 if __name__ == "__main__":

@@ -208,17 +208,3 @@ def test_unlabelled_adaptation_writes_a_renormalised_model(
     assert all(torch.equal(source.state_dict()[k], tuned.state_dict()[k]) for k in weights)
     predictions = Predictor.load(result.path).predict_paths(sorted(lab.glob("*.png")), workers=0)
     assert sum(p.error is not None for p in predictions) == 1  # broken.png, named
-
-
-def test_labelled_adaptation_can_renormalise_first(batchnorm_model: Path, tmp_path: Path) -> None:
-    lab = new_lab_cells(tmp_path / "lab", per_class=11)
-    options = AdaptOptions(steps=2, batch_size=8, folds=0, renormalise=True)
-    result = adapt(batchnorm_model.parent, lab, tmp_path / "adapted", options=options)
-    adaptation = result.card.adaptation
-    assert adaptation.renormalised == 33 and adaptation.cells == dict.fromkeys(NEW_LAB, 11)
-    assert "--renormalise" in adaptation.command and "--unlabelled" not in adaptation.command
-    assert "(normalisation statistics re-estimated)" in result.summary
-    source, _ = load_model(batchnorm_model)
-    tuned, _ = load_model(result.path)
-    key = next(k for k in source.state_dict() if k.endswith("running_mean"))
-    assert not torch.equal(source.state_dict()[key], tuned.state_dict()[key])

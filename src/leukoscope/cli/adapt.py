@@ -37,14 +37,6 @@ def adapt_command(
         ),
     ] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the batches and views.")] = 0,
-    renormalise: Annotated[
-        bool,
-        typer.Option(
-            "--renormalise",
-            help="Re-estimate the normalisation statistics on the cells before fine-tuning "
-            "(at least 32; models with BatchNorm, e.g. the EfficientNets).",
-        ),
-    ] = False,
     unlabelled: Annotated[
         bool,
         typer.Option(
@@ -56,9 +48,8 @@ def adapt_command(
 ) -> None:
     """Adapt a model to another lab's images: a few labelled cells per class, or unlabelled ones.
 
-    Labelled: the head and top stages learn from many random views of each cell (after the
-    normalisation statistics are re-estimated on them, with --renormalise); the temperature
-    and the abstention threshold are refitted on out-of-fold predictions.
+    Labelled: the head and top stages learn from many random views of each cell; the
+    temperature and the abstention threshold are refitted on out-of-fold predictions.
     Unlabelled: the BatchNorm statistics become the lab's cells', nothing else changes. The new
     model's card names the source model and every cell file by sha256.
     """
@@ -69,7 +60,6 @@ def adapt_command(
         trainable_stages=trainable_stages,
         folds=folds,
         seed=seed,
-        renormalise=renormalise,
         labelled=not unlabelled,
     )
     with console.status("Adapting") as status:

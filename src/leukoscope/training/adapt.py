@@ -93,10 +93,6 @@ class AdaptOptions:
         :func:`recalibrate`).
     augmentation
         The random views of each cell.
-    renormalise
-        Re-estimate the normalisation statistics on the cells (:func:`renormalise`) before
-        fine-tuning: for models with BatchNorm layers, and at least
-        :data:`MIN_RENORMALISE_CELLS` cells.
     labelled
         False: the cells' labels are not used (any folder of the lab's images will do) and
         only the normalisation statistics are re-estimated; the steps, stages, folds and views
@@ -110,7 +106,6 @@ class AdaptOptions:
     seed: int = 0
     folds: int = 3
     augmentation: Augmentation = LAB_ROBUST
-    renormalise: bool = False
     labelled: bool = True
 
 
@@ -401,11 +396,8 @@ class AdaptResult:
                 f"{self.adaptation.recalibration}"
             )
         cells = ", ".join(f"{label} {n}" for label, n in self.adaptation.cells.items())
-        renormalised = " (normalisation statistics re-estimated)" * bool(
-            self.adaptation.renormalised
-        )
         return (
-            f"{sum(self.adaptation.cells.values())} cells ({cells}){renormalised}; temperature "
+            f"{sum(self.adaptation.cells.values())} cells ({cells}); temperature "
             f"{temperature:.3f} from {self.adaptation.recalibration}"
         )
 
@@ -440,30 +432,26 @@ def adapt(
     source_dir = Path(source) if Path(source).is_dir() else Path(source).parent
     model, card = load_model(source)
     abstainer = Abstainer.load(source_dir, card) if card.abstention else None
-    renormalising = options.renormalise or not options.labelled
-    if renormalising:
+    if not options.labelled:
         _require_batchnorm(model, card)  # before decoding any cell
     cells = load_cells(data, card, model, labelled=options.labelled)
     if on_progress is not None and cells.scale.factor != 1.0:
         on_progress(cells.scale.message)
-    start = model
-    if renormalising:
-        if on_progress is not None:
-            on_progress(f"re-estimating the normalisation statistics on {len(cells.labels)} cells")
-        start = renormalise(model, card, cells.pixels)
     calibration: Calibration | None
     if options.labelled:
         if on_progress is not None:
             on_progress(f"fine-tuning on {len(cells.labels)} cells")
-        adapted = fine_tune(start, card, cells.pixels, cells.labels, options)
-        recal = recalibrate(adapted, start, card, cells, options, abstainer, on_progress)
+        adapted = fine_tune(model, card, cells.pixels, cells.labels, options)
+        recal = recalibrate(adapted, model, card, cells, options, abstainer, on_progress)
         calibration, method, counts = recal.calibration, recal.method, cells.labels
         abstainer = recal.abstainer
     else:
-        adapted = start
+        if on_progress is not None:
+            on_progress(f"re-estimating the normalisation statistics on {len(cells.labels)} cells")
+        adapted = renormalise(model, card, cells.pixels)
         calibration, method, counts = card.calibration, UNLABELLED_RECALIBRATION, np.array([])
     per_class = np.bincount(counts.astype(int), minlength=len(card.classes))
-    flags = " --renormalise" * options.renormalise + " --unlabelled" * (not options.labelled)
+    flags = "" if options.labelled else " --unlabelled"
     adaptation = Adaptation(
         source=card.release.name if card.release else source_dir.name,
         source_sha256=card.sha256,
@@ -477,7 +465,7 @@ def adapt(
         seed=options.seed,
         recalibration=method,
         magnification=round(cells.scale.factor, 4),
-        renormalised=len(cells.labels) if renormalising else 0,
+        renormalised=0 if options.labelled else len(cells.labels),
         date=datetime.now(UTC).isoformat(timespec="seconds"),
         command=(
             f"leukoscope adapt --model {source} --data {data} --out {out}{flags} --steps "
