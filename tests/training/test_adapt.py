@@ -95,6 +95,7 @@ def test_card_names_source_data_and_every_file(tiny: Tiny, lab: Path, adapted) -
     assert len(adaptation.files) == 18 and adaptation.skipped == 1
     assert adaptation.magnification == 1.0  # the tiny model's card has no training cell size
     assert "3-fold out-of-fold" in adapted.card.calibration.split
+    assert adaptation.command.endswith("--steps 25 --trainable-stages 2 --folds 3 --seed 0")
     assert adapted.card.release is None and adapted.card.test_metrics is None
 
 
@@ -201,7 +202,8 @@ def test_unlabelled_adaptation_writes_a_renormalised_model(
     adaptation = result.card.adaptation
     assert adaptation.renormalised == 36 and adaptation.cells == {} and adaptation.steps == 0
     assert len(adaptation.files) == 36 and adaptation.skipped == 1
-    assert "--unlabelled" in adaptation.command and "36 unlabelled cells" in result.summary
+    assert adaptation.command.endswith(" --unlabelled") and "--steps" not in adaptation.command
+    assert "36 unlabelled cells" in result.summary
     source, _ = load_model(batchnorm_model)
     tuned, _ = load_model(result.path)
     weights = [k for k in source.state_dict() if k.endswith("weight")]

@@ -451,7 +451,12 @@ def adapt(
         adapted = renormalise(model, card, cells.pixels)
         calibration, method, counts = card.calibration, UNLABELLED_RECALIBRATION, np.array([])
     per_class = np.bincount(counts.astype(int), minlength=len(card.classes))
-    flags = "" if options.labelled else " --unlabelled"
+    recipe = (
+        f" --steps {options.steps} --trainable-stages {options.trainable_stages} --folds "
+        f"{options.folds} --seed {options.seed}"
+        if options.labelled
+        else " --unlabelled"
+    )
     adaptation = Adaptation(
         source=card.release.name if card.release else source_dir.name,
         source_sha256=card.sha256,
@@ -467,11 +472,7 @@ def adapt(
         magnification=round(cells.scale.factor, 4),
         renormalised=0 if options.labelled else len(cells.labels),
         date=datetime.now(UTC).isoformat(timespec="seconds"),
-        command=(
-            f"leukoscope adapt --model {source} --data {data} --out {out}{flags} --steps "
-            f"{options.steps} --trainable-stages {options.trainable_stages} --folds "
-            f"{options.folds} --seed {options.seed}"
-        ),
+        command=f"leukoscope adapt --model {source} --data {data} --out {out}{recipe}",
     )
     new_card = card.replace(
         calibration=calibration,
