@@ -52,8 +52,7 @@ class ShiftCheck:
             f"These images look unlike the model's training data: {self.uncertain} of "
             f"{self.cells} cells are flagged uncertain ({self.share:.0%}, about "
             f"{self.expected_share:.0%} expected). Confident calls may be wrong too: review "
-            "every cell. A model adapted to this lab's images may help (`leukoscope adapt`: "
-            "a few labelled cells per class, or unlabelled ones with --unlabelled)."
+            "every cell. A model adapted to this lab's images (`leukoscope adapt`) may help."
         )
 
     def to_dict(self) -> dict[str, Any]:
