@@ -42,7 +42,8 @@ def adapt_command(
         typer.Option(
             "--unlabelled",
             help="Use no labels: only re-estimate the normalisation statistics on the lab's "
-            "cells (at least 32; models with BatchNorm).",
+            "cells (at least 32; models with BatchNorm). The uncertainty flags stay the "
+            "source's and flag most cells for review.",
         ),
     ] = False,
 ) -> None:
@@ -50,8 +51,9 @@ def adapt_command(
 
     Labelled: the head and top stages learn from many random views of each cell; the
     temperature and the abstention threshold are refitted on out-of-fold predictions.
-    Unlabelled: the BatchNorm statistics become the lab's cells', nothing else changes. The new
-    model's card names the source model and every cell file by sha256.
+    Unlabelled: the BatchNorm statistics become the lab's cells', nothing else changes (the
+    calls improve on another lab's stain; the flags, not refitted, mark most cells for review).
+    The new model's card names the source model and every cell file by sha256.
     """
     from leukoscope.training.adapt import AdaptOptions, adapt
 
