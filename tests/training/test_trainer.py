@@ -13,6 +13,7 @@ import safetensors.torch
 import torch
 
 from leukoscope.errors import LeukoscopeError
+from leukoscope.fileio import sha256_file
 from leukoscope.models import load_model
 from leukoscope.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from leukoscope.training.rundir import HISTORY_COLUMNS
@@ -219,5 +220,6 @@ def test_init_from_a_saved_model_reuses_its_weights(
     assert "backbone and head" in (run / "train.log").read_text()
     settings = json.loads((run / "config.json").read_text())["settings"]
     assert settings["init_from"] == str(source)
+    assert settings["init_from_sha256"] == sha256_file(source / "model.safetensors")
     with pytest.raises(LeukoscopeError, match="not efficientnet_lite0"):
         train(replace(config, arch="efficientnet_lite0", out=tmp_path / "other"))

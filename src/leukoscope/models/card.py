@@ -97,6 +97,9 @@ class TrainingRun:
     profile: dict[str, Any]
     weights_file: str | None = None
     init_from: str | None = None
+    """The saved model training started from (``train --init-from``), and the sha256 of its
+    weights: a path says little once that model is re-released."""
+    init_from_sha256: str | None = None
     teacher: str | None = None
     """The model distilled from (``train --teacher``), and the sha256 of its weights."""
     teacher_sha256: str | None = None

@@ -199,6 +199,7 @@ class _Trainer:
             weights=c.weights,
             weights_file=str(c.weights_file) if c.weights_file else None,
             init_from=str(c.init_from) if c.init_from else None,
+            init_from_sha256=load_card(card_path(c.init_from)).sha256 if c.init_from else None,
             teacher=str(c.teacher) if c.teacher else None,
             teacher_sha256=load_card(card_path(c.teacher)).sha256 if c.teacher else None,
             seed=c.seed,
