@@ -80,6 +80,7 @@ def test_accuracy_on_the_new_lab_rises(tiny: Tiny, lab: Path, adapted) -> None:
 def test_adapted_model_loads_in_the_predictor(adapted, lab: Path) -> None:
     predictor = Predictor.load(adapted.path)
     assert predictor.abstainer is not None  # the source was calibrated: so is the copy
+    assert predictor.backend == "onnx"  # its export, made from these very weights
     paths = sorted((lab / "lymphocyte").glob("*.png"))
     predictions = predictor.predict_paths(paths, workers=0)
     assert all(p.error is None for p in predictions)
@@ -208,5 +209,7 @@ def test_unlabelled_adaptation_writes_a_renormalised_model(
     tuned, _ = load_model(result.path)
     weights = [k for k in source.state_dict() if k.endswith("weight")]
     assert all(torch.equal(source.state_dict()[k], tuned.state_dict()[k]) for k in weights)
-    predictions = Predictor.load(result.path).predict_paths(sorted(lab.glob("*.png")), workers=0)
+    predictor = Predictor.load(result.path)
+    assert predictor.backend == "onnx"
+    predictions = predictor.predict_paths(sorted(lab.glob("*.png")), workers=0)
     assert sum(p.error is not None for p in predictions) == 1  # broken.png, named

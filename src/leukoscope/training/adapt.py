@@ -64,6 +64,7 @@ from leukoscope.fileio import sha256_file
 from leukoscope.inference.abstention import Abstainer, fit_threshold
 from leukoscope.inference.calibration import expected_calibration_error, fit_temperature
 from leukoscope.inference.predictor import Predictor
+from leukoscope.inference.runtime import ONNX_NAME
 from leukoscope.models import ModelCard, TransferModel, load_model, save_model
 from leukoscope.models.card import Adaptation, Calibration
 from leukoscope.training.chain import ModelChain
@@ -421,7 +422,7 @@ def adapt(
     when complete (an existing ``out`` is replaced), like a release. Its card keeps the
     source's architecture, classes and preprocessing, drops the source's test metrics and
     release (they describe another model), and gains an ``adaptation`` section naming the
-    source by sha256 and every cell file by sha256.
+    source by sha256 and every cell file by sha256. The folder holds the fp32 ONNX export too.
 
     Raises
     ------
@@ -499,8 +500,11 @@ def _write_staged(
     abstainer: Abstainer | None,
     source_card: ModelCard,
 ) -> Path:
-    """Save the model (and its abstention statistics) in a staging folder beside ``out``, then
-    move it into place."""
+    """Save the model (its abstention statistics, and its fp32 ONNX export, so that the
+    predictor runs it in ONNX Runtime from the first ``predict``) in a staging folder beside
+    ``out``, then move it into place."""
+    from leukoscope.inference.export import export_fp32
+
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}-*"):  # staging of a run that was killed
         shutil.rmtree(stale, ignore_errors=True)
@@ -511,6 +515,7 @@ def _write_staged(
             abstention = abstainer.save(staging, source_card.abstention.target_coverage)
             card = card.replace(abstention=abstention)
         save_model(staging, model, card)
+        export_fp32(staging, staging / ONNX_NAME)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
