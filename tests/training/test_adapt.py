@@ -213,3 +213,13 @@ def test_unlabelled_adaptation_writes_a_renormalised_model(
     assert predictor.backend == "onnx"
     predictions = predictor.predict_paths(sorted(lab.glob("*.png")), workers=0)
     assert sum(p.error is not None for p in predictions) == 1  # broken.png, named
+
+
+def test_outputs_in_batches_are_the_outputs_at_once(tiny: Tiny, lab: Path) -> None:
+    model, card = load_model(tiny.model_dir)
+    cells = load_cells(lab, card)
+    at_once = outputs(model, card, cells.pixels, batch_size=len(cells.pixels))
+    batched = outputs(model, card, cells.pixels, batch_size=5)  # 18 cells: 5, 5, 5, 3
+    assert len(batched) == len(at_once) == 2
+    for whole, parts in zip(at_once, batched, strict=True):
+        np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-5)
