@@ -452,14 +452,14 @@ def adapt(
             on_progress(f"fine-tuning on {len(cells.labels)} cells")
         adapted = fine_tune(model, card, cells.pixels, cells.labels, options)
         recal = recalibrate(adapted, model, card, cells, options, abstainer, on_progress)
-        calibration, method, counts = recal.calibration, recal.method, cells.labels
-        abstainer = recal.abstainer
+        calibration, method, abstainer = recal.calibration, recal.method, recal.abstainer
+        per_class = np.bincount(cells.labels, minlength=len(card.classes))
     else:
         if on_progress is not None:
             on_progress(f"re-estimating the normalisation statistics on {len(cells.labels)} cells")
         adapted = renormalise(model, card, cells.pixels)
-        calibration, method, counts = card.calibration, UNLABELLED_RECALIBRATION, np.array([])
-    per_class = np.bincount(counts.astype(int), minlength=len(card.classes))
+        calibration, method = card.calibration, UNLABELLED_RECALIBRATION
+        per_class = np.zeros(len(card.classes), dtype=int)
     recipe = (
         f" --steps {options.steps} --trainable-stages {options.trainable_stages} --folds "
         f"{options.folds} --seed {options.seed}"
