@@ -8,10 +8,10 @@ whole set. Per set and k: mean, min and max over seeds of the accuracy and macro
 seconds one adaptation took.
 
 The adaptation is :func:`leukoscope.training.adapt.fine_tune` with ``adapt``'s default recipe
-(or ``--steps``), in memory: nothing is written,
-and the recalibration that ``adapt`` adds is left out (it changes confidences, not the predicted
-class; its out-of-fold refits cost ``folds`` more adaptations). The external sets are for
-measuring and adapting; no released model is trained on them.
+(or ``--steps``), in memory: nothing is written, and the recalibration that ``adapt`` adds is
+left out (it changes confidences, not the predicted class; its out-of-fold refits cost ``folds``
+more adaptations). The external sets are for measuring and adapting; no released model is
+trained on them.
 
 Run: .venv/bin/python benchmarks/adapt.py [--model models/wbc5-squeezenet1_1-128]
        [--external ../shared/data/external] [--k 1 5 10 20] [--seeds 3] [--steps 60]
