@@ -16,13 +16,14 @@ from leukoscope.cli.app import app
 from leukoscope.data.preprocess import SampleScale
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.ood import synthetic_ood_images
+from leukoscope.inference.abstention import RENORMALISED_STATS_NAME
 from leukoscope.models import load_model
 from leukoscope.models.card import update_card
 from leukoscope.reports import differential as differential_report
 from leukoscope.reports.differential import CellCall
 from tests.cells.drawing import drawn_cell, smear
 from tests.conftest import cell_image
-from tests.inference.tiny import Tiny, build_tiny, build_untrained, squeezenet_h5
+from tests.inference.tiny import Tiny, build_batchnorm, build_tiny, build_untrained, squeezenet_h5
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +240,32 @@ def test_calibrate_rewrites_the_card(tmp_path: Path, tiny: Tiny, model_copy: Pat
     assert {"reliability.png", "accuracy_coverage.png", "calibration.md"} <= {
         p.name for p in report.iterdir()
     }
+
+
+def test_calibrate_renormalised_only_keeps_the_calibration(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, model_copy: Path, tiny: Tiny
+) -> None:
+    model = tmp_path / "batchnorm"
+    source = build_batchnorm(tmp_path_factory.getbasetemp() / "batchnorm")
+    shutil.copytree(source.model_dir, model)
+    (model / RENORMALISED_STATS_NAME).unlink()
+    update_card(model, renormalised_abstention=None)
+    before = load_model(model)[1]
+    result = invoke(
+        "calibrate", "--model", model, "--manifest", source.manifest, "--renormalised-only"
+    )
+    assert result.exit_code == 0, result.output
+    assert "renormalised model (for adapt --unlabelled)" in result.output
+    assert "96 train and 80 val cells" in result.output
+    after = load_model(model)[1]
+    assert after.calibration == before.calibration and after.abstention == before.abstention
+    assert after.renormalised_abstention == load_model(source.model_dir)[1].renormalised_abstention
+
+    result = invoke(
+        "calibrate", "--model", model_copy, "--manifest", tiny.manifest, "--renormalised-only"
+    )
+    assert isinstance(result.exception, LeukoscopeError)
+    assert "no BatchNorm" in str(result.exception)
 
 
 def test_ood_check_reports_catch_rates(tmp_path: Path, tiny: Tiny) -> None:

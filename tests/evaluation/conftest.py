@@ -1,5 +1,5 @@
 """The evaluation tests use the inference tests' tiny models."""
 
-from tests.inference.conftest import tiny, untrained
+from tests.inference.conftest import batchnorm, tiny, untrained
 
-__all__ = ["tiny", "untrained"]
+__all__ = ["batchnorm", "tiny", "untrained"]

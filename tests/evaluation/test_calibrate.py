@@ -1,11 +1,20 @@
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from leukoscope.evaluation.calibrate import accuracy_coverage, calibration_section
+from leukoscope.data.datasets import evenly_spaced, read_manifest
+from leukoscope.errors import LeukoscopeError
+from leukoscope.evaluation.calibrate import (
+    accuracy_coverage,
+    calibrate_renormalised,
+    calibration_section,
+)
+from leukoscope.inference.abstention import Abstainer
 from leukoscope.models import load_model
+from leukoscope.training.adapt import cells_from_samples, outputs, renormalise
 from tests.inference.test_calibration import synthetic
 from tests.inference.tiny import Tiny
 
@@ -57,3 +66,41 @@ def test_calibrate_stores_temperature_and_threshold_and_keeps_the_weights_valid(
     assert (report / "calibration.md").read_text().startswith("# Calibration")
     metrics = json.loads((report / "calibration.json").read_text())
     assert metrics["abstention"]["coverage"] >= 0.95
+
+
+def test_calibrate_fits_the_rule_of_the_renormalised_model_for_batchnorm_models(
+    batchnorm: Tiny, tiny: Tiny
+) -> None:
+    model, card = load_model(batchnorm.model_dir)
+    section = card.renormalised_abstention
+    assert section is not None and section.target_coverage == card.abstention.target_coverage
+    assert load_model(tiny.model_dir)[1].renormalised_abstention is None  # a SqueezeNet: none
+    reference = Abstainer.load(batchnorm.model_dir, card, renormalised=True)
+    source = Abstainer.load(batchnorm.model_dir, card)
+    assert reference.temperature == source.temperature
+
+    # The class means are those of the model renormalised on the training cells, computed here
+    # directly, and the threshold keeps the target share of its validation cells.
+    train, val = (
+        cells_from_samples(
+            evenly_spaced(read_manifest(batchnorm.manifest, split, card.classes)[0], 100), card
+        )
+        for split in ("train", "val")
+    )
+    assert len(train.labels) == 96 and len(val.labels) == 80  # every cell of the manifest
+    renormalised = renormalise(model, card, train.pixels)
+    features = outputs(renormalised, card, train.pixels)[1]
+    means = np.stack([features[train.labels == c].mean(0) for c in range(len(card.classes))])
+    np.testing.assert_allclose(reference.means, means, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(reference.means, source.means, atol=1e-3)
+    kept = reference.scores(*outputs(renormalised, card, val.pixels)) >= section.threshold
+    assert kept.mean() >= section.target_coverage
+
+
+def test_calibrate_renormalised_refuses_a_model_without_batchnorm(
+    tiny: Tiny, tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny.model_dir, model_dir)
+    with pytest.raises(LeukoscopeError, match="no BatchNorm"):
+        calibrate_renormalised(model_dir, tiny.manifest)

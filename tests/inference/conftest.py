@@ -1,4 +1,5 @@
-"""Fixtures of the inference tests: a trained, calibrated tiny model and an untrained one."""
+"""Fixtures of the inference tests: a trained, calibrated tiny model, an untrained one, and a
+calibrated untrained one with BatchNorm layers."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.inference.tiny import Tiny, build_tiny, build_untrained, squeezenet_h5
+from tests.inference.tiny import (
+    Tiny,
+    build_batchnorm,
+    build_tiny,
+    build_untrained,
+    squeezenet_h5,
+)
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +29,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
 def untrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight model directory (no calibration, no export)."""
     return build_untrained(tmp_path_factory.mktemp("untrained"))
+
+
+@pytest.fixture(scope="session")
+def batchnorm(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    """An untrained EfficientNet-Lite0 at 32 px, calibrated on the tiny model's manifest."""
+    return build_batchnorm(tmp_path_factory.getbasetemp() / "batchnorm")

@@ -120,6 +120,27 @@ def build_tiny(root: Path, weights_file: Path) -> Tiny:
     return tiny
 
 
+def save_batchnorm_model(model_dir: Path) -> Path:
+    """An untrained EfficientNet-Lite0 (which has BatchNorm layers) saved at 32 px."""
+    torch.manual_seed(0)
+    head = HeadConfig(0, 0.0)
+    model = create_model("efficientnet_lite0", len(HUES), weights="none", head=head)
+    card = ModelCard("efficientnet_lite0", tuple(HUES), head, Preprocessing(32, MEAN, STD))
+    return save_model(model_dir, model.eval(), card)
+
+
+def build_batchnorm(root: Path) -> Tiny:
+    """:func:`save_batchnorm_model` calibrated on :func:`write_images`' manifest under ``root``
+    (reused when present): plumbing for the models that can be renormalised."""
+    tiny = Tiny(root / "model", root / "manifest.csv")
+    if (tiny.model_dir / "abstention.safetensors").exists():
+        return tiny
+    write_images(root)
+    save_batchnorm_model(tiny.model_dir)
+    calibrate(tiny.model_dir, tiny.manifest, workers=0, out_dir=root / "calibration")
+    return tiny
+
+
 def tiny_or_skip(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     """The session's tiny model (built once, under the session's base temporary folder), or a
     skipped test when the ImageNet SqueezeNet weights are absent."""

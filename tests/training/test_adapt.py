@@ -10,14 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from leukoscope.data.preprocess import Augmentation, Preprocessing, SampleScale
+from leukoscope.data.preprocess import Augmentation, SampleScale
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import sha256_file
+from leukoscope.inference.abstention import RENORMALISED_STATS_NAME, STATS_NAME
 from leukoscope.inference.pixel_model import PixelModel
 from leukoscope.inference.predictor import Predictor
-from leukoscope.models import HeadConfig, ModelCard, create_model, load_model, save_model
+from leukoscope.models import load_model
 from leukoscope.training.adapt import (
     MIN_RENORMALISE_CELLS,
+    RENORMALISED_RECALIBRATION,
+    UNLABELLED_RECALIBRATION,
     AdaptOptions,
     adapt,
     load_cells,
@@ -26,7 +29,13 @@ from leukoscope.training.adapt import (
 )
 from tests.cells.drawing import drawn_cell
 from tests.conftest import cell_image
-from tests.inference.tiny import HUES, MEAN, STD, Tiny, tiny_or_skip
+from tests.inference.tiny import (
+    HUES,
+    Tiny,
+    build_batchnorm,
+    save_batchnorm_model,
+    tiny_or_skip,
+)
 
 NEW_LAB = ("eosinophil", "lymphocyte", "neutrophil")
 """The classes the new lab labelled: no basophils."""
@@ -133,15 +142,6 @@ def test_cells_are_rescaled_to_the_source_magnification_when_it_has_one(
     assert not torch.equal(cells.pixels, unscaled.pixels)
 
 
-def save_batchnorm_model(model_dir: Path) -> Path:
-    """An untrained EfficientNet-Lite0 (which has BatchNorm layers) saved at 32 px."""
-    torch.manual_seed(0)
-    head = HeadConfig(0, 0.0)
-    model = create_model("efficientnet_lite0", len(HUES), weights="none", head=head)
-    card = ModelCard("efficientnet_lite0", tuple(HUES), head, Preprocessing(32, MEAN, STD))
-    return save_model(model_dir, model.eval(), card)
-
-
 @pytest.fixture(scope="module")
 def batchnorm_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_batchnorm_model(tmp_path_factory.mktemp("bn") / "model")
@@ -205,6 +205,7 @@ def test_unlabelled_adaptation_writes_a_renormalised_model(
     assert len(adaptation.files) == 36 and adaptation.skipped == 1
     assert adaptation.command.endswith(" --unlabelled") and "--steps" not in adaptation.command
     assert "36 unlabelled cells" in result.summary
+    assert adaptation.recalibration == UNLABELLED_RECALIBRATION  # no rule for renormalised models
     source, _ = load_model(batchnorm_model)
     tuned, _ = load_model(result.path)
     weights = [k for k in source.state_dict() if k.endswith("weight")]
@@ -213,6 +214,24 @@ def test_unlabelled_adaptation_writes_a_renormalised_model(
     assert predictor.backend == "onnx"
     predictions = predictor.predict_paths(sorted(lab.glob("*.png")), workers=0)
     assert sum(p.error is not None for p in predictions) == 1  # broken.png, named
+
+
+def test_unlabelled_adaptation_uses_the_sources_rule_for_renormalised_models(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    source = build_batchnorm(tmp_path_factory.getbasetemp() / "batchnorm").model_dir
+    _, card = load_model(source)
+    assert card.renormalised_abstention is not None
+    lab = unlabelled_cells(tmp_path / "lab", 36)
+    result = adapt(source, lab, tmp_path / "renormalised", options=AdaptOptions(labelled=False))
+    assert result.card.adaptation.recalibration == RENORMALISED_RECALIBRATION
+    assert result.card.abstention == card.renormalised_abstention
+    assert result.card.renormalised_abstention is None  # it describes the source, not this one
+    written = (result.path / STATS_NAME).read_bytes()
+    assert written == (source / RENORMALISED_STATS_NAME).read_bytes()
+    predictor = Predictor.load(result.path)
+    assert predictor.abstainer is not None
+    assert predictor.abstainer.threshold == card.renormalised_abstention.threshold
 
 
 def test_outputs_in_batches_are_the_outputs_at_once(tiny: Tiny, lab: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -52,13 +52,27 @@ def calibrate_command(
     views: Annotated[
         Views | None, typer.Option("--views", help=f"{VIEWS_HELP} Default: keep the card's.")
     ] = None,
+    renormalised_only: Annotated[
+        bool,
+        typer.Option(
+            "--renormalised-only",
+            help="Keep the calibration; only fit the abstention rule of the model renormalised "
+            "on its own cells, which adapt --unlabelled uses (models with BatchNorm layers).",
+        ),
+    ] = False,
 ) -> None:
     """Fit temperature scaling and the abstention threshold; store them in the model card.
 
     Also writes calibration.md/.json with a reliability diagram and the accuracy-coverage curve.
+    A model with BatchNorm layers also gets the abstention rule of its renormalised self.
     """
-    from leukoscope.evaluation.calibrate import calibrate
+    from leukoscope.evaluation.calibrate import calibrate, calibrate_renormalised
 
+    if renormalised_only:
+        with console.status("Renormalising on training cells and fitting the abstention rule"):
+            section = calibrate_renormalised(model, manifest, split=split)
+        _print_renormalised(section)
+        return
     with progress_bar("Calibrating") as tracker:
         metrics = calibrate(
             model,
@@ -86,9 +100,20 @@ def calibrate_command(
         f"accuracy {kept} (all: {metrics['accuracy']:.2%})"
     )
     print_skipped([item["error"] for item in metrics["unreadable"]])
+    if "renormalised_abstention" in metrics:
+        _print_renormalised(metrics["renormalised_abstention"])
     console.print(
         f"Report: {(out or (model if model.is_dir() else model.parent)) / 'calibration.md'}"
     )
+
+
+def _print_renormalised(section: dict[str, Any]) -> None:
+    cells = " and ".join(f"{n} {split}" for split, n in section["cells"].items())
+    console.print(
+        f"Abstention rule of the renormalised model (for adapt --unlabelled): threshold "
+        f"{section['threshold']:.4f}, fitted on {cells} cells"
+    )
+    print_skipped(section["unreadable"])
 
 
 def ood_check(

@@ -46,6 +46,10 @@ CONFIDENCE_SCORES = ("msp", "energy")
 DEFAULT_CONFIDENCE = "msp"
 STATS_NAME = "abstention.safetensors"
 """Class means, whitening matrix and validation score distributions, beside the weights."""
+RENORMALISED_STATS_NAME = "abstention-renormalised.safetensors"
+"""The same statistics of the model renormalised on its own training cells, for the models
+``adapt --unlabelled`` makes from it (the card's ``renormalised_abstention``; see
+:func:`leukoscope.training.adapt.fit_renormalised_reference`)."""
 
 
 def confidence_scores(logits: np.ndarray, temperature: float, score: str) -> np.ndarray:
@@ -152,8 +156,11 @@ class Abstainer:
         whitening matrix took 16 ms of a 24 ms one-image prediction on two shared cores."""
         return self.means @ self.whitening
 
-    def save(self, model_dir: str | Path, target_coverage: float) -> Abstention:
-        """Write the statistics beside the weights; return the model card's ``abstention``."""
+    def save(
+        self, model_dir: str | Path, target_coverage: float, name: str = STATS_NAME
+    ) -> Abstention:
+        """Write the statistics beside the weights as ``name``; return the card section that
+        describes them (``abstention``, or ``renormalised_abstention``)."""
         data = safetensors.numpy.save(
             {
                 "means": self.means,
@@ -162,7 +169,7 @@ class Abstainer:
                 "val_familiarity": self.val_familiarity.astype(np.float64),
             }
         )
-        atomic_write_bytes(Path(model_dir) / STATS_NAME, data)
+        atomic_write_bytes(Path(model_dir) / name, data)
         return Abstention(
             confidence=self.confidence,
             threshold=self.threshold,
@@ -171,20 +178,27 @@ class Abstainer:
         )
 
     @classmethod
-    def load(cls, model_dir: str | Path, card: ModelCard) -> Abstainer:
-        """The abstainer described by a model card and its statistics file."""
-        path = Path(model_dir) / STATS_NAME
+    def load(
+        cls, model_dir: str | Path, card: ModelCard, *, renormalised: bool = False
+    ) -> Abstainer:
+        """The abstainer described by a model card and its statistics file; ``renormalised``:
+        the one for the model renormalised on its own cells (``renormalised_abstention``)."""
+        path = Path(model_dir) / (RENORMALISED_STATS_NAME if renormalised else STATS_NAME)
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise LeukoscopeError(f"{path}: cannot read the abstention statistics ({exc})") from exc
-        return cls.from_bytes(data, card, str(path))
+        section = card.renormalised_abstention if renormalised else card.abstention
+        return cls.from_bytes(data, card, str(path), section)
 
     @classmethod
-    def from_bytes(cls, data: bytes, card: ModelCard, source: str) -> Abstainer:
+    def from_bytes(
+        cls, data: bytes, card: ModelCard, source: str, section: Abstention | None = None
+    ) -> Abstainer:
         """The abstainer of a model card from its statistics file's bytes (``source`` names
-        where they came from in errors)."""
-        section, calibration = card.abstention, card.calibration
+        where they came from in errors); ``section`` describes them (default: the card's
+        ``abstention``)."""
+        section, calibration = section or card.abstention, card.calibration
         if section is None or calibration is None:
             raise LeukoscopeError(f"{source}: the model is not calibrated")
         if hashlib.sha256(data).hexdigest() != section.stats_sha256:

@@ -26,6 +26,10 @@ field               what                                     written by
 ``adaptation``      source model, cells (by sha256), recipe  ``adapt``
 =================== ======================================== ===============================
 
+A model with BatchNorm layers also gets ``renormalised_abstention`` from ``calibrate``: the
+abstention rule of the model renormalised on its own training cells, which the models
+``adapt --unlabelled`` makes from it use.
+
 Format history: ``leukoscope-model/1`` was the flat dict (``input_size``, ``mean``, ``std`` and
 ``interpolation`` at the top, ``metrics`` for the validation scores, a duplicate top-level
 ``manifest_sha256``). :func:`load_card` still reads it, converting it in memory, so models saved
@@ -246,6 +250,7 @@ class ModelCard:
     training: TrainingRun | None = None
     calibration: Calibration | None = None
     abstention: Abstention | None = None
+    renormalised_abstention: Abstention | None = None
     test_metrics: TestMetrics | None = None
     release: Release | None = None
     adaptation: Adaptation | None = None

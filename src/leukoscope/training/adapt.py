@@ -36,9 +36,10 @@ fitted on out-of-fold predictions (the adaptation repeated on each fold's comple
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +52,7 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 from torch.nn import functional as F
 
-from leukoscope.data.datasets import samples_from_folder, samples_from_paths
+from leukoscope.data.datasets import Sample, samples_from_folder, samples_from_paths
 from leukoscope.data.preprocess import (
     UNSCALED,
     Augmentation,
@@ -157,8 +158,20 @@ def load_cells(
     scale = UNSCALED
     if model is not None:
         scale = Predictor.from_model(model, card).estimate_scale([s.path for s in samples])
+    cells = cells_from_samples(samples, card, scale)
+    if not len(cells.pixels):
+        wanted = f" of the classes {card.classes}" if labelled else ""
+        raise LeukoscopeError(f"{data}: no readable images{wanted}")
+    return dataclasses.replace(cells, skipped=skipped + cells.skipped)
+
+
+def cells_from_samples(
+    samples: Sequence[Sample], card: ModelCard, scale: ScaleEstimate = UNSCALED
+) -> Cells:
+    """``samples`` decoded as the predictor sees them (rescaled by ``scale``); unreadable
+    files are skipped, each with a message naming it (no cell at all: empty ``pixels``)."""
     dataset = pixels_dataset(samples, card.preprocessing, scale.factor)
-    pixels, labels, paths = [], [], []
+    pixels, labels, paths, skipped = [], [], [], []
     for index in range(len(dataset)):
         item = dataset[index]
         if "error" in item:
@@ -167,18 +180,22 @@ def load_cells(
         pixels.append(item["image"])
         labels.append(item["label"])
         paths.append(samples[index].path)
-    if not pixels:
-        wanted = f" of the classes {card.classes}" if labelled else ""
-        raise LeukoscopeError(f"{data}: no readable images{wanted}")
-    return Cells(torch.stack(pixels), np.array(labels), paths, skipped, scale)
+    size = card.preprocessing.input_size
+    stacked = torch.stack(pixels) if pixels else torch.empty((0, size, size, 3), dtype=torch.uint8)
+    return Cells(stacked, np.array(labels, dtype=int), paths, skipped, scale)
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` has normalisation statistics :func:`renormalise` can re-estimate."""
+    return bool(_batchnorms(model))
+
+
 def _require_batchnorm(model: nn.Module, card: ModelCard) -> None:
-    if not _batchnorms(model):
+    if not has_batchnorm(model):
         raise LeukoscopeError(
             f"{card.arch} has no BatchNorm layers, so there are no normalisation statistics to "
             "re-estimate: adapt it with labelled cells"
@@ -225,6 +242,44 @@ def renormalise(
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
     return tuned.eval().requires_grad_(False)
+
+
+def fit_renormalised_reference(
+    model: TransferModel, card: ModelCard, train: Cells, val: Cells
+) -> Abstainer:
+    """The abstention rule of ``model`` renormalised on its own ``train`` cells, for the models
+    :func:`adapt` renormalises on another lab's cells.
+
+    Renormalising moves every feature, so the source's rule no longer fits a renormalised
+    model: on PBC's own test cells, a 5-class EfficientNet renormalised on them had 69% of them
+    flagged by it, against the 5% it was fitted for. Its features are alike, though, whichever
+    lab's cells set the statistics, when the cells are alike. So the rule is refitted here as
+    :func:`~leukoscope.evaluation.calibrate.calibrate` fits the source's, on the model
+    renormalised on ``train`` (labelled cells of the training data): class means and
+    covariance from ``train``, percentiles and the threshold (at the card's target coverage)
+    from ``val``; temperature and confidence score are the card's.
+
+    Raises
+    ------
+    LeukoscopeError
+        The card is not calibrated, or :func:`renormalise` refuses the model or the cells.
+    """
+    if card.calibration is None or card.abstention is None:
+        raise LeukoscopeError("the model is not calibrated: calibrate it first")
+    renormalised = renormalise(model, card, train.pixels)
+    train_features = outputs(renormalised, card, train.pixels)[1]
+    val_logits, val_features = outputs(renormalised, card, val.pixels)
+    abstainer = Abstainer.fit(
+        train_features,
+        train.labels,
+        val_logits,
+        val_features,
+        temperature=card.calibration.temperature,
+        confidence=card.abstention.confidence,
+    )
+    scores = abstainer.scores(val_logits, val_features)
+    abstainer.threshold = fit_threshold(scores, card.abstention.target_coverage)
+    return abstainer
 
 
 def fine_tune(
@@ -301,7 +356,14 @@ def outputs(
 
 
 UNLABELLED_RECALIBRATION = "the source's (unlabelled cells: nothing to refit them on)"
-"""The card's ``recalibration`` of a model renormalised on unlabelled cells."""
+"""The card's ``recalibration`` of a model renormalised on unlabelled cells, when the source
+has no abstention rule for renormalised models (no ``renormalised_abstention``)."""
+RENORMALISED_RECALIBRATION = (
+    "the source's temperature, and its abstention rule for renormalised models (fitted on its "
+    "training data with the model renormalised on its own cells)"
+)
+"""The card's ``recalibration`` of a model renormalised on unlabelled cells, when the source
+has one (see :func:`fit_renormalised_reference`)."""
 
 
 @dataclass(frozen=True)
@@ -459,6 +521,9 @@ def adapt(
             on_progress(f"re-estimating the normalisation statistics on {len(cells.labels)} cells")
         adapted = renormalise(model, card, cells.pixels)
         calibration, method = card.calibration, UNLABELLED_RECALIBRATION
+        if card.renormalised_abstention is not None:
+            abstainer = Abstainer.load(source_dir, card, renormalised=True)
+            method = RENORMALISED_RECALIBRATION
         per_class = np.zeros(len(card.classes), dtype=int)
     recipe = (
         f" --steps {options.steps} --trainable-stages {options.trainable_stages} --folds "
@@ -486,6 +551,7 @@ def adapt(
     new_card = card.replace(
         calibration=calibration,
         abstention=None,
+        renormalised_abstention=None,
         test_metrics=None,
         release=None,
         adaptation=adaptation,
