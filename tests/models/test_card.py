@@ -10,6 +10,7 @@ import pytest
 
 from leukoscope.data.preprocess import Preprocessing
 from leukoscope.errors import LeukoscopeError
+from leukoscope.inference.abstention import Abstainer
 from leukoscope.models import (
     HeadConfig,
     ModelCard,
@@ -84,6 +85,16 @@ def test_released_cards_are_current_and_record_how_the_model_was_trained(name: s
     assert card.preprocessing.interpolation == "bilinear"
     assert card.release is not None and card.release.name == name
     assert card.test_metrics is not None and card.test_metrics.n_images > 0
+
+
+@pytest.mark.parametrize("name", ["wbc5-efficientnet_lite0", "pbc8-efficientnet_lite0"])
+def test_released_batchnorm_models_carry_the_rule_for_their_renormalised_selves(name: str) -> None:
+    folder = REPO / "models" / name
+    card = load_card(folder / "model_card.json")
+    assert card.renormalised_abstention is not None and card.abstention is not None
+    reference = Abstainer.load(folder, card, renormalised=True)  # checks the sha256
+    assert reference.threshold == card.renormalised_abstention.threshold
+    assert reference.means.shape == Abstainer.load(folder, card).means.shape
 
 
 @pytest.mark.parametrize(
