@@ -9,6 +9,7 @@ from leukoscope.data.datasets import evenly_spaced, read_manifest
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.calibrate import (
     accuracy_coverage,
+    calibrate,
     calibrate_renormalised,
     calibration_section,
 )
@@ -104,3 +105,19 @@ def test_calibrate_renormalised_refuses_a_model_without_batchnorm(
     shutil.copytree(tiny.model_dir, model_dir)
     with pytest.raises(LeukoscopeError, match="no BatchNorm"):
         calibrate_renormalised(model_dir, tiny.manifest)
+
+
+def test_calibrate_drops_the_old_renormalised_rule_when_a_new_one_cannot_be_fitted(
+    batchnorm: Tiny, tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(batchnorm.model_dir, model_dir)
+    rows = batchnorm.manifest.read_text().splitlines()
+    train = [r for r in rows[1:] if ",train," in r]
+    few = rows[:1] + train[:: len(train) // 20] + [r for r in rows[1:] if ",train," not in r]
+    manifest = batchnorm.manifest.parent / "few-train.csv"  # paths are relative to it
+    manifest.write_text("\n".join(few) + "\n")
+    metrics = calibrate(model_dir, manifest, workers=0, out_dir=tmp_path / "report")
+    assert "too few" in metrics["renormalised_abstention"]["error"]
+    card = load_model(model_dir)[1]
+    assert card.abstention is not None and card.renormalised_abstention is None

@@ -108,6 +108,13 @@ def calibrate_command(
 
 
 def _print_renormalised(section: dict[str, Any]) -> None:
+    if "error" in section:
+        console.print(
+            f"[yellow]No abstention rule for renormalised models[/] (adapt --unlabelled keeps "
+            f"this one): {section['error']}",
+            soft_wrap=True,
+        )
+        return
     cells = " and ".join(f"{n} {split}" for split, n in section["cells"].items())
     console.print(
         f"Abstention rule of the renormalised model (for adapt --unlabelled): threshold "

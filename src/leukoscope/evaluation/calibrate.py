@@ -287,7 +287,11 @@ def calibrate(
 
     A model with BatchNorm layers also gets the abstention rule of its renormalised self
     (:func:`calibrate_renormalised`): the old one would not fit the new temperature or views.
+    When that cannot be fitted (too few training cells), the model is left without one and the
+    reason is in the returned metrics.
     """
+    from leukoscope.training.adapt import has_batchnorm
+
     model, card = load_model(model_path)
     # The old calibration and abstention are refitted here, so not applied while fitting.
     card = card.replace(
@@ -346,13 +350,15 @@ def calibrate(
         model_dir,
         calibration=calibration,
         abstention=abstention,
+        renormalised_abstention=None,  # refitted below: it depends on the temperature and views
         test_time_views=card.test_time_views,
     )
     metrics["abstention"] |= dataclasses.asdict(abstention)
-    from leukoscope.training.adapt import has_batchnorm
-
     if has_batchnorm(model):
-        renormalised = calibrate_renormalised(model_dir, manifest, split=split)
+        try:
+            renormalised = calibrate_renormalised(model_dir, manifest, split=split)
+        except LeukoscopeError as exc:  # e.g. too few training cells: the rest stands
+            renormalised = {"error": str(exc)}
         metrics["renormalised_abstention"] = renormalised
     metrics["unreadable"] = [
         {"path": str(samples[i].path), "error": message}
