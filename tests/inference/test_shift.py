@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from leukoscope.inference.shift import ShiftCheck, check_shift
+from leukoscope.inference.shift import ADAPT, ShiftCheck, advice, check_shift
 
 
 def test_an_in_domain_share_of_uncertain_cells_is_not_a_shift() -> None:
@@ -42,3 +42,13 @@ def test_the_p_value_is_the_one_sided_binomial_test(flagged: int, cells: int) ->
     expected = binomtest(flagged, cells, 0.05, alternative="greater").pvalue
     uncertain = [True] * flagged + [False] * (cells - flagged)
     assert check_shift(uncertain, 0.05).p_value == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
+def test_the_advice_names_the_adaptation_left_to_try() -> None:
+    assert advice(renormalisable=False, renormalised=False) == ADAPT
+    assert "adapt --unlabelled` on these images" in advice(renormalisable=True, renormalised=False)
+    already = advice(renormalisable=False, renormalised=True)
+    assert "already adapted without labels" in already and "--unlabelled" not in already
+    check = check_shift([True] * 40 + [False] * 60, 0.05, already)
+    assert check.message.endswith(already) and check.to_dict()["advice"] == already
+    assert not check_shift([False] * 100, 0.05, already).message.endswith(already)

@@ -232,6 +232,13 @@ def test_unlabelled_adaptation_uses_the_sources_rule_for_renormalised_models(
     predictor = Predictor.load(result.path)
     assert predictor.abstainer is not None
     assert predictor.abstainer.threshold == card.renormalised_abstention.threshold
+    flagged = [
+        dataclasses.replace(p, uncertain=True)
+        for p in predictor.predict_paths(sorted(lab.glob("*.png"))[:10], workers=0)
+    ]
+    assert "already adapted without labels" in predictor.check_shift(flagged).message
+    source_check = Predictor.load(source).check_shift(flagged)
+    assert "adapt --unlabelled` on these images" in source_check.message
 
 
 def test_outputs_in_batches_are_the_outputs_at_once(tiny: Tiny, lab: Path) -> None:

@@ -49,7 +49,7 @@ from leukoscope.inference.runtime import (
     engines_for,
     open_export,
 )
-from leukoscope.inference.shift import ShiftCheck, check_shift
+from leukoscope.inference.shift import ShiftCheck, advice, check_shift
 from leukoscope.models.card import CARD_NAME, WEIGHTS_NAME, ModelCard, load_card
 
 if TYPE_CHECKING:
@@ -410,7 +410,12 @@ class Predictor:
         if self.card.abstention is None:
             return None
         flags = [p.uncertain for p in predictions if p.error is None]
-        return check_shift(flags, 1 - self.card.abstention.target_coverage)
+        adaptation = self.card.adaptation
+        hint = advice(
+            renormalisable=self.card.renormalised_abstention is not None,
+            renormalised=adaptation is not None and bool(adaptation.renormalised),
+        )
+        return check_shift(flags, 1 - self.card.abstention.target_coverage, hint)
 
     def error_prediction(self, name: str, message: str) -> Prediction:
         """An unreadable input: no label, and flagged so that nothing counts it as a cell."""
