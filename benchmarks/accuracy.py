@@ -37,6 +37,7 @@ DEFAULT_PAIRS = (
     "models/wbc5-squeezenet1_1=runs/manifests/wbc5-seed0.csv",
     "models/wbc5-squeezenet1_1-160=runs/manifests/wbc5-seed0.csv",
     "models/wbc5-squeezenet1_1-128=runs/manifests/wbc5-seed0.csv",
+    "models/pbc8-squeezenet1_1=runs/manifests/pbc8-seed0.csv",
     "models/pbc8-squeezenet1_1-128=runs/manifests/pbc8-seed0.csv",
 )
 
