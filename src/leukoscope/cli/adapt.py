@@ -42,8 +42,8 @@ def adapt_command(
         typer.Option(
             "--unlabelled",
             help="Use no labels: only re-estimate the normalisation statistics on the lab's "
-            "cells (at least 32; models with BatchNorm). The uncertainty flags stay the "
-            "source's and flag most cells for review.",
+            "cells (at least 32; models with BatchNorm). The uncertainty flags follow the "
+            "rule the source carries for renormalised models (else the source's own).",
         ),
     ] = False,
 ) -> None:
@@ -52,7 +52,8 @@ def adapt_command(
     Labelled: the head and top stages learn from many random views of each cell; the
     temperature and the abstention threshold are refitted on out-of-fold predictions.
     Unlabelled: the BatchNorm statistics become the lab's cells', nothing else changes (the
-    calls improve on another lab's stain; the flags, not refitted, mark most cells for review).
+    calls improve on another lab's stain); the flags follow the source's rule for renormalised
+    models, fitted by calibrate.
     The new model's card names the source model and every cell file by sha256.
     """
     from leukoscope.training.adapt import AdaptOptions, adapt
