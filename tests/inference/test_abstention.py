@@ -46,6 +46,10 @@ def test_abstainer_flags_features_far_from_every_class() -> None:
     far = np.full((5, 8), 40.0)
     far_logits = np.tile([0.0, 50.0], (5, 1))  # confidently class 1, but nowhere near it
     assert (abstainer.scores(far_logits, far) < abstainer.threshold).all()
+    fitted = Abstainer.fit(
+        features, labels, logits, features, temperature=1.0, target_coverage=0.95
+    )
+    assert fitted.threshold == abstainer.threshold  # the threshold fitted with the rule
 
 
 def test_familiar_cells_are_mostly_kept(tiny: Tiny) -> None:

@@ -25,7 +25,6 @@ from leukoscope.inference.abstention import (
     DEFAULT_CONFIDENCE,
     RENORMALISED_STATS_NAME,
     Abstainer,
-    fit_threshold,
 )
 from leukoscope.inference.calibration import (
     ECE_BINS,
@@ -324,9 +323,9 @@ def calibrate(
         val_out.features,
         temperature=temperature,
         confidence=confidence,
+        target_coverage=target_coverage,
     )
-    val_scores = abstainer.scores(val_out.logits, val_out.features)
-    abstainer.threshold = fit_threshold(val_scores, target_coverage)
+    val_scores = abstainer.scores(val_out.logits, val_out.features)  # for the report
     model_dir = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
     out = Path(out_dir) if out_dir is not None else model_dir
     markdown, metrics = calibration_section(

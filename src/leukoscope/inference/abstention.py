@@ -120,8 +120,11 @@ class Abstainer:
         *,
         temperature: float,
         confidence: str = DEFAULT_CONFIDENCE,
+        target_coverage: float | None = None,
     ) -> Abstainer:
-        """Fit the class Gaussians on training features and the percentiles on validation."""
+        """Fit the class Gaussians on training features and the percentiles on validation;
+        with ``target_coverage``, also the threshold that keeps that share of the validation
+        cells (:func:`fit_threshold`)."""
         from sklearn.covariance import LedoitWolf  # a second to import: fitting only
 
         x = np.asarray(train_features, dtype=np.float64)
@@ -132,7 +135,7 @@ class Abstainer:
         precision = LedoitWolf().fit(centred).precision_
         whitening = np.linalg.cholesky((precision + precision.T) / 2).astype(np.float32)
         means = means.astype(np.float32)
-        return cls(
+        abstainer = cls(
             temperature=temperature,
             confidence=confidence,
             means=means,
@@ -140,6 +143,10 @@ class Abstainer:
             val_confidence=np.sort(confidence_scores(val_logits, temperature, confidence)),
             val_familiarity=np.sort(_familiarity(val_features, means, whitening)),
         )
+        if target_coverage is not None:
+            scores = abstainer.scores(val_logits, val_features)
+            abstainer.threshold = fit_threshold(scores, target_coverage)
+        return abstainer
 
     def scores(self, logits: np.ndarray, features: np.ndarray) -> np.ndarray:
         """The abstention score in [0, 1]: the lower validation percentile of the two criteria."""

@@ -63,7 +63,7 @@ from leukoscope.data.preprocess import (
 )
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import sha256_file
-from leukoscope.inference.abstention import Abstainer, fit_threshold
+from leukoscope.inference.abstention import Abstainer
 from leukoscope.inference.calibration import expected_calibration_error, fit_temperature
 from leukoscope.inference.predictor import Predictor
 from leukoscope.inference.runtime import ONNX_NAME
@@ -274,17 +274,15 @@ def fit_renormalised_reference(
     renormalised = renormalise(model, card, train.pixels)
     train_features = outputs(renormalised, card, train.pixels)[1]
     val_logits, val_features = outputs(renormalised, card, val.pixels)
-    abstainer = Abstainer.fit(
+    return Abstainer.fit(
         train_features,
         train.labels,
         val_logits,
         val_features,
         temperature=card.calibration.temperature,
         confidence=card.abstention.confidence,
+        target_coverage=card.abstention.target_coverage,
     )
-    scores = abstainer.scores(val_logits, val_features)
-    abstainer.threshold = fit_threshold(scores, card.abstention.target_coverage)
-    return abstainer
 
 
 def fine_tune(
@@ -446,9 +444,8 @@ def recalibrate(
             ref_features,
             temperature=float(temperature),
             confidence=card.abstention.confidence,
+            target_coverage=card.abstention.target_coverage,
         )
-        scores = refitted.scores(ref_logits, ref_features)
-        refitted.threshold = fit_threshold(scores, card.abstention.target_coverage)
     return Recalibration(calibration, refitted, method)
 
 
