@@ -1,9 +1,12 @@
-"""int8 calibration: how each way of setting activation ranges keeps a model's accuracy.
+"""int8 calibration: how each way of setting activation ranges, with 7-bit or 8-bit weights,
+keeps a model's accuracy.
 
 For each model, the images of ``--split`` (validation by default: the calibration method is
 chosen there, never on test) are classified by its fp32 ONNX export and by int8 exports
-calibrated each way (``leukoscope export --int8 --calibration ...``) on the manifest's
-training images; accuracy, errors and agreement with fp32 are compared on identical pixels.
+calibrated each way (``leukoscope export --int8 --calibration ... [--full-range]``) on the
+manifest's training images; accuracy, errors and agreement with fp32 are compared on identical
+pixels. 8-bit weights (``-full-range``) are exact only on CPUs with int8 dot-product
+instructions: the machine record says whether this one has them.
 
 Run: python benchmarks/int8.py --models models/wbc5-squeezenet1_1-128,models/wbc5-squeezenet1_1
      --manifest runs/manifests/wbc5-seed0.csv [--split val] [--out FILE.json]
@@ -12,6 +15,7 @@ Run: python benchmarks/int8.py --models models/wbc5-squeezenet1_1-128,models/wbc
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -57,16 +61,18 @@ def compare(model: Path, manifest: Path, split: str) -> dict[str, Any]:
             "accuracy": round(float((reference == labels).mean()), 4),
             "errors": int((reference != labels).sum()),
         }
-        for calibration in CALIBRATIONS:
+        for calibration, full_range in itertools.product(CALIBRATIONS, (False, True)):
+            name = f"int8-{calibration}" + ("-full-range" if full_range else "")
             int8 = export_int8(
                 model,
-                Path(tmp) / f"{calibration}.onnx",
+                Path(tmp) / f"{name}.onnx",
                 manifest,
                 images_per_class=IMAGES_PER_CLASS,
                 calibration=calibration,
+                full_range=full_range,
             )
             predicted = predict(int8, batches)
-            results[f"int8-{calibration}"] = {
+            results[name] = {
                 "accuracy": round(float((predicted == labels).mean()), 4),
                 "errors": int((predicted != labels).sum()),
                 "agreement_with_fp32": round(float((predicted == reference).mean()), 4),

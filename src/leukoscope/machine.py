@@ -7,8 +7,6 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import torch
-
 INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
 """CPU flags of instructions that multiply and add int8 values in one step (x86 VNNI and AMX,
 Arm's dot product): without one, ONNX Runtime's int8 kernels are no faster than fp32 ones."""
@@ -50,6 +48,8 @@ def has_int8_dot_product() -> bool | None:
 
 def describe_machine() -> dict[str, Any]:
     """CPU, cores usable by this process, accelerator, and library versions."""
+    import torch  # here, not at the top: the predictor asks for the CPU's flags without torch
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info: dict[str, Any] = {
         "cpu": cpu_model(),

@@ -216,6 +216,14 @@ def test_int8_export_says_when_the_cpu_gains_nothing(
     result = invoke(*args, "--calibration-manifest", tiny.manifest, "--images-per-class", "4")
     assert result.exit_code == 0, result.output
     assert out.is_file() and "no int8 dot-product instructions" in result.output
+    result = invoke(*args, "--calibration-manifest", tiny.manifest, "--full-range")
+    assert result.exit_code == 0, result.output
+    assert "predict runs the fp32 export here" in result.output.replace("\n", " ")
+
+
+def test_full_range_is_an_int8_option(tmp_path: Path, tiny: Tiny) -> None:
+    result = invoke("export", "--model", tiny.model_dir, "--full-range")
+    assert "--full-range is an option of --int8" in str(result.exception)
 
 
 def test_calibrate_rewrites_the_card(tmp_path: Path, tiny: Tiny, model_copy: Path) -> None:

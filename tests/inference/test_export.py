@@ -21,7 +21,15 @@ from leukoscope.inference.export import (
 )
 from leukoscope.inference.pixel_model import PixelModel
 from leukoscope.inference.predictor import Predictor
-from leukoscope.inference.runtime import INPUT_NAME, WEIGHTS_SHA_KEY, onnx_runner, onnx_session
+from leukoscope.inference.runtime import (
+    FULL_RANGE_INT8,
+    INPUT_NAME,
+    PRECISION_KEY,
+    WEIGHTS_SHA_KEY,
+    onnx_runner,
+    onnx_session,
+)
+from leukoscope.machine import has_int8_dot_product
 from leukoscope.models import create_model, get_config, load_model, update_card
 from tests.inference.tiny import SIZE, Tiny
 
@@ -92,6 +100,26 @@ def test_int8_export_predicts_like_fp32(tmp_path: Path, tiny: Tiny) -> None:
     assert metrics["n_images"] == reference["n_images"]
     assert abs(metrics["accuracy"] - reference["accuracy"]) <= 1 - agreement + 0.05
     assert "onnx backend" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def _weight_extremes(path: Path) -> tuple[int, str]:
+    """The largest magnitude of an int8 weight in a QDQ export, and its precision stamp."""
+    model = onnx.load(str(path))
+    weights = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == 3]
+    precision = {p.key: p.value for p in model.metadata_props}[PRECISION_KEY]
+    return max(int(np.abs(w.astype(np.int16)).max()) for w in weights), precision
+
+
+def test_int8_weights_are_7_bit_unless_full_range(tmp_path: Path, tiny: Tiny) -> None:
+    reduced = export_int8(tiny.model_dir, tmp_path / "r.onnx", tiny.manifest, images_per_class=4)
+    full = export_int8(
+        tiny.model_dir, tmp_path / "f.onnx", tiny.manifest, images_per_class=4, full_range=True
+    )
+    # Per-channel symmetric weights: each channel's largest weight maps to the range's end.
+    assert _weight_extremes(reduced) == (64, "int8")
+    assert _weight_extremes(full) == (127, FULL_RANGE_INT8)
+    if has_int8_dot_product():
+        assert int8_agreement(tiny.model_dir, full, tiny.manifest)[0] >= 0.9
 
 
 def test_int8_calibration_choices(tmp_path: Path, tiny: Tiny) -> None:

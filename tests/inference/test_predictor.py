@@ -18,7 +18,7 @@ from leukoscope.evaluation.calibrate import calibrate
 from leukoscope.inference.export import export_fp32, onnx_parity
 from leukoscope.inference.pixel_model import PixelModel
 from leukoscope.inference.predictor import Prediction, Predictor
-from leukoscope.inference.runtime import CARD_KEY, ENGINES
+from leukoscope.inference.runtime import CARD_KEY, ENGINES, FULL_RANGE_INT8, PRECISION_KEY
 from leukoscope.models import load_model, update_card
 from tests.cells.drawing import drawn_cell
 from tests.conftest import cell_image
@@ -102,6 +102,32 @@ def test_auto_backend_uses_a_matching_onnx_export(
             assert a.label == b.label and a.uncertain == b.uncertain
             assert a.confidence == pytest.approx(b.confidence, abs=1e-5)
             assert a.score == pytest.approx(b.score, abs=1e-3)
+
+
+def test_8_bit_int8_runs_only_where_the_cpu_computes_it_exactly(
+    tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny.model_dir, model_dir)
+    export_fp32(model_dir, model_dir / "model.onnx")
+    graph = onnx.load(str(model_dir / "model.onnx"))  # stamped as 8-bit int8: the graph aside
+    next(p for p in graph.metadata_props if p.key == PRECISION_KEY).value = FULL_RANGE_INT8
+    onnx.save(graph, str(model_dir / "model.int8.onnx"))
+
+    monkeypatch.setattr("leukoscope.machine.has_int8_dot_product", lambda: True)
+    assert Predictor.load(model_dir).source == model_dir / "model.int8.onnx"
+    monkeypatch.setattr("leukoscope.machine.has_int8_dot_product", lambda: False)
+    with caplog.at_level(logging.INFO):
+        assert Predictor.load(model_dir, backend="onnx").source == model_dir / "model.onnx"
+    assert "8-bit int8 weights" in caplog.text and "using model.onnx" in caplog.text
+    (model_dir / "model.onnx").unlink()
+    with pytest.raises(LeukoscopeError, match="without int8 dot-product instructions"):
+        Predictor.load(model_dir, backend="onnx")
+    assert Predictor.load(model_dir).backend == "torch"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # asked for by name: run, with a warning
+        assert Predictor.load(model_dir / "model.int8.onnx").source.name == "model.int8.onnx"
+    assert "its classes may differ" in caplog.text
 
 
 def test_a_stale_export_is_not_used(tmp_path: Path, untrained: Path, tiny: Tiny) -> None:

@@ -44,6 +44,15 @@ def export(
         Calibration,
         typer.Option("--calibration", help="int8 activation ranges from the calibration values."),
     ] = Calibration.PERCENTILE,
+    full_range: Annotated[
+        bool,
+        typer.Option(
+            "--full-range",
+            help="int8 with 8-bit weights instead of 7: closer to fp32, but exact only on CPUs "
+            "with int8 dot-product instructions (VNNI, AMX), so predict runs the fp32 export on "
+            "others.",
+        ),
+    ] = False,
     opset: Annotated[int, typer.Option("--opset", min=OPSET, help="ONNX opset.")] = OPSET,
     restamp: Annotated[
         bool,
@@ -73,6 +82,8 @@ def export(
             onnx_export.restamp(target, model_dir)
             console.print(f"Restamped {target} with {model_dir}'s current card")
         return
+    if full_range and not int8:
+        raise LeukoscopeError("--full-range is an option of --int8 exports")
     out = onnx_out or model_dir / (INT8_NAME if int8 else ONNX_NAME)
     if int8:
         if manifest is None:
@@ -83,13 +94,20 @@ def export(
             manifest,
             images_per_class=images_per_class,
             calibration=calibration.value,
+            full_range=full_range,
             opset=opset,
         )
         agreement, n = onnx_export.int8_agreement(
             model, out, manifest, images_per_class=images_per_class
         )
         console.print(f"int8 predicts the same class as PyTorch on {agreement:.1%} of {n} images")
-        if has_int8_dot_product() is False:
+        if full_range and not has_int8_dot_product():
+            console.print(
+                "[yellow]note:[/] this CPU has no int8 dot-product instructions (VNNI, AMX), "
+                "so the agreement above is not what CPUs with them get, and predict runs the "
+                "fp32 export here."
+            )
+        elif has_int8_dot_product() is False:
             console.print(
                 "[yellow]note:[/] this CPU has no int8 dot-product instructions (VNNI): "
                 "int8 runs about as fast as fp32 on it; it pays on CPUs that have them."

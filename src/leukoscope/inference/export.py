@@ -45,8 +45,10 @@ from leukoscope.inference.abstention import STATS_NAME, pack_stats
 from leukoscope.inference.pixel_model import PixelModel, torch_runner
 from leukoscope.inference.runtime import (
     CARD_KEY,
+    FULL_RANGE_INT8,
     INPUT_NAME,
     OUTPUT_NAMES,
+    PRECISION_KEY,
     STATS_KEY,
     VIEWS_KEY,
     WEIGHTS_SHA_KEY,
@@ -125,7 +127,7 @@ def _stamp(model: onnx.ModelProto, card: ModelCard, precision: str, stats: bytes
         "leukoscope_arch": card.arch,
         "leukoscope_classes": ",".join(card.classes),
         "leukoscope_input": f"uint8 RGB NHWC {size}x{size}",
-        "leukoscope_precision": precision,
+        PRECISION_KEY: precision,
         VIEWS_KEY: str(card.test_time_views),
         CARD_KEY: json.dumps(card.to_json(), separators=(",", ":")),
     }
@@ -190,7 +192,7 @@ def restamp(onnx_path: str | Path, model_path: str | Path) -> Path:
             f"{model_path}; export it again"
         )
     del graph.metadata_props[:]
-    precision = metadata.get("leukoscope_precision", "fp32")
+    precision = metadata.get(PRECISION_KEY, "fp32")
     atomic_write_bytes(
         onnx_path, _stamp(graph, card, precision, _abstention_stats(model_path, card))
     )
@@ -227,17 +229,21 @@ def export_int8(
     *,
     images_per_class: int = 32,
     calibration: str = "percentile",
+    full_range: bool = False,
     opset: int = OPSET,
 ) -> Path:
     """Export, then quantise statically to int8: QDQ format, per-channel int8 weights, uint8
     activations whose ranges are calibrated on training images of the manifest.
 
     uint8 activations with int8 weights is what ONNX Runtime's x86 kernels are built for, but
-    without AVX-512 VNNI they sum products in 16 bits, which saturates; ``reduce_range`` (7-bit
-    weights) avoids that. Without it a PBC SqueezeNet agreed with fp32 on 67% of test images,
-    with it 96%. By default each activation's range is the 0.01-99.99 percentile of its
-    calibration values rather than min to max, so that a few extreme values do not coarsen the
-    steps for all the others (compared on validation images by ``benchmarks/int8.py``).
+    without int8 dot-product instructions (VNNI, AMX) they sum products in 16 bits, which
+    saturates; ``reduce_range`` (7-bit weights) avoids that. Without it a PBC SqueezeNet agreed
+    with fp32 on 67% of test images on such a CPU, with it 96%. ``full_range`` keeps 8-bit
+    weights for CPUs that have the instructions, and marks the export
+    :data:`~leukoscope.inference.runtime.FULL_RANGE_INT8`, which a predictor runs only on them.
+    By default each activation's range is the 0.01-99.99 percentile of its calibration values
+    rather than min to max, so that a few extreme values do not coarsen the steps for all the
+    others (compared on validation images by ``benchmarks/int8.py``).
     """
     if calibration not in CALIBRATIONS:
         raise LeukoscopeError(
@@ -260,14 +266,15 @@ def export_int8(
             PixelBatches(paths, card.preprocessing, batch_size=1),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            reduce_range=True,
+            reduce_range=not full_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=method,
             extra_options=options,
         )
         graph = onnx.load(str(quantised))
-    atomic_write_bytes(out, _stamp(graph, card, "int8", _abstention_stats(model_path, card)))
+    precision = FULL_RANGE_INT8 if full_range else "int8"
+    atomic_write_bytes(out, _stamp(graph, card, precision, _abstention_stats(model_path, card)))
     return Path(out)
 
 

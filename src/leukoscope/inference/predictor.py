@@ -128,7 +128,8 @@ class Predictor:
 
         ``auto`` runs the export beside the weights (``model.int8.onnx``, else
         ``model.onnx``) in the first of :data:`~leukoscope.inference.runtime.ENGINES` that is
-        installed, when the export was made from these very weights; otherwise PyTorch.
+        installed, when the export was made from these very weights (and, for an int8 export
+        with 8-bit weights, when the CPU computes it exactly); otherwise PyTorch.
         ``onnx`` (ONNX Runtime) and ``openvino`` require an export. An ``.onnx`` file is a
         model of its own: it carries its card and abstention statistics, and the card and
         statistics beside it, when it sits in a model directory, take precedence (they may
@@ -162,6 +163,8 @@ class Predictor:
     def _from_export(cls, path: Path, backend: str) -> Predictor:
         """A predictor for an export, in its model directory or on its own."""
         export = _open_first(path, engines_for(backend))
+        if (reason := export.unsuited()) is not None:
+            logger.warning("%s: its classes may differ from the model's", reason)
         card_file = path.parent / CARD_NAME
         if card_file.is_file():
             card = load_card(card_file)
@@ -459,7 +462,7 @@ def _folder_export(model_dir: Path, card: ModelCard, backend: str) -> Export | N
         raise LeukoscopeError(
             f"{model_dir / ONNX_NAME}: no such exported model (run leukoscope export first)"
         )
-    problems = []
+    problems, unsuited = [], []
     for path in candidates:
         try:
             export = _open_first(path, engines_for(backend))
@@ -467,10 +470,15 @@ def _folder_export(model_dir: Path, card: ModelCard, backend: str) -> Export | N
         except LeukoscopeError as exc:
             problems.append(str(exc))
             continue
+        if (reason := export.unsuited()) is not None:
+            unsuited.append(reason)
+            continue
         for problem in problems:
             logger.warning("%s; using %s", problem, path.name)
+        for reason in unsuited:
+            logger.info("%s; using %s", reason, path.name)
         return export
     if required:
-        raise LeukoscopeError("; ".join(problems))
-    logger.warning("%s; using PyTorch", "; ".join(problems))
+        raise LeukoscopeError("; ".join(problems + unsuited))
+    logger.warning("%s; using PyTorch", "; ".join(problems + unsuited))
     return None

@@ -46,6 +46,20 @@ CARD_KEY = "leukoscope_card"
 """Metadata key: the model card (JSON) as it was when the model was exported."""
 STATS_KEY = "leukoscope_abstention"
 """Metadata key: the abstention statistics (base64 of :func:`~.abstention.pack_stats`)."""
+PRECISION_KEY = "leukoscope_precision"
+"""Metadata key: ``fp32``; ``int8`` (7-bit weights, exact on every CPU); or
+:data:`FULL_RANGE_INT8`."""
+FULL_RANGE_INT8 = "int8-full"
+"""Precision of an int8 export with 8-bit weights, which only CPUs with int8 dot-product
+instructions (VNNI, AMX, Arm's dot product) compute exactly.
+
+Without them x86 kernels add pairs of uint8 x int8 products in 16 bits, which saturates (an
+8-bit SqueezeNet agreed with fp32 on 67% of test images on such a CPU); 7-bit weights avoid
+that but coarsen every weight's steps. On the 2-core AMD EPYC with VNNI the 224-px
+``pbc8-squeezenet1_1`` made 61 validation errors in int8 with 7-bit weights and 52 with 8-bit
+ones, against 57 in fp32 (``benchmarks/int8.py``). So a predictor uses such an export only on a
+CPU that has the instructions, and the fp32 export elsewhere, where int8 would not be faster
+anyway (:func:`leukoscope.machine.has_int8_dot_product`)."""
 VIEW_COUNTS = (1, 4, 8)
 
 ENGINES = ("onnx", "openvino")
@@ -178,6 +192,18 @@ class Export:
                 f"{self.path}: the export carries no abstention statistics; export it again"
             )
         return unpack_stats(base64.b64decode(packed))
+
+    def unsuited(self) -> str | None:
+        """Why this CPU cannot run the export exactly (:data:`FULL_RANGE_INT8` without int8
+        dot-product instructions), or None."""
+        from leukoscope.machine import has_int8_dot_product
+
+        if self.metadata.get(PRECISION_KEY) != FULL_RANGE_INT8 or has_int8_dot_product():
+            return None
+        return (
+            f"{self.path} has 8-bit int8 weights, which this CPU, without int8 dot-product "
+            "instructions (VNNI, AMX), computes inexactly"
+        )
 
     def check(self, card: ModelCard, card_source: str) -> None:
         """Raise unless the export was made from ``card``'s weights with its views."""
