@@ -463,6 +463,7 @@ def test_a_sample_unlike_the_training_data_warns_and_withholds_flags_until_revie
         flags 5% of in-domain cells, so that the sample looks shifted."""
 
         inner: Any
+        shift_advice = "Try this model's own adaptation."
 
         def __getattr__(self, name: str) -> Any:
             return getattr(self.inner, name)
@@ -478,6 +479,7 @@ def test_a_sample_unlike_the_training_data_warns_and_withholds_flags_until_revie
         differential = sample["differential"]
         assert differential["shift"]["shifted"] is True
         assert "unlike the model's training data" in differential["shift"]["message"]
+        assert differential["shift"]["message"].endswith("Try this model's own adaptation.")
         assert differential["flags"] == []
         withheld = differential["withheld_flags"]
         report = client.get(f"/api/samples/{sample['id']}/report.html").text

@@ -413,12 +413,17 @@ class Predictor:
         if self.card.abstention is None:
             return None
         flags = [p.uncertain for p in predictions if p.error is None]
+        return check_shift(flags, 1 - self.card.abstention.target_coverage, self.shift_advice)
+
+    @property
+    def shift_advice(self) -> str:
+        """What may help when a sample looks shifted: the adaptation left to try for this
+        model (:func:`~leukoscope.inference.shift.advice`)."""
         adaptation = self.card.adaptation
-        hint = advice(
+        return advice(
             renormalisable=self.card.renormalised_abstention is not None,
             renormalised=adaptation is not None and bool(adaptation.renormalised),
         )
-        return check_shift(flags, 1 - self.card.abstention.target_coverage, hint)
 
     def error_prediction(self, name: str, message: str) -> Prediction:
         """An unreadable input: no label, and flagged so that nothing counts it as a cell."""

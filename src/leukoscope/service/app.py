@@ -164,7 +164,8 @@ class Service:
         runner = self.runner
         abstention = runner.card.abstention if sample.model_sha256 == runner.sha256 else None
         expected = 1 - abstention.target_coverage if abstention else None
-        return _differential(sample, self.model_label(sample.model_sha256), expected)
+        label = self.model_label(sample.model_sha256)
+        return _differential(sample, label, expected, runner.predictor.shift_advice)
 
     def detail(self, sample: store.Sample) -> SampleDetail:
         return SampleDetail(
@@ -713,7 +714,7 @@ def _cell_box(cell: store.Cell) -> CellBox:
 
 
 def _differential(
-    sample: store.Sample, model: str, expected_uncertain: float | None
+    sample: store.Sample, model: str, expected_uncertain: float | None, advice: str
 ) -> dict[str, Any]:
     """The sample's differential from its current calls. Unidentified cells go in as the
     model's uncertain guesses: counted for review, left out of the percentages. Excluded
@@ -722,7 +723,7 @@ def _differential(
     With ``expected_uncertain``, the share of cells the model flags on images like its
     training data, the model's own flags are checked for a shifted sample (see
     :mod:`leukoscope.inference.shift`), whose flags are withheld until no cell is left
-    unidentified."""
+    unidentified; ``advice`` ends the warning (the adaptation left to try)."""
     counted = [cell for cell in sample.cells if cell.exclusion is None]
     calls = [
         CellCall(cell.label or str(cell.prediction.label), uncertain=cell.label is None)
@@ -730,7 +731,8 @@ def _differential(
     ]
     shift = None
     if expected_uncertain is not None:
-        shift = check_shift([cell.prediction.uncertain for cell in counted], expected_uncertain)
+        flags = [cell.prediction.uncertain for cell in counted]
+        shift = check_shift(flags, expected_uncertain, advice)
     differential = compute_differential(
         calls, sample.classes, shift, reviewed=not sample.unidentified
     )
