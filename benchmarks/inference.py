@@ -43,13 +43,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from results_file import write_results
 
 from leukoscope.data.batches import pixel_batches
 from leukoscope.data.datasets import Sample, evenly_spaced, make_loader, read_manifest
 from leukoscope.data.preprocess import pixels_dataset
 from leukoscope.inference.predictor import Predictor
-from leukoscope.inference.runtime import ENGINES, INT8_NAME, ONNX_NAME, cpu_cores
+from leukoscope.inference.runtime import ENGINES, INT8_NAME, ONNX_NAME, PRECISION_KEY, cpu_cores
 from leukoscope.models import load_card
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,6 +138,12 @@ def decoding(paths: list[Path], predictor: Predictor, workers: int) -> dict[str,
     }
 
 
+def stamped_precision(export: Path) -> str:
+    """The precision an export is stamped with: ``int8``, or ``int8-full`` (8-bit weights)."""
+    props = onnx.load(str(export), load_external_data=False).metadata_props
+    return next(p.value for p in props if p.key == PRECISION_KEY)
+
+
 def variants(model: Path, torch: bool) -> list[tuple[str, str, Path]]:
     """(backend, precision, path to load) of every way the model can run here."""
     found = []
@@ -147,7 +154,7 @@ def variants(model: Path, torch: bool) -> list[tuple[str, str, Path]]:
             continue
         found.append((engine, "fp32", model / ONNX_NAME))
         if (model / INT8_NAME).is_file():
-            found.append((engine, "int8", model / INT8_NAME))
+            found.append((engine, stamped_precision(model / INT8_NAME), model / INT8_NAME))
     if torch:
         found.append(("torch", "fp32", model))
     return found
@@ -227,7 +234,7 @@ def table(results: dict[str, Any]) -> str:
     for name, entry in results["results"].items():
         first = True
         for key, row in entry["backends"].items():
-            backend, precision = key.rsplit("-", 1)
+            backend, precision = key.split("-", 1)
             views = entry["test_time_views"]
             label = (
                 f"`{name}` ({entry['input_size']} px, {views} view{'s' if views > 1 else ''}; "
