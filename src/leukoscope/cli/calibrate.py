@@ -56,17 +56,15 @@ def calibrate_command(
         bool,
         typer.Option(
             "--renormalised-only",
-            help="Keep the calibration; only fit the abstention rule of the model adapted "
-            "without labels to its own cells, which adapt --unlabelled uses (models with "
-            "BatchNorm layers).",
+            help="Keep the calibration; only fit the abstention rule of the model renormalised "
+            "on its own cells, which adapt --unlabelled uses (models with BatchNorm layers).",
         ),
     ] = False,
 ) -> None:
     """Fit temperature scaling and the abstention threshold; store them in the model card.
 
     Also writes calibration.md/.json with a reliability diagram and the accuracy-coverage curve.
-    A model with BatchNorm layers also gets the abstention rule of itself adapted without
-    labels to its own cells (what adapt --unlabelled makes of it).
+    A model with BatchNorm layers also gets the abstention rule of its renormalised self.
     """
     from leukoscope.evaluation.calibrate import calibrate, calibrate_renormalised
 
@@ -112,14 +110,14 @@ def calibrate_command(
 def _print_renormalised(section: dict[str, Any]) -> None:
     if "error" in section:
         console.print(
-            f"[yellow]No abstention rule for models adapted without labels[/] (adapt "
-            f"--unlabelled keeps this one): {section['error']}",
+            f"[yellow]No abstention rule for renormalised models[/] (adapt --unlabelled keeps "
+            f"this one): {section['error']}",
             soft_wrap=True,
         )
         return
     cells = " and ".join(f"{n} {split}" for split, n in section["cells"].items())
     console.print(
-        f"Abstention rule of the model adapted without labels (for adapt --unlabelled): threshold "
+        f"Abstention rule of the renormalised model (for adapt --unlabelled): threshold "
         f"{section['threshold']:.4f}, fitted on {cells} cells"
     )
     print_skipped(section["unreadable"])

@@ -216,10 +216,8 @@ def calibrate_renormalised(
     split: str = "val",
     cells: int = RENORMALISED_FIT_CELLS,
 ) -> dict[str, Any]:
-    """Fit the abstention rule of the calibrated model at ``model_path`` adapted without labels
-    to its own training cells (renormalised, then entropy-tuned:
-    :func:`~leukoscope.training.adapt.adapt_unlabelled`), and store it with the model
-    (``renormalised_abstention``).
+    """Fit the abstention rule of the calibrated model at ``model_path`` renormalised on its
+    own training cells, and store it with the model (``renormalised_abstention``).
 
     :func:`~leukoscope.training.adapt.fit_renormalised_reference` does the fitting, on up to
     ``cells`` training and ``cells`` ``split`` cells of ``manifest``. :func:`calibrate` calls

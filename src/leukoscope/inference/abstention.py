@@ -47,8 +47,8 @@ DEFAULT_CONFIDENCE = "msp"
 STATS_NAME = "abstention.safetensors"
 """Class means, whitening matrix and validation score distributions, beside the weights."""
 RENORMALISED_STATS_NAME = "abstention-renormalised.safetensors"
-"""The same statistics of the model adapted without labels to its own training cells, for the
-models ``adapt --unlabelled`` makes from it (the card's ``renormalised_abstention``; see
+"""The same statistics of the model renormalised on its own training cells, for the models
+``adapt --unlabelled`` makes from it (the card's ``renormalised_abstention``; see
 :func:`leukoscope.training.adapt.fit_renormalised_reference`)."""
 
 

@@ -27,8 +27,8 @@ field               what                                     written by
 =================== ======================================== ===============================
 
 A model with BatchNorm layers also gets ``renormalised_abstention`` from ``calibrate``: the
-abstention rule of the model adapted without labels to its own training cells (renormalised,
-then entropy-tuned), which the models ``adapt --unlabelled`` makes from it use.
+abstention rule of the model renormalised on its own training cells, which the models
+``adapt --unlabelled`` makes from it use.
 
 Format history: ``leukoscope-model/1`` was the flat dict (``input_size``, ``mean``, ``std`` and
 ``interpolation`` at the top, ``metrics`` for the validation scores, a duplicate top-level
