@@ -15,7 +15,7 @@ from leukoscope.evaluation.calibrate import (
 )
 from leukoscope.inference.abstention import Abstainer
 from leukoscope.models import load_model
-from leukoscope.training.adapt import adapt_unlabelled, cells_from_samples, outputs
+from leukoscope.training.adapt import cells_from_samples, outputs, renormalise
 from tests.inference.test_calibration import synthetic
 from tests.inference.tiny import Tiny
 
@@ -89,7 +89,7 @@ def test_calibrate_fits_the_rule_of_the_renormalised_model_for_batchnorm_models(
         for split in ("train", "val")
     )
     assert len(train.labels) == 96 and len(val.labels) == 80  # every cell of the manifest
-    renormalised = adapt_unlabelled(model, card, train.pixels)
+    renormalised = renormalise(model, card, train.pixels)
     features = outputs(renormalised, card, train.pixels)[1]
     means = np.stack([features[train.labels == c].mean(0) for c in range(len(card.classes))])
     np.testing.assert_allclose(reference.means, means, rtol=1e-4, atol=1e-4)

@@ -41,10 +41,9 @@ def adapt_command(
         bool,
         typer.Option(
             "--unlabelled",
-            help="Use no labels: re-estimate the normalisation statistics on the lab's cells "
-            "(at least 32; models with BatchNorm), then tune their scales in one pass of "
-            "entropy minimisation. The uncertainty flags follow the rule the source carries "
-            "for models adapted so (else the source's own).",
+            help="Use no labels: only re-estimate the normalisation statistics on the lab's "
+            "cells (at least 32; models with BatchNorm). The uncertainty flags follow the "
+            "rule the source carries for renormalised models (else the source's own).",
         ),
     ] = False,
 ) -> None:
@@ -52,10 +51,9 @@ def adapt_command(
 
     Labelled: the head and top stages learn from many random views of each cell; the
     temperature and the abstention threshold are refitted on out-of-fold predictions.
-    Unlabelled: the BatchNorm statistics become the lab's cells', and their scales and shifts
-    are tuned to make the calls on those cells confident (one pass of entropy minimisation);
-    no other weight changes. The flags follow the source's rule for models adapted so, fitted
-    by calibrate.
+    Unlabelled: the BatchNorm statistics become the lab's cells', nothing else changes (the
+    calls improve on another lab's stain); the flags follow the source's rule for renormalised
+    models, fitted by calibrate.
     The new model's card names the source model and every cell file by sha256.
     """
     from leukoscope.training.adapt import AdaptOptions, adapt

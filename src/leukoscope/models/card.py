@@ -215,9 +215,6 @@ class Adaptation:
     (:class:`~leukoscope.data.preprocess.SampleScale`)."""
     renormalised: int = 0
     """Cells the BatchNorm statistics were re-estimated on (0: the source's kept)."""
-    entropy_passes: int = 0
-    """Passes of entropy minimisation over those cells that tuned the BatchNorm scales and
-    shifts after (:func:`~leukoscope.training.adapt.minimise_entropy`)."""
 
 
 @dataclass(frozen=True)

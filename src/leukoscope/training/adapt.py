@@ -18,19 +18,16 @@ cores in minutes:
 - images go through :mod:`leukoscope.data.preprocess` exactly as in training and prediction;
   BatchNorm statistics stay frozen (a batch of a few cells would ruin them).
 
-Without labels, :func:`adapt_unlabelled`: :func:`renormalise` re-estimates the BatchNorm
-statistics on the lab's own cells (AdaBN: Li et al., "Revisiting Batch Normalization for
-Practical Domain Adaptation", 2016): a stain or camera shift moves every layer's activations,
-and the statistics the model normalises them with are the source lab's. On tecom's 300
-rapid-stain cells this alone took the 4-view 5-class EfficientNet from 13% to 64%, and the
-8-class one from 11% to 46%; on cellavision, whose colours are close to PBC's, it changed little
-(71% to 72%, and 63% to 63%) (``python benchmarks/external.py --renormalise``, before the next
-step was added). Then :func:`minimise_entropy` tunes the BatchNorm scales and shifts, and
-nothing else, to make the calls on those cells confident (TENT), which is what moved
-cellavision. On PBC's own test split renormalising costs 1.2 points (99.59% to 98.37%), so it
-is for another lab's images, and only models with BatchNorm layers (the EfficientNets, not the
-SqueezeNets) have any. The adapted model's abstention rule is the one its source carries for
-that purpose (:func:`fit_renormalised_reference`).
+Without labels, :func:`renormalise` re-estimates the BatchNorm statistics on the lab's own cells
+and changes nothing else (AdaBN: Li et al., "Revisiting Batch Normalization for Practical Domain
+Adaptation", 2016): a stain or camera shift moves every layer's activations, and the statistics
+the model normalises them with are the source lab's. On tecom's 300 rapid-stain cells this alone
+took the 4-view 5-class EfficientNet from 13% to 64%, and the 8-class one from 11% to 46%; on
+cellavision, whose colours are close to PBC's, it changed little (71% to 72%, and 63% to 63%)
+(``python benchmarks/external.py --renormalise``). On PBC's own test split it costs 1.2 points
+(99.59% to 98.37%), so it is for another lab's images, and only models with BatchNorm layers
+(the EfficientNets, not the SqueezeNets) have any. The renormalised model's abstention rule is
+the one its source carries for that purpose (:func:`fit_renormalised_reference`).
 
 Recalibration (see :func:`recalibrate`) never uses predictions of cells a model trained on
 unless the card says so: with enough cells the temperature and the abstention threshold are
@@ -248,82 +245,11 @@ def renormalise(
     return tuned.eval().requires_grad_(False)
 
 
-ENTROPY_PASSES = 1
-"""Passes over a lab's cells that :func:`minimise_entropy` makes: TENT's single pass. More
-were unstable: on tecom the 5-class EfficientNet went from 68.7% after one pass to 57.7% after
-two (while cellavision still rose, 82% to 84%)."""
-ENTROPY_BATCH = 16
-"""Cells per step of :func:`minimise_entropy` (64 images with four test-time views)."""
-ENTROPY_LR = 1e-3
-"""Adam's learning rate in :func:`minimise_entropy` (TENT's for Adam)."""
-
-
-def minimise_entropy(
-    model: TransferModel, card: ModelCard, pixels: torch.Tensor, seed: int = 0
-) -> TransferModel:
-    """A copy of ``model`` whose BatchNorm scales and shifts, and nothing else, are tuned on
-    the unlabelled cells ``pixels`` to make its predictions of them confident.
-
-    TENT (Wang et al., "Tent: Fully test-time adaptation by entropy minimization", ICLR 2021):
-    :data:`ENTROPY_PASSES` passes over the cells in shuffled batches of
-    :data:`ENTROPY_BATCH`, each step minimising the mean entropy of the batch's predicted
-    class distributions (test-time views averaged, as the predictor averages them) with Adam
-    at :data:`ENTROPY_LR`. The normalisation statistics stay as they are: after
-    :func:`renormalise`, the cells' own. Renormalising moves each layer's activations back to
-    where the next layer expects them; what it cannot fix is a stain that changes which
-    features are active, and the per-channel scales and shifts are the cheapest place to
-    correct that. After renormalising, one pass took the 4-view 5-class EfficientNet from 72%
-    to 82% on cellavision's 100 cells and from 67% to 69% on tecom's 300.
-
-    Parameters
-    ----------
-    model : TransferModel
-        Left untouched.
-    card : ModelCard
-        Its card (preprocessing and test-time views).
-    pixels : Tensor of shape (N, H, W, 3), uint8
-        The cells as the predictor sees them.
-    seed : int
-        Seeds the order of the cells.
-
-    Returns
-    -------
-    TransferModel
-        The tuned copy, in evaluation mode and without gradients.
-    """
-    from leukoscope.inference.pixel_model import PixelModel
-
-    _require_batchnorm(model, card)
-    tuned = copy.deepcopy(model).eval().requires_grad_(False)
-    affine = [p for norm in _batchnorms(tuned) for p in (norm.weight, norm.bias) if p is not None]
-    for parameter in affine:
-        parameter.requires_grad_(True)
-    pixel_model = PixelModel.from_card(tuned, card).eval()
-    optimiser = torch.optim.Adam(affine, lr=ENTROPY_LR)
-    rng = np.random.default_rng(seed)
-    for _ in range(ENTROPY_PASSES):
-        order = torch.as_tensor(rng.permutation(len(pixels)))
-        for batch in order.split(ENTROPY_BATCH):
-            logits = pixel_model(pixels[batch])[0]
-            entropy = -(F.softmax(logits, 1) * F.log_softmax(logits, 1)).sum(1).mean()
-            optimiser.zero_grad()
-            entropy.backward()
-            optimiser.step()
-    return tuned.requires_grad_(False)
-
-
-def adapt_unlabelled(model: TransferModel, card: ModelCard, pixels: torch.Tensor) -> TransferModel:
-    """``model`` adapted to the unlabelled cells ``pixels``: :func:`renormalise`, then
-    :func:`minimise_entropy`. The one recipe for another lab's cells and for the reference
-    rule :func:`fit_renormalised_reference` fits on the model's own training cells."""
-    return minimise_entropy(renormalise(model, card, pixels), card, pixels)
-
-
 def fit_renormalised_reference(
     model: TransferModel, card: ModelCard, train: Cells, val: Cells
 ) -> Abstainer:
-    """The abstention rule of ``model`` adapted without labels (:func:`adapt_unlabelled`) to
-    its own ``train`` cells, for the models :func:`adapt` adapts so to another lab's cells.
+    """The abstention rule of ``model`` renormalised on its own ``train`` cells, for the models
+    :func:`adapt` renormalises on another lab's cells.
 
     Renormalising moves every feature, so the source's rule no longer fits a renormalised
     model: renormalised on PBC's own 1,227 test cells, the 5-class EfficientNet had 79% of them
@@ -331,7 +257,7 @@ def fit_renormalised_reference(
     cells describes them much as it describes any other sample renormalised the same way,
     though. So the rule is refitted here as
     :func:`~leukoscope.evaluation.calibrate.calibrate` fits the source's, on the model
-    adapted to ``train`` (labelled cells of the training data): class means and
+    renormalised on ``train`` (labelled cells of the training data): class means and
     covariance from ``train``, percentiles and the threshold (at the card's target coverage)
     from ``val``; temperature and confidence score are the card's. With it, the same test
     cells were 4.9% flagged (99.4% of the others right), and another lab's cells still mostly
@@ -345,7 +271,7 @@ def fit_renormalised_reference(
     """
     if card.calibration is None or card.abstention is None:
         raise LeukoscopeError("the model is not calibrated: calibrate it first")
-    renormalised = adapt_unlabelled(model, card, train.pixels)
+    renormalised = renormalise(model, card, train.pixels)
     train_features = outputs(renormalised, card, train.pixels)[1]
     val_logits, val_features = outputs(renormalised, card, val.pixels)
     return Abstainer.fit(
@@ -594,11 +520,8 @@ def adapt(
         per_class = np.bincount(cells.labels, minlength=len(card.classes))
     else:
         if on_progress is not None:
-            on_progress(
-                f"re-estimating the normalisation statistics on {len(cells.labels)} cells, "
-                "then tuning their scales by entropy minimisation"
-            )
-        adapted = adapt_unlabelled(model, card, cells.pixels)
+            on_progress(f"re-estimating the normalisation statistics on {len(cells.labels)} cells")
+        adapted = renormalise(model, card, cells.pixels)
         calibration, method = card.calibration, UNLABELLED_RECALIBRATION
         if card.renormalised_abstention is not None:
             abstainer = Abstainer.load(source_dir, card, renormalised=True)
@@ -624,7 +547,6 @@ def adapt(
         recalibration=method,
         magnification=round(cells.scale.factor, 4),
         renormalised=0 if options.labelled else len(cells.labels),
-        entropy_passes=0 if options.labelled else ENTROPY_PASSES,
         date=datetime.now(UTC).isoformat(timespec="seconds"),
         command=f"leukoscope adapt --model {source} --data {data} --out {out}{recipe}",
     )
