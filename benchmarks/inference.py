@@ -147,14 +147,16 @@ def stamped_precision(export: Path) -> str:
 def variants(model: Path, torch: bool) -> list[tuple[str, str, Path]]:
     """(backend, precision, path to load) of every way the model can run here."""
     found = []
+    int8 = model / INT8_NAME
+    int8_precision = stamped_precision(int8) if int8.is_file() else None
     for engine in ENGINES:
         try:
             __import__({"onnx": "onnxruntime", "openvino": "openvino"}[engine])
         except ImportError:
             continue
         found.append((engine, "fp32", model / ONNX_NAME))
-        if (model / INT8_NAME).is_file():
-            found.append((engine, stamped_precision(model / INT8_NAME), model / INT8_NAME))
+        if int8_precision is not None:
+            found.append((engine, int8_precision, int8))
     if torch:
         found.append(("torch", "fp32", model))
     return found

@@ -101,13 +101,14 @@ def export(
             model, out, manifest, images_per_class=images_per_class
         )
         console.print(f"int8 predicts the same class as PyTorch on {agreement:.1%} of {n} images")
-        if full_range and not has_int8_dot_product():
+        dot_product = has_int8_dot_product()
+        if full_range and not dot_product:
             console.print(
                 "[yellow]note:[/] this CPU has no int8 dot-product instructions (VNNI, AMX), "
                 "so the agreement above is not what CPUs with them get, and predict runs the "
                 "fp32 export here."
             )
-        elif has_int8_dot_product() is False:
+        elif dot_product is False:
             console.print(
                 "[yellow]note:[/] this CPU has no int8 dot-product instructions (VNNI): "
                 "int8 runs about as fast as fp32 on it; it pays on CPUs that have them."
