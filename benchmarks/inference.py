@@ -7,10 +7,18 @@ ships (``model.onnx`` fp32, ``model.int8.onnx`` int8), in one run:
 - end to end: ``leukoscope predict`` of the model's test-split JPEG files (``--n`` of them, evenly
   spaced through the split: default all; ``--n-views``, default 256, for a model with test-time
   views, which runs several times slower) to a CSV, as a fresh process: start-up, decoding (two
-  threads), batch 64 and writing included. images/s = files / wall time; the accuracy is read
-  back from that CSV against the manifest's labels;
+  threads), batch 64 and writing included. Each is run ``--e2e-runs`` times, the runtimes and
+  precisions of a model taking turns (a shared machine's speed drifts: turns keep the
+  comparison fair), and images/s = files / the median wall time; the accuracy is read back
+  from the CSV against the manifest's labels;
+- pipeline: images/s of ``Predictor.predict_paths`` on the same files in this process
+  (decoding in two threads while the model runs, batch 64, abstention), without the start-up
+  and the sample's magnification estimate that a ``predict`` process adds: what a long batch
+  job approaches;
 - model only: images/s of the runtime on decoded pixels, batch 64 (``--batches`` calls):
   the bound the pipeline works against, and the share of it reached end to end;
+- shares of the decoding bound: end-to-end and pipeline images/s over decoding only (below),
+  the measure of issue 13's target for CPUs with AVX-512 or AMX (at least 0.7);
 - batch 1: ``Predictor.predict_bytes`` of one JPEG (decode, resize, classify, abstain), p50 and
   p95 over ``--latency`` images;
 - decoding only: images/s of decoding and resizing test files to each input size on two threads,
@@ -23,7 +31,7 @@ CPU's instruction sets (AVX2, AVX-512, VNNI, AMX) are recorded with the machine:
 ranking of the runtimes depend on them.
 
 Run: python benchmarks/inference.py [--models models/a,models/b] [--n 0] [--n-views 256] [--runs 5]
-     [--torch] [--out benchmarks/results/inference.json]
+     [--e2e-runs 3] [--torch] [--out benchmarks/results/inference.json]
      python benchmarks/inference.py --table [--out FILE.json]  (Markdown tables from the JSON)
 """
 
@@ -50,7 +58,8 @@ from leukoscope.data.batches import pixel_batches
 from leukoscope.data.datasets import Sample, evenly_spaced, make_loader, read_manifest
 from leukoscope.data.preprocess import pixels_dataset
 from leukoscope.inference.predictor import Predictor
-from leukoscope.inference.runtime import ENGINES, INT8_NAME, ONNX_NAME, PRECISION_KEY, cpu_cores
+from leukoscope.inference.runtime import ENGINES, INT8_NAME, ONNX_NAME, PRECISION_KEY
+from leukoscope.machine import cpu_cores
 from leukoscope.models import load_card
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,21 +90,45 @@ def medians(command: list[str], runs: int, expect_code: int = 0) -> dict[str, An
 
 
 def end_to_end(
-    model: Path, backend: str, paths: list[Path], labels: list[str], tmp: Path
-) -> dict[str, Any]:
-    """``leukoscope predict`` of ``paths`` to a CSV: images/s and accuracy."""
-    out = tmp / "predictions.csv"
-    command = [*CLI, "predict", *map(str, paths), "--model", str(model), "--backend", backend]
-    elapsed = timed([*command, "--out", str(out)])
-    with out.open(newline="") as handle:
-        predicted = {row["source"]: row["label"] for row in csv.DictReader(handle)}
-    correct = sum(predicted[str(p)] == label for p, label in zip(paths, labels, strict=True))
+    variants_: list[tuple[str, str, Path]],
+    paths: list[Path],
+    labels: list[str],
+    runs: int,
+    tmp: Path,
+) -> dict[str, dict[str, Any]]:
+    """``leukoscope predict`` of ``paths`` to a CSV with each (backend, precision, export), in
+    ``runs`` turns: images/s at the median wall time, and accuracy, by ``backend-precision``."""
+    times: dict[str, list[float]] = {f"{b}-{p}": [] for b, p, _ in variants_}
+    accuracy: dict[str, tuple[float, int]] = {}
+    for _ in range(runs):
+        for backend, precision, model in variants_:
+            key, out = f"{backend}-{precision}", tmp / "predictions.csv"
+            command = [*CLI, "predict", *map(str, paths), "--model", str(model)]
+            times[key].append(timed([*command, "--backend", backend, "--out", str(out)]))
+            with out.open(newline="") as handle:
+                predicted = {row["source"]: row["label"] for row in csv.DictReader(handle)}
+            correct = sum(predicted[str(p)] == y for p, y in zip(paths, labels, strict=True))
+            accuracy[key] = (correct / len(paths), len(paths) - correct)
     return {
-        "images_per_s": round(len(paths) / elapsed, 1),
-        "wall_s": round(elapsed, 2),
-        "accuracy": round(correct / len(paths), 4),
-        "errors": len(paths) - correct,
+        key: {
+            "images_per_s": round(len(paths) / statistics.median(runs_s), 1),
+            "wall_s": round(statistics.median(runs_s), 2),
+            "runs_s": [round(t, 2) for t in runs_s],
+            "accuracy": round(accuracy[key][0], 4),
+            "errors": accuracy[key][1],
+        }
+        for key, runs_s in times.items()
     }
+
+
+def pipeline(predictor: Predictor, paths: list[Path]) -> float:
+    """images/s of ``predict_paths`` in this process (after a warm-up batch), at the sample
+    scale measured beforehand: no start-up, no scale estimate."""
+    scale = predictor.estimate_scale(paths)
+    predictor.predict_paths(paths[:64], scale=scale)
+    start = time.perf_counter()
+    predictor.predict_paths(paths, scale=scale)
+    return len(paths) / (time.perf_counter() - start)
 
 
 def model_only(predictor: Predictor, pixels: np.ndarray, batches: int) -> float:
@@ -193,10 +226,9 @@ def command_line_runs(model: Path, args: argparse.Namespace, tmp: Path) -> dict[
         "backends": {},
     }
     print(model.name, "one-image predict", entry["startup_predict_one_image"], flush=True)
-    for backend, precision, path in variants(model, args.torch):
-        row = end_to_end(path, backend, paths, labels, tmp)
-        entry["backends"][f"{backend}-{precision}"] = row
-        print(model.name, backend, precision, row, flush=True)
+    entry["backends"] = end_to_end(variants(model, args.torch), paths, labels, args.e2e_runs, tmp)
+    for key, row in entry["backends"].items():
+        print(model.name, key, row, flush=True)
     return entry
 
 
@@ -221,17 +253,23 @@ def in_process_runs(
         bound = model_only(predictor, pixels, args.batches)
         row["model_only_images_per_s"] = round(bound, 1)
         row["share_of_model_bound"] = round(row["images_per_s"] / bound, 3)
+        row["pipeline_images_per_s"] = round(pipeline(predictor, paths), 1)
+        decoded = entry["decoding"]["threads_images_per_s"]
+        row["share_of_decoding_bound"] = round(row["images_per_s"] / decoded, 3)
+        row["pipeline_share_of_decoding_bound"] = round(row["pipeline_images_per_s"] / decoded, 3)
         row |= latency(predictor, paths[: args.latency])
         print(model.name, backend, precision, row, flush=True)
     return predictors
 
 
 def table(results: dict[str, Any]) -> str:
-    """The speed table of docs/benchmarks.md and the README from a results file."""
+    """The speed table of docs/benchmarks.md and the README from a results file ("–" for a
+    figure that a results file from before it was measured lacks)."""
     lines = [
-        "| model | runtime | images/s end to end | accuracy (errors) | batch-1 p50 / p95 "
-        "| model only | share | one-image `predict` |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | runtime | images/s end to end | pipeline | accuracy (errors) "
+        "| batch-1 p50 / p95 | model only | share of decoding: end to end, pipeline "
+        "| one-image `predict` |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, entry in results["results"].items():
         first = True
@@ -245,12 +283,18 @@ def table(results: dict[str, Any]) -> str:
                 else ""
             )
             startup = f"{entry['startup_predict_one_image']['median_s']:.2f} s" if first else ""
+            shares = "–"
+            if "share_of_decoding_bound" in row:
+                shares = (
+                    f"{row['share_of_decoding_bound']:.2f}, "
+                    f"{row['pipeline_share_of_decoding_bound']:.2f}"
+                )
             lines.append(
                 f"| {label} | {ENGINE_NAMES[backend]} {precision} | {row['images_per_s']:.1f} "
+                f"| {row.get('pipeline_images_per_s', '–')} "
                 f"| {100 * row['accuracy']:.2f}% ({row['errors']}) "
                 f"| {row['batch1_p50_ms']:.1f} / {row['batch1_p95_ms']:.1f} ms "
-                f"| {row['model_only_images_per_s']:.1f} | {row['share_of_model_bound']:.2f} "
-                f"| {startup} |"
+                f"| {row['model_only_images_per_s']:.1f} | {shares} | {startup} |"
             )
             first = False
     startup = results["startup"]
@@ -272,6 +316,9 @@ def main() -> None:
         "--n-views", type=int, default=256, help="the same for models with test-time views"
     )
     parser.add_argument("--runs", type=int, default=5, help="runs of each start-up command")
+    parser.add_argument(
+        "--e2e-runs", type=int, default=3, help="turns of the end-to-end runs (median)"
+    )
     parser.add_argument("--latency", type=int, default=40, help="images for batch 1")
     parser.add_argument("--batches", type=int, default=5, help="model-only calls of batch 64")
     parser.add_argument("--decode-n", type=int, default=512, help="images for decoding only")
@@ -321,10 +368,12 @@ def save(
         load_average={"before": load_before, "after": os.getloadavg()},
         startup=startup,
         notes="End to end: `leukoscope predict FILES --model EXPORT --backend B --out X.csv` "
-        "as a fresh process (start-up included). One-image predict: the model folder with the "
-        "default options. Models with test-time views run on --n-views test images (evenly "
-        "spaced through the classes), the others on --n (0: the whole test split). A load "
-        "average above the core count means other processes shared the cores.",
+        "as a fresh process (start-up included), the median of --e2e-runs turns. Pipeline: "
+        "Predictor.predict_paths in-process, without start-up and scale estimate. One-image "
+        "predict: the model folder with the default options. Models with test-time views run "
+        "on --n-views test images (evenly spaced through the classes), the others on --n (0: "
+        "the whole test split). A load average above the core count means other processes "
+        "shared the cores.",
         results=results,
     )
 

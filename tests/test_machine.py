@@ -32,3 +32,9 @@ def test_the_instruction_sets_inference_speed_depends_on_are_recorded(
     assert flags["avx512_vnni"] and flags["avx2"] and not flags["amx_int8"]
     monkeypatch.setattr(machine, "_cpuinfo", lambda: "")
     assert "cpu_flags" not in machine.describe_machine()
+
+
+def test_cpu_cores_are_the_ones_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    assert machine.cpu_cores() == 3
+    assert machine.describe_machine()["cpu_cores"] == 3

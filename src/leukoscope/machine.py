@@ -46,14 +46,18 @@ def has_int8_dot_product() -> bool | None:
     return None if flags is None else not INT8_DOT_PRODUCT_FLAGS.isdisjoint(flags)
 
 
+def cpu_cores() -> int:
+    """Cores this process may use (the affinity mask, not the machine's total)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def describe_machine() -> dict[str, Any]:
     """CPU, cores usable by this process, accelerator, and library versions."""
     import torch  # here, not at the top: the predictor asks for the CPU's flags without torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info: dict[str, Any] = {
         "cpu": cpu_model(),
-        "cpu_cores": cores,
+        "cpu_cores": cpu_cores(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from leukoscope.errors import LeukoscopeError
 from leukoscope.inference.abstention import unpack_stats
+from leukoscope.machine import cpu_cores
 from leukoscope.models.card import ModelCard
 
 ONNX_NAME = "model.onnx"
@@ -84,11 +84,6 @@ class EngineMissing(LeukoscopeError):
 
 ModelFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 """uint8 pixels (N, H, W, 3) -> (raw logits (N, C), pooled features (N, D)), float32."""
-
-
-def cpu_cores() -> int:
-    """Cores this process may use (the affinity mask, not the machine's total)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def onnx_session(path: str | Path) -> Any:
