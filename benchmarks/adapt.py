@@ -15,7 +15,8 @@ trained on them.
 
 Run: .venv/bin/python benchmarks/adapt.py [--model models/wbc5-squeezenet1_1-128]
        [--external ../shared/data/external] [--k 1 5 10 20] [--seeds 3] [--steps 60]
-       [--batch-size 32] [--renormalise] [--out benchmarks/results/adapt.json]
+       [--batch-size 32] [--stages 2] [--lr 1e-3] [--renormalise]
+       [--out benchmarks/results/adapt.json]
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=AdaptOptions.steps)
     parser.add_argument("--batch-size", type=int, default=AdaptOptions.batch_size)
+    parser.add_argument("--stages", type=int, default=AdaptOptions.trainable_stages)
+    parser.add_argument("--lr", type=float, default=AdaptOptions.lr)
     parser.add_argument(
         "--renormalise",
         action="store_true",
@@ -152,7 +155,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, card = load_model(args.model)
-    options = AdaptOptions(steps=args.steps, batch_size=args.batch_size)
+    options = AdaptOptions(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, trainable_stages=args.stages
+    )
     results: dict[str, Any] = {}
     for images in sorted(args.external.glob("*/images")):
         name = images.parent.name

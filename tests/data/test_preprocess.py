@@ -179,6 +179,23 @@ def test_a_sample_of_small_cells_is_not_read_as_shrunk_when_the_classes_are_know
     assert estimate_scale(small_only, scale, _by_size).factor == 1.0  # refined by class
 
 
+def test_true_labels_measure_a_sample_that_a_model_misreads() -> None:
+    training = reference_scale(_sample([60, 64, 68, 100, 104, 108]), ["small"] * 3 + ["large"] * 3)
+    scale = dataclasses.replace(training, min_cells=4)
+    magnified = _sample([90, 96, 100, 150, 156, 160])  # 1.5x the training size
+
+    def wrong(images: Sequence[np.ndarray], factor: float) -> list[str]:
+        return ["large"] * len(images)  # calls every cell large, as a shifted lab's may
+
+    misread = estimate_scale(magnified, scale, wrong)
+    labels = ["small"] * 3 + ["large"] * 3
+    known = estimate_scale(magnified, scale, wrong, labels)
+    assert misread.factor < 1.25  # the small cells measured against the large class
+    assert 1.35 < known.factor < 1.65  # each against its own class: the model is not asked
+    with pytest.raises(ValueError, match="6 images but 2 labels"):
+        estimate_scale(magnified, scale, labels=["small", "large"])
+
+
 def test_rescale_keeps_the_centre_and_fills_with_the_background() -> None:
     rgb = drawn_cell((100, 80), (50, 40), 30)
     out = rescale(rgb, 1.5)

@@ -124,7 +124,7 @@ def test_classes_without_cells_keep_their_head_rows(tiny: Tiny, adapted) -> None
 
 
 def test_cells_are_rescaled_to_the_source_magnification_when_it_has_one(
-    tmp_path: Path, tiny: Tiny
+    tmp_path: Path, tiny: Tiny, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model, card = load_model(tiny.model_dir)
     lab = tmp_path / "lab"
@@ -140,6 +140,19 @@ def test_cells_are_rescaled_to_the_source_magnification_when_it_has_one(
     assert cells.scale.factor > 1.5
     unscaled = load_cells(lab, scaled)
     assert not torch.equal(cells.pixels, unscaled.pixels)
+    # Labelled, each cell is measured against its own class's training size, whatever the
+    # source model calls it (here: every cell the class that is small in training).
+    by_class = SampleScale(0.3, 100, {NEW_LAB[0]: 0.5, NEW_LAB[1]: 0.5, NEW_LAB[2]: 0.3})
+    classed = card.replace(
+        preprocessing=dataclasses.replace(card.preprocessing, sample_scale=by_class)
+    )
+    monkeypatch.setattr(
+        Predictor, "_classify_rescaled", lambda self, images, factor: [NEW_LAB[2]] * len(images)
+    )
+    assert load_cells(lab, classed, model, labelled=False).scale.factor > 1.5  # by the calls
+    measured = load_cells(lab, classed, model).scale
+    assert measured.factor == 1.0 and measured.measured is not None
+    assert 0.9 < measured.measured < 1.1
 
 
 @pytest.fixture(scope="module")

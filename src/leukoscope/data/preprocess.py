@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -47,6 +48,7 @@ from leukoscope.cells.locate import (
 )
 from leukoscope.data.images import decode_rgb
 from leukoscope.errors import ImageDecodeError, LeukoscopeError
+from leukoscope.machine import cpu_cores
 
 if TYPE_CHECKING:
     import torch
@@ -269,7 +271,10 @@ Classify = Callable[[Sequence[np.ndarray], float], Sequence[str]]
 
 
 def estimate_scale(
-    images: Sequence[np.ndarray], scale: SampleScale | None, classify: Classify | None = None
+    images: Sequence[np.ndarray],
+    scale: SampleScale | None,
+    classify: Classify | None = None,
+    labels: Sequence[str] | None = None,
 ) -> ScaleEstimate:
     """The factor one sample's images (RGB uint8 arrays) are rescaled by.
 
@@ -282,30 +287,50 @@ def estimate_scale(
     classify
         The model's predictions, for the class-aware refinement (none without it or without
         ``scale.class_fractions``).
+    labels
+        The images' true classes, when a person has labelled them (cells to adapt a model
+        on): each cell is then measured against its own class's training median, and
+        ``classify`` is not needed: a model's first calls at the plain factor can be wrong
+        in just the way the refinement is for (other labs' lymphocytes called monocytes).
 
     Returns
     -------
     ScaleEstimate
+
+    The cells are located in one thread per core: SciPy and scikit-image release the GIL for
+    much of the locator's work, and 64 PBC test images (about 180 px) took 0.59-0.67 s on two
+    threads against 0.94-1.05 s on one (2-core Intel Xeon, 2026-12-06), a third of a
+    1,227-image ``predict``'s wall time before.
     """
     if scale is None:
         return UNSCALED
-    located = [(rgb, f) for rgb in images if (f := cell_fraction(rgb)) is not None]
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    with ThreadPoolExecutor(cpu_cores(), thread_name_prefix="leukoscope-scale") as pool:
+        found = list(pool.map(cell_fraction, images))
+    located = [i for i, f in enumerate(found) if f is not None]
     if not located:
         return UNSCALED
-    fractions = np.array([f for _, f in located])
+    fractions = np.array([found[i] for i in located])
     measured = _clip_scale(np.median(fractions) / scale.cell_fraction)
-    if classify is not None and scale.class_fractions:
-        cells = [rgb for rgb, _ in located]
+    if scale.class_fractions and labels is not None:
+        measured = _clip_scale(
+            np.median(fractions / _expected(scale, [labels[i] for i in located]))
+        )
+    elif scale.class_fractions and classify is not None:
+        cells = [images[i] for i in located]
         for _ in range(SCALE_REFINEMENTS):
-            expected = [
-                scale.class_fractions.get(label, scale.cell_fraction)
-                for label in classify(cells, measured)
-            ]
-            measured = _clip_scale(np.median(fractions / np.array(expected)))
+            expected = _expected(scale, classify(cells, measured))
+            measured = _clip_scale(np.median(fractions / expected))
     applied = len(located) >= scale.min_cells and not (
         1 / scale.tolerance <= measured <= scale.tolerance
     )
     return ScaleEstimate(factor=measured if applied else 1.0, measured=measured, cells=len(located))
+
+
+def _expected(scale: SampleScale, labels: Sequence[str]) -> np.ndarray:
+    """The training images' median cell fraction of each label's class."""
+    return np.array([scale.class_fractions.get(label, scale.cell_fraction) for label in labels])
 
 
 def _clip_scale(factor: float) -> float:

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from PIL import Image
@@ -211,18 +211,30 @@ class Predictor:
 
         return pixels_dataset(samples, self.card.preprocessing, factor)
 
-    def estimate_scale(self, paths: Sequence[str | Path]) -> ScaleEstimate:
+    def estimate_scale(
+        self, paths: Sequence[str | Path], labels: Sequence[str] | None = None
+    ) -> ScaleEstimate:
         """How much the files of one sample are rescaled to the training images' magnification
         (:class:`~leukoscope.data.preprocess.SampleScale`), from at most
         :data:`~leukoscope.data.preprocess.SCALE_CELLS` of them spread evenly; unreadable
-        files are left out here and reported by the prediction itself."""
+        files are left out here and reported by the prediction itself. With the files' true
+        ``labels`` (labelled cells), each cell is measured against its own class instead of
+        this model's call."""
         scale = self.card.preprocessing.sample_scale
         if scale is None or len(paths) < scale.min_cells:
             return UNSCALED
+        if labels is not None and len(labels) != len(paths):
+            raise ValueError(f"{len(paths)} files but {len(labels)} labels")
         draft_size = self.card.preprocessing.draft_size
-        images = [read_rgb(path, draft_size) for path in spread(paths, SCALE_CELLS)]
-        readable = [rgb for rgb in images if rgb is not None]
-        return estimate_scale(readable, scale, self._classify_rescaled)
+        chosen = spread(range(len(paths)), SCALE_CELLS)
+        images = {i: read_rgb(paths[i], draft_size) for i in chosen}
+        readable = [i for i in chosen if images[i] is not None]
+        return estimate_scale(
+            [cast(np.ndarray, images[i]) for i in readable],
+            scale,
+            self._classify_rescaled,
+            None if labels is None else [labels[i] for i in readable],
+        )
 
     def scale_of_images(self, images: Sequence[Image.Image]) -> ScaleEstimate:
         """:meth:`estimate_scale` for one sample's decoded images."""

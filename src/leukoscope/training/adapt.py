@@ -144,7 +144,8 @@ def load_cells(
     Unreadable images are skipped with a message naming the file, never fatal. Given the
     source ``model``, the cells are rescaled to the training images' magnification as the
     predictor rescales a sample of them (:class:`~leukoscope.data.preprocess.SampleScale`), so
-    that the adapted model learns the cells as it will later be shown them.
+    that the adapted model learns the cells as it will later be shown them; labelled cells
+    are measured against their own classes, not the source model's calls.
 
     Raises
     ------
@@ -158,7 +159,8 @@ def load_cells(
         samples = samples_from_paths([data], skipped)
     scale = UNSCALED
     if model is not None:
-        scale = Predictor.from_model(model, card).estimate_scale([s.path for s in samples])
+        labels = [card.classes[s.label] for s in samples] if labelled else None
+        scale = Predictor.from_model(model, card).estimate_scale([s.path for s in samples], labels)
     cells = cells_from_samples(samples, card, scale)
     if not len(cells.pixels):
         wanted = f" of the classes {card.classes}" if labelled else ""
