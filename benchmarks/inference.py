@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import csv
 import faulthandler
+import gc
 import json
 import os
 import statistics
@@ -232,19 +233,16 @@ def command_line_runs(model: Path, args: argparse.Namespace, tmp: Path) -> dict[
     return entry
 
 
-def in_process_runs(
-    model: Path, entry: dict[str, Any], args: argparse.Namespace
-) -> list[Predictor]:
-    """What runs in this process: decoding, model only and batch 1 (after every fresh
-    process has run: forking a process that has loaded OpenVINO, ONNX Runtime and PyTorch
-    crashed it)."""
+def in_process_runs(model: Path, entry: dict[str, Any], args: argparse.Namespace) -> None:
+    """What runs in this process: decoding, pipeline, model only and batch 1 (after every
+    fresh process has run: forking a process that has loaded OpenVINO, ONNX Runtime and
+    PyTorch crashed it). Each predictor is let go before the next is loaded: kept, the
+    runtimes' memory pools (batches of 64 images in four views) filled the 24 GiB."""
     views = entry["test_time_views"]
     paths, _ = test_files(model, images_for(views, args))
     pixels = None
-    predictors = []
     for backend, precision, path in variants(model, args.torch):
         predictor = Predictor.load(path, backend=backend)
-        predictors.append(predictor)
         if pixels is None:
             config = predictor.card.preprocessing
             pixels = next(pixel_batches(paths[: 64 // views], config, workers=2)).pixels
@@ -259,7 +257,8 @@ def in_process_runs(
         row["pipeline_share_of_decoding_bound"] = round(row["pipeline_images_per_s"] / decoded, 3)
         row |= latency(predictor, paths[: args.latency])
         print(model.name, backend, precision, row, flush=True)
-    return predictors
+        del predictor
+        gc.collect()
 
 
 def table(results: dict[str, Any]) -> str:
@@ -341,11 +340,10 @@ def main() -> None:
     print("start-up", startup, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         results = {model.name: command_line_runs(model, args, Path(tmp)) for model in models}
-    loaded = []
     for model in models:
-        loaded += in_process_runs(model, results[model.name], args)
+        in_process_runs(model, results[model.name], args)
         save(args.out, startup, load_before, results)  # each model's as soon as it is done
-    # Tearing down OpenVINO and ONNX Runtime sessions together crashed the interpreter now and
+    # Tearing down OpenVINO and ONNX Runtime together at exit crashed the interpreter now and
     # then (SIGSEGV in native code); the results are written, so leave without the teardown.
     sys.stdout.flush()
     os._exit(0)
