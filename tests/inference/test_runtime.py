@@ -2,11 +2,14 @@ from pathlib import Path
 
 import pytest
 
+from leukoscope.inference.predictor import Predictor
 from leukoscope.inference.runtime import (
+    ENGINES,
     FOLDER_EXPORTS,
     FULL_RANGE_INT8,
     ONNX_NAME,
     PRECISION_KEY,
+    engines_for,
     open_export,
 )
 from leukoscope.models import load_card
@@ -28,3 +31,13 @@ def test_released_exports_belong_to_their_weights_and_name_their_precision(folde
     # without int8 dot-product instructions.
     assert precisions.pop(ONNX_NAME) == "fp32"
     assert set(precisions.values()) <= {"int8", FULL_RANGE_INT8}
+
+
+def test_auto_runs_each_arch_in_its_faster_engine_first() -> None:
+    assert engines_for("auto") == engines_for("auto", "squeezenet1_1") == ENGINES
+    assert engines_for("auto", "efficientnet_lite0") == ("openvino", "onnx")
+    assert engines_for("onnx", "efficientnet_lite0") == ("onnx",)  # asked for by name
+    folder = REPO / "models" / "wbc5-efficientnet_lite0"
+    assert Predictor.load(folder).backend == "openvino"
+    assert Predictor.load(folder / ONNX_NAME).backend == "openvino"  # its card is beside it
+    assert Predictor.load(REPO / "models" / "wbc5-squeezenet1_1").backend == ENGINES[0]

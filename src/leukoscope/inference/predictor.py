@@ -127,7 +127,8 @@ class Predictor:
         """Load a model directory, its ``model.safetensors``, or an exported ``.onnx`` file.
 
         ``auto`` runs the export beside the weights (``model.int8.onnx``, else
-        ``model.onnx``) in the first of :data:`~leukoscope.inference.runtime.ENGINES` that is
+        ``model.onnx``) in the first engine of
+        :func:`~leukoscope.inference.runtime.engines_for` the model's architecture that is
         installed, when the export was made from these very weights (and, for an int8 export
         with 8-bit weights, when the CPU computes it exactly); otherwise PyTorch.
         ``onnx`` (ONNX Runtime) and ``openvino`` require an export. An ``.onnx`` file is a
@@ -161,13 +162,15 @@ class Predictor:
 
     @classmethod
     def _from_export(cls, path: Path, backend: str) -> Predictor:
-        """A predictor for an export, in its model directory or on its own."""
-        export = _open_first(path, engines_for(backend))
+        """A predictor for an export, in its model directory or on its own (run by
+        ``auto`` in the default engine order: its card is inside it)."""
+        card_file = path.parent / CARD_NAME
+        beside = load_card(card_file) if card_file.is_file() else None
+        export = _open_first(path, engines_for(backend, beside.arch if beside else None))
         if (reason := export.unsuited()) is not None:
             logger.warning("%s: its classes may differ from the model's", reason)
-        card_file = path.parent / CARD_NAME
-        if card_file.is_file():
-            card = load_card(card_file)
+        if beside is not None:
+            card = beside
             export.check(card, str(card_file))
             abstainer = Abstainer.load(path.parent, card) if card.abstention else None
             weights: Path | None = path.parent / WEIGHTS_NAME
@@ -482,7 +485,7 @@ def _folder_export(model_dir: Path, card: ModelCard, backend: str) -> Export | N
     problems, unsuited = [], []
     for path in candidates:
         try:
-            export = _open_first(path, engines_for(backend))
+            export = _open_first(path, engines_for(backend, card.arch))
             export.check(card, str(model_dir / CARD_NAME))
         except LeukoscopeError as exc:
             problems.append(str(exc))

@@ -74,6 +74,15 @@ EfficientNets (four test-time views) 1.15-1.22 times as fast. An earlier run the
 the ranking the other way round for most pairs, so neither is consistently ahead on this CPU.
 OpenVINO is the fallback and ``--backend openvino``.
 """
+ARCH_ENGINES: dict[str, tuple[str, ...]] = {"efficientnet_lite0": ("openvino", "onnx")}
+"""Architectures that ``backend="auto"`` runs in another order than :data:`ENGINES`.
+
+OpenVINO ran the EfficientNet-Lite0 models (depthwise convolutions, four test-time views)
+faster end to end than ONNX Runtime on both CPUs measured: by 16-21% in fp32 on the 2-core AMD
+EPYC with AVX-512 VNNI (``benchmarks/results/inference.json``, 2026-11-29) and by 55% on the
+2-core Intel Xeon with AMX (``benchmarks/results/inference-xeon.json``, 2026-12-06: 19.2
+against 12.4 images/s for ``pbc8-efficientnet_lite0``, the model ``make demo`` and the web app
+use)."""
 BACKENDS = ("auto", "torch", *ENGINES)
 ENGINE_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
 
@@ -242,8 +251,9 @@ def open_export(path: str | Path, engine: str) -> Export:
         raise LeukoscopeError(f"{path}: {engine} cannot load it ({exc})") from exc
 
 
-def engines_for(backend: str) -> Sequence[str]:
-    """The engines ``backend`` may use, in the order to try them."""
+def engines_for(backend: str, arch: str | None = None) -> Sequence[str]:
+    """The engines ``backend`` may use, in the order to try them: for ``auto``, the order of
+    :data:`ARCH_ENGINES` for the model's ``arch`` where it has one, else :data:`ENGINES`."""
     if backend in ENGINES:
         return (backend,)
-    return ENGINES
+    return ARCH_ENGINES.get(arch, ENGINES) if arch is not None else ENGINES
