@@ -8,10 +8,15 @@ whole set. Per set and k: mean, min and max over seeds of the accuracy and macro
 seconds one adaptation took.
 
 The adaptation is :func:`leukoscope.training.adapt.fine_tune` with ``adapt``'s default recipe
-(or ``--steps``), in memory: nothing is written, and the recalibration that ``adapt`` adds is
-left out (it changes confidences, not the predicted class; its out-of-fold refits cost ``folds``
-more adaptations). The external sets are for measuring and adapting; no released model is
-trained on them.
+(or ``--steps``, ``--stages``, ``--lr``), in memory: nothing is written, and the recalibration
+that ``adapt`` adds is left out (it changes confidences, not the predicted class; its
+out-of-fold refits cost ``folds`` more adaptations). The external sets are for measuring and
+adapting; no released model is trained on them.
+
+Magnification, as the commands do it: the cells adapted on are rescaled by the factor their
+labels give (``adapt`` measures each against its own class), and the scored cells, as the next
+sample ``predict`` is given, by the factor the adapted model itself estimates for them; k = 0
+by the source model's estimate for the whole set. Both factors are recorded per run.
 
 Run: .venv/bin/python benchmarks/adapt.py [--model models/wbc5-squeezenet1_1-128]
        [--external ../shared/data/external] [--k 1 5 10 20] [--seeds 3] [--steps 60]
@@ -33,13 +38,15 @@ import torch
 from results_file import write_results
 from sklearn.metrics import f1_score
 
+from leukoscope.data.datasets import Sample, samples_from_folder
+from leukoscope.inference.predictor import Predictor
 from leukoscope.models import ModelCard, TransferModel, load_model
 from leukoscope.training.adapt import (
     MIN_RENORMALISE_CELLS,
     AdaptOptions,
     Cells,
+    cells_from_samples,
     fine_tune,
-    load_cells,
     outputs,
     renormalise,
 )
@@ -60,11 +67,9 @@ def split(labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray
     return adapt_on, np.setdiff1d(np.arange(len(labels)), adapt_on)
 
 
-def score(
-    model: TransferModel, card: ModelCard, cells: Cells, indices: np.ndarray
-) -> dict[str, float]:
-    logits, _ = outputs(model, card, cells.pixels[indices])
-    predicted, truth = logits.argmax(1), cells.labels[indices]
+def score(model: TransferModel, card: ModelCard, cells: Cells) -> dict[str, float]:
+    logits, _ = outputs(model, card, cells.pixels)
+    predicted, truth = logits.argmax(1), cells.labels
     return {
         "accuracy": float((predicted == truth).mean()),
         "macro_f1": float(
@@ -81,10 +86,18 @@ def spread(values: list[float], digits: int = 4) -> dict[str, float]:
     }
 
 
+def decoded(model: TransferModel, card: ModelCard, samples: list[Sample], labelled: bool) -> Cells:
+    """``samples`` rescaled by the factor ``model`` estimates for them as one sample (by their
+    labels, with ``labelled``, as ``adapt`` does; else by its calls, as ``predict`` does)."""
+    labels = [card.classes[s.label] for s in samples] if labelled else None
+    scale = Predictor.from_model(model, card).estimate_scale([s.path for s in samples], labels)
+    return cells_from_samples(samples, card, scale)
+
+
 def curve(
     model: TransferModel,
     card: ModelCard,
-    cells: Cells,
+    samples: list[Sample],
     ks: list[int],
     seeds: int,
     options: AdaptOptions,
@@ -94,38 +107,46 @@ def curve(
     """The k = 0 row and one row per k, averaged over ``seeds``; ``save`` is handed the rows
     so far after each (a long run keeps what it measured). With ``renormalise_first``, each
     adaptation starts from the model renormalised on its k cells per class."""
-    everything = np.arange(len(cells.labels))
+    labels = np.array([s.label for s in samples])
+    whole = decoded(model, card, samples, labelled=False)
     rows: dict[str, Any] = {
-        "0": score(model, card, cells, everything) | {"n_scored": len(everything)}
+        "0": score(model, card, whole)
+        | {"n_scored": len(whole.labels), "magnification": round(whole.scale.factor, 3)}
     }
     for k in ks:
-        if renormalise_first and len(split(cells.labels, k, 0)[0]) < MIN_RENORMALISE_CELLS:
+        if renormalise_first and len(split(labels, k, 0)[0]) < MIN_RENORMALISE_CELLS:
             rows[str(k)] = {"skipped": f"fewer than {MIN_RENORMALISE_CELLS} cells to renormalise"}
             continue
         runs = []
         for seed in range(seeds):
-            adapt_on, scored = split(cells.labels, k, seed)
+            adapt_on, scored = split(labels, k, seed)
             start = time.perf_counter()
+            cells = decoded(model, card, [samples[i] for i in adapt_on], labelled=True)
             source = model
             if renormalise_first:
-                source = renormalise(model, card, cells.pixels[adapt_on])
+                source = renormalise(model, card, cells.pixels)
             tuned = fine_tune(
-                source,
-                card,
-                cells.pixels[adapt_on],
-                cells.labels[adapt_on],
-                dataclasses.replace(options, seed=seed),
+                source, card, cells.pixels, cells.labels, dataclasses.replace(options, seed=seed)
             )
             seconds = time.perf_counter() - start
+            rest = decoded(tuned, card, [samples[i] for i in scored], labelled=False)
             runs.append(
-                score(tuned, card, cells, scored)
-                | {"seconds": seconds, "n_adapt": len(adapt_on), "n_scored": len(scored)}
+                score(tuned, card, rest)
+                | {
+                    "seconds": seconds,
+                    "n_adapt": len(cells.labels),
+                    "n_scored": len(rest.labels),
+                    "magnification_adapted": round(cells.scale.factor, 3),
+                    "magnification_scored": round(rest.scale.factor, 3),
+                }
             )
             print(f"  k={k} seed={seed}: {runs[-1]}", flush=True)
         rows[str(k)] = {
             "accuracy": spread([r["accuracy"] for r in runs]),
             "macro_f1": spread([r["macro_f1"] for r in runs]),
             "seconds_per_adaptation": spread([r["seconds"] for r in runs], 1),
+            "magnification_adapted": spread([r["magnification_adapted"] for r in runs], 3),
+            "magnification_scored": spread([r["magnification_scored"] for r in runs], 3),
             "n_adapt": runs[0]["n_adapt"],
             "n_scored": runs[0]["n_scored"],
         }
@@ -161,12 +182,11 @@ def main() -> None:
     results: dict[str, Any] = {}
     for images in sorted(args.external.glob("*/images")):
         name = images.parent.name
-        cells = load_cells(images, card, model)
-        counts = np.bincount(cells.labels, minlength=len(card.classes))
-        print(f"{name}: {len(cells.labels)} cells", flush=True)
+        samples, _ = samples_from_folder(images, card.classes)
+        counts = np.bincount([s.label for s in samples], minlength=len(card.classes))
+        print(f"{name}: {len(samples)} cells", flush=True)
         results[name] = {
             "cells": {c: int(n) for c, n in zip(card.classes, counts, strict=True) if n},
-            "skipped": cells.skipped,
             "target": {"k": TARGET_K, "accuracy": TARGETS.get(name)},
         }
 
@@ -188,7 +208,7 @@ def main() -> None:
                 sets=results,
             )
 
-        curve(model, card, cells, args.k, args.seeds, options, save, args.renormalise)
+        curve(model, card, samples, args.k, args.seeds, options, save, args.renormalise)
 
 
 if __name__ == "__main__":
