@@ -72,17 +72,20 @@ AMX; ``benchmarks/results/inference.json``) it ran the SqueezeNets, the fast mod
 1.01-1.12 times as fast as OpenVINO, and in int8 within 7% of it either way; OpenVINO ran the
 EfficientNets (four test-time views) 1.15-1.22 times as fast. An earlier run the same day had
 the ranking the other way round for most pairs, so neither is consistently ahead on this CPU.
-OpenVINO is the fallback and ``--backend openvino``.
+On the 2-core Intel Xeon with AMX (``benchmarks/results/inference-xeon*.json``, 2026-12-06)
+OpenVINO led for three of the four int8 SqueezeNets, ONNX Runtime for the fast 128-px one and
+for most fp32 ones. OpenVINO is the fallback and ``--backend openvino``, and runs the
+architectures of :data:`ARCH_ENGINES` first.
 """
 ARCH_ENGINES: dict[str, tuple[str, ...]] = {"efficientnet_lite0": ("openvino", "onnx")}
 """Architectures that ``backend="auto"`` runs in another order than :data:`ENGINES`.
 
 OpenVINO ran the EfficientNet-Lite0 models (depthwise convolutions, four test-time views)
-faster end to end than ONNX Runtime on both CPUs measured: by 16-21% in fp32 on the 2-core AMD
-EPYC with AVX-512 VNNI (``benchmarks/results/inference.json``, 2026-11-29) and by 55% on the
-2-core Intel Xeon with AMX (``benchmarks/results/inference-xeon.json``, 2026-12-06: 19.2
-against 12.4 images/s for ``pbc8-efficientnet_lite0``, the model ``make demo`` and the web app
-use)."""
+faster end to end than ONNX Runtime on both CPUs measured, in fp32 and int8: 1.14-1.21 times
+as fast on the 2-core AMD EPYC with AVX-512 VNNI (``benchmarks/results/inference.json``,
+2026-11-29) and 1.32-1.60 times on the 2-core Intel Xeon with AMX
+(``benchmarks/results/inference-xeon.json``, 2026-12-06: 19.2 against 12.4 images/s for
+``pbc8-efficientnet_lite0``, the model ``make demo`` and the web app use)."""
 BACKENDS = ("auto", "torch", *ENGINES)
 ENGINE_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
 
