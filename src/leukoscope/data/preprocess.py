@@ -299,8 +299,8 @@ def estimate_scale(
 
     The cells are located in one thread per core: SciPy and scikit-image release the GIL for
     much of the locator's work, and 64 PBC test images (about 180 px) took 0.59-0.67 s on two
-    threads against 0.94-1.05 s on one (2-core Intel Xeon, 2026-12-06), a third of a
-    1,227-image ``predict``'s wall time before.
+    threads against 0.94-1.05 s on one (2-core Intel Xeon, 2026-12-06); the estimate took a
+    quarter to a third of a 1,227-image ``predict``'s wall time before.
     """
     if scale is None:
         return UNSCALED
