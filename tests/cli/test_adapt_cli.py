@@ -60,3 +60,17 @@ def test_adapt_unlabelled(tmp_path: Path, tiny: Tiny) -> None:
     assert isinstance(result.exception, LeukoscopeError)  # `main` prints it and exits 1
     assert "no BatchNorm layers" in str(result.exception)
     assert not (tmp_path / "squeezenet").exists()
+
+
+def test_the_command_defaults_are_the_recipe_defaults() -> None:
+    """The command keeps its own defaults (importing the recipe would import torch at
+    start-up); they must stay the recipe's."""
+    import inspect
+
+    from leukoscope.cli.adapt import adapt_command as command
+    from leukoscope.training.adapt import AdaptOptions
+
+    defaults = {name: p.default for name, p in inspect.signature(command).parameters.items()}
+    recipe = AdaptOptions()
+    for name in ("steps", "trainable_stages", "folds", "seed"):
+        assert defaults[name] == getattr(recipe, name), name

@@ -24,10 +24,10 @@ def adapt_command(
     out: Annotated[Path, typer.Option("--out", help="New model directory (replaced if present).")],
     steps: Annotated[
         int, typer.Option("--steps", min=1, help="Optimiser steps (class-balanced batches).")
-    ] = 60,
+    ] = 150,
     trainable_stages: Annotated[
         int, typer.Option("--trainable-stages", min=0, help="Top backbone stages that learn.")
-    ] = 2,
+    ] = 8,
     folds: Annotated[
         int,
         typer.Option(
