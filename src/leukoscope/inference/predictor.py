@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -162,8 +162,9 @@ class Predictor:
 
     @classmethod
     def _from_export(cls, path: Path, backend: str) -> Predictor:
-        """A predictor for an export, in its model directory or on its own (run by
-        ``auto`` in the default engine order: its card is inside it)."""
+        """A predictor for an export, in its model directory or on its own (``auto`` tries
+        the engines in the order for the architecture of the card beside it, if there is one,
+        else in the default order)."""
         card_file = path.parent / CARD_NAME
         beside = load_card(card_file) if card_file.is_file() else None
         export = _open_first(path, engines_for(backend, beside.arch if beside else None))
@@ -229,14 +230,15 @@ class Predictor:
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"{len(paths)} files but {len(labels)} labels")
         draft_size = self.card.preprocessing.draft_size
-        chosen = spread(range(len(paths)), SCALE_CELLS)
-        images = {i: read_rgb(paths[i], draft_size) for i in chosen}
-        readable = [i for i in chosen if images[i] is not None]
+        decoded = [
+            (i, read_rgb(paths[i], draft_size)) for i in spread(range(len(paths)), SCALE_CELLS)
+        ]
+        readable = [(i, rgb) for i, rgb in decoded if rgb is not None]
         return estimate_scale(
-            [cast(np.ndarray, images[i]) for i in readable],
+            [rgb for _, rgb in readable],
             scale,
             self._classify_rescaled,
-            None if labels is None else [labels[i] for i in readable],
+            None if labels is None else [labels[i] for i, _ in readable],
         )
 
     def scale_of_images(self, images: Sequence[Image.Image]) -> ScaleEstimate:
