@@ -12,8 +12,9 @@ cores in minutes:
   stain and optics change what the lower stages see, so they must adapt too: with 10 cells
   per class, 150 steps of all but the first stage at 5e-4 scored 80.5% and 87.6% on the rest
   of cellavision and tecom (3 seeds), against 74.1% and 81.4% for 60 steps of the top two at
-  1e-3 and 74.7% and 85.9% for 150 steps of the top four (``benchmarks/adapt.py --k 10``,
-  2026-12-06; the three recipes tried, none other);
+  1e-3 and 74.7% and 85.9% for 150 steps of the top four at 1e-3 (``benchmarks/adapt.py
+  --k 10``, ``benchmarks/results/adapt-k10-*.json``, 2026-12-06; the only three recipes
+  tried);
 - every step draws a class-balanced batch (each class equally often whatever its count) and
   shows each cell in a new lab-robust view (:data:`~leukoscope.training.profiles.LAB_ROBUST`
   plus the dihedral turns): a few cells must be seen many ways;
