@@ -19,8 +19,8 @@ sample ``predict`` is given, by the factor the adapted model itself estimates fo
 by the source model's estimate for the whole set. Both factors are recorded per run.
 
 Run: .venv/bin/python benchmarks/adapt.py [--model models/wbc5-squeezenet1_1-128]
-       [--external ../shared/data/external] [--k 1 5 10 20] [--seeds 3] [--steps 60]
-       [--batch-size 32] [--stages 2] [--lr 1e-3] [--renormalise]
+       [--external ../shared/data/external] [--k 1 5 10 20] [--seeds 3] [--steps 150]
+       [--batch-size 32] [--stages 8] [--lr 5e-4] [--renormalise]
        [--out benchmarks/results/adapt.json]
 """
 
