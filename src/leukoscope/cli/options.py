@@ -153,7 +153,8 @@ class ReportFormat(StrEnum):
 
 BACKEND_HELP = (
     "auto runs the export beside the model (model.int8.onnx, else model.onnx) in ONNX Runtime "
-    "or, if not installed, OpenVINO; without an export, PyTorch. onnx is ONNX Runtime."
+    "(EfficientNets: OpenVINO) or, if not installed, the other; without an export, PyTorch. "
+    "onnx is ONNX Runtime."
 )
 VIEWS_HELP = (
     "Test-time views: predict from the average of the image turned by 90-degree steps "

@@ -585,7 +585,7 @@ def _write_staged(
     source_card: ModelCard,
 ) -> Path:
     """Save the model (its abstention statistics, and its fp32 ONNX export, so that the
-    predictor runs it in ONNX Runtime from the first ``predict``) in a staging folder beside
+    predictor runs it in an export runtime from the first ``predict``) in a staging folder beside
     ``out``, then move it into place."""
     from leukoscope.inference.export import export_fp32
 
