@@ -39,16 +39,15 @@ from results_file import write_results
 from sklearn.metrics import f1_score
 
 from leukoscope.data.datasets import Sample, samples_from_folder
-from leukoscope.inference.predictor import Predictor
 from leukoscope.models import ModelCard, TransferModel, load_model
 from leukoscope.training.adapt import (
     MIN_RENORMALISE_CELLS,
     AdaptOptions,
     Cells,
-    cells_from_samples,
     fine_tune,
     outputs,
     renormalise,
+    rescaled_cells,
 )
 
 TARGETS = {"zheng2018-cellavision": 0.95, "zheng2018-tecom": 0.90}
@@ -86,14 +85,6 @@ def spread(values: list[float], digits: int = 4) -> dict[str, float]:
     }
 
 
-def decoded(model: TransferModel, card: ModelCard, samples: list[Sample], labelled: bool) -> Cells:
-    """``samples`` rescaled by the factor ``model`` estimates for them as one sample (by their
-    labels, with ``labelled``, as ``adapt`` does; else by its calls, as ``predict`` does)."""
-    labels = [card.classes[s.label] for s in samples] if labelled else None
-    scale = Predictor.from_model(model, card).estimate_scale([s.path for s in samples], labels)
-    return cells_from_samples(samples, card, scale)
-
-
 def curve(
     model: TransferModel,
     card: ModelCard,
@@ -108,7 +99,7 @@ def curve(
     so far after each (a long run keeps what it measured). With ``renormalise_first``, each
     adaptation starts from the model renormalised on its k cells per class."""
     labels = np.array([s.label for s in samples])
-    whole = decoded(model, card, samples, labelled=False)
+    whole = rescaled_cells(samples, card, model, labelled=False)
     rows: dict[str, Any] = {
         "0": score(model, card, whole)
         | {"n_scored": len(whole.labels), "magnification": round(whole.scale.factor, 3)}
@@ -121,7 +112,7 @@ def curve(
         for seed in range(seeds):
             adapt_on, scored = split(labels, k, seed)
             start = time.perf_counter()
-            cells = decoded(model, card, [samples[i] for i in adapt_on], labelled=True)
+            cells = rescaled_cells([samples[i] for i in adapt_on], card, model, labelled=True)
             source = model
             if renormalise_first:
                 source = renormalise(model, card, cells.pixels)
@@ -129,7 +120,7 @@ def curve(
                 source, card, cells.pixels, cells.labels, dataclasses.replace(options, seed=seed)
             )
             seconds = time.perf_counter() - start
-            rest = decoded(tuned, card, [samples[i] for i in scored], labelled=False)
+            rest = rescaled_cells([samples[i] for i in scored], card, tuned, labelled=False)
             runs.append(
                 score(tuned, card, rest)
                 | {

@@ -163,15 +163,26 @@ def load_cells(
         samples, _ = samples_from_folder(data, card.classes)
     else:
         samples = samples_from_paths([data], skipped)
-    scale = UNSCALED
-    if model is not None:
-        labels = [card.classes[s.label] for s in samples] if labelled else None
-        scale = Predictor.from_model(model, card).estimate_scale([s.path for s in samples], labels)
-    cells = cells_from_samples(samples, card, scale)
+    cells = (
+        cells_from_samples(samples, card)
+        if model is None
+        else rescaled_cells(samples, card, model, labelled=labelled)
+    )
     if not len(cells.pixels):
         wanted = f" of the classes {card.classes}" if labelled else ""
         raise LeukoscopeError(f"{data}: no readable images{wanted}")
     return dataclasses.replace(cells, skipped=skipped + cells.skipped)
+
+
+def rescaled_cells(
+    samples: Sequence[Sample], card: ModelCard, model: TransferModel, *, labelled: bool
+) -> Cells:
+    """:func:`cells_from_samples`, rescaled by the factor ``model`` estimates for the samples
+    as one sample: measured against their labels with ``labelled`` (as :func:`adapt` does),
+    else by the model's calls (as ``predict`` does)."""
+    labels = [card.classes[s.label] for s in samples] if labelled else None
+    scale = Predictor.from_model(model, card).estimate_scale([s.path for s in samples], labels)
+    return cells_from_samples(samples, card, scale)
 
 
 def cells_from_samples(
