@@ -298,9 +298,8 @@ def estimate_scale(
     ScaleEstimate
 
     The cells are located in one thread per core: SciPy and scikit-image release the GIL for
-    much of the locator's work, and 64 PBC test images (about 180 px) took 0.59-0.67 s on two
-    threads against 0.94-1.05 s on one (2-core Intel Xeon, 2026-12-06); the estimate took a
-    quarter to a third of a 1,227-image ``predict``'s wall time before.
+    much of the locator's work, and the estimate is part of every ``predict``'s fixed cost
+    before its first batch (``benchmarks/inference.py``: end to end against pipeline).
     """
     if scale is None:
         return UNSCALED
