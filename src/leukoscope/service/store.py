@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -119,6 +119,9 @@ class Base(DeclarativeBase):
         dict[str, Any]: JSON,
         list[str]: JSON,
     }
+
+
+Row = TypeVar("Row", bound=Base)
 
 
 class Sample(Base):
@@ -484,39 +487,32 @@ def list_samples(session: Session) -> Sequence[Sample]:
     return session.scalars(query).all()
 
 
+def _row(session: Session, table: type[Row], key: str, noun: str) -> Row:
+    """The row of ``table`` with primary key ``key``, or a NotFoundError naming it."""
+    row = session.get(table, key)
+    if row is None:
+        raise NotFoundError(f"no {noun} {key!r}")
+    return row
+
+
 def get_sample(session: Session, sample_id: str) -> Sample:
-    sample = session.get(Sample, sample_id)
-    if sample is None:
-        raise NotFoundError(f"no sample {sample_id!r}")
-    return sample
+    return _row(session, Sample, sample_id, "sample")
 
 
 def get_cell(session: Session, cell_id: str) -> Cell:
-    cell = session.get(Cell, cell_id)
-    if cell is None:
-        raise NotFoundError(f"no cell {cell_id!r}")
-    return cell
-
-
-def field_bytes(session: Session, field_id: str) -> bytes:
-    image = session.get(FieldImage, field_id)
-    if image is None:
-        raise NotFoundError(f"no field {field_id!r}")
-    return image.data
+    return _row(session, Cell, cell_id, "cell")
 
 
 def get_field(session: Session, field_id: str) -> Field:
-    field = session.get(Field, field_id)
-    if field is None:
-        raise NotFoundError(f"no field {field_id!r}")
-    return field
+    return _row(session, Field, field_id, "field")
 
 
 def cell_bytes(session: Session, cell_id: str) -> bytes:
-    image = session.get(CellImage, cell_id)
-    if image is None:
-        raise NotFoundError(f"no cell {cell_id!r}")
-    return image.data
+    return _row(session, CellImage, cell_id, "cell").data
+
+
+def field_bytes(session: Session, field_id: str) -> bytes:
+    return _row(session, FieldImage, field_id, "field").data
 
 
 def lock_sample(session: Session, sample_id: str) -> Sample:
