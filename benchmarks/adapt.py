@@ -14,9 +14,11 @@ out-of-fold refits cost ``folds`` more adaptations). The external sets are for m
 adapting; no released model is trained on them.
 
 Magnification, as the commands do it: the cells adapted on are rescaled by the factor their
-labels give (``adapt`` measures each against its own class), and the scored cells, as the next
-sample ``predict`` is given, by the factor the adapted model itself estimates for them; k = 0
-by the source model's estimate for the whole set. Both factors are recorded per run.
+labels give (``adapt`` measures each against its own class and records it as the model's
+``SampleScale.lab_factor``), and the scored cells, as the next sample ``predict`` is given, by
+the factor the adapted model itself estimates for them, refined from that lab factor as well as
+from their plain median; k = 0 by the source model's estimate for the whole set. Both factors
+are recorded per run.
 
 Run: .venv/bin/python benchmarks/adapt.py [--model models/wbc5-squeezenet1_1-128]
        [--external ../shared/data/external] [--k 1 5 10 20] [--seeds 3] [--steps 150]
@@ -45,6 +47,7 @@ from leukoscope.training.adapt import (
     AdaptOptions,
     Cells,
     fine_tune,
+    lab_preprocessing,
     outputs,
     renormalise,
     rescaled_cells,
@@ -120,9 +123,10 @@ def curve(
                 source, card, cells.pixels, cells.labels, dataclasses.replace(options, seed=seed)
             )
             seconds = time.perf_counter() - start
-            rest = rescaled_cells([samples[i] for i in scored], card, tuned, labelled=False)
+            lab_card = card.replace(preprocessing=lab_preprocessing(card, cells.scale))
+            rest = rescaled_cells([samples[i] for i in scored], lab_card, tuned, labelled=False)
             runs.append(
-                score(tuned, card, rest)
+                score(tuned, lab_card, rest)
                 | {
                     "seconds": seconds,
                     "n_adapt": len(cells.labels),

@@ -196,6 +196,25 @@ def test_true_labels_measure_a_sample_that_a_model_misreads() -> None:
         estimate_scale(magnified, scale, labels=["small", "large"])
 
 
+def test_an_adapted_models_lab_factor_starts_the_refinement() -> None:
+    training = reference_scale(_sample([60, 64, 68, 100, 104, 108]), ["small"] * 3 + ["large"] * 3)
+    scale = dataclasses.replace(training, min_cells=4)
+    magnified = _sample([90, 93, 96, 99, 150])  # 1.5x the training size, mostly small cells
+
+    def right_near_the_lab(images: Sequence[np.ndarray], factor: float) -> list[str]:
+        # at too low a factor every cell looks large, as other labs' lymphocytes look like
+        # monocytes to a model at the plain median's factor
+        return _by_size(images, factor) if factor > 1.3 else ["large"] * len(images)
+
+    plain = estimate_scale(magnified, scale, right_near_the_lab)
+    lab = dataclasses.replace(scale, lab_factor=1.5)
+    started = estimate_scale(magnified, lab, right_near_the_lab)
+    assert plain.factor < 1.25  # the first calls at the plain median pull the factor down
+    assert 1.35 < started.factor < 1.65
+    # Still measured: another microscope's sample gets its own factor.
+    assert estimate_scale(_sample([62, 66, 68, 100, 102, 106]), lab, _by_size).factor == 1.0
+
+
 def test_rescale_keeps_the_centre_and_fills_with_the_background() -> None:
     rgb = drawn_cell((100, 80), (50, 40), 30)
     out = rescale(rgb, 1.5)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from leukoscope.data.preprocess import Augmentation, SampleScale
+from leukoscope.data.preprocess import Augmentation, SampleScale, ScaleEstimate
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import sha256_file
 from leukoscope.inference.abstention import RENORMALISED_STATS_NAME, STATS_NAME
@@ -24,6 +24,7 @@ from leukoscope.training.adapt import (
     UNLABELLED_RECALIBRATION,
     AdaptOptions,
     adapt,
+    lab_preprocessing,
     load_cells,
     outputs,
     renormalise,
@@ -156,6 +157,22 @@ def test_cells_are_rescaled_to_the_source_magnification_when_it_has_one(
     measured = load_cells(lab, classed, model).scale
     assert measured.factor == 1.0 and measured.measured is not None
     assert 0.9 < measured.measured < 1.1
+
+
+def test_the_labelled_cells_magnification_becomes_the_lab_factor(tiny: Tiny) -> None:
+    _, card = load_model(tiny.model_dir)
+    scaled = card.replace(
+        preprocessing=dataclasses.replace(card.preprocessing, sample_scale=SampleScale(0.3, 100))
+    )
+    measured = ScaleEstimate(factor=1.46, measured=1.46, cells=40)
+    lab = scaled.replace(preprocessing=lab_preprocessing(scaled, measured))  # a card holds it
+    assert lab.preprocessing.sample_scale is not None
+    assert lab.preprocessing.sample_scale.lab_factor == 1.46
+    within = ScaleEstimate(factor=1.0, measured=1.05, cells=40)  # measured, not applied
+    assert lab_preprocessing(scaled, within).sample_scale == SampleScale(0.3, 100, lab_factor=1.05)
+    too_few = ScaleEstimate(factor=1.0, measured=1.5, cells=5)
+    assert lab_preprocessing(scaled, too_few) == scaled.preprocessing
+    assert lab_preprocessing(card, measured) == card.preprocessing  # a model not rescaled
 
 
 @pytest.fixture(scope="module")

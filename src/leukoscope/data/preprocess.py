@@ -130,6 +130,15 @@ class SampleScale:
         Factors within ``[1 / tolerance, tolerance]`` leave the images unchanged.
     min_cells
         Fewest located cells a sample needs for its factor to be used.
+    lab_factor
+        The magnification of the one lab a model was adapted to, measured on its labelled
+        cells (``leukoscope adapt``). A sample whose cells, classified at this factor,
+        confirm it (refined once, it stays within ``tolerance``) is rescaled by it; any other
+        sample (another microscope's) is measured as usual, from its plain median. From the
+        plain median alone, the first calls misread another lab's lymphocytes as monocytes
+        and pull the factor down: on cellavision a model adapted on 10 cells per class
+        estimated 1.30-1.41 for the rest, where the labels give 1.44-1.47
+        (``benchmarks/adapt.py``). None: a model that was not adapted with labels.
     """
 
     cell_fraction: float
@@ -137,6 +146,7 @@ class SampleScale:
     class_fractions: dict[str, float] = dataclasses.field(default_factory=dict)
     tolerance: float = 1.1
     min_cells: int = 8
+    lab_factor: float | None = None
 
 
 SCALE_CELLS = 64
@@ -318,13 +328,32 @@ def estimate_scale(
         )
     elif scale.class_fractions and classify is not None:
         cells = [images[i] for i in located]
-        for _ in range(SCALE_REFINEMENTS):
-            expected = _expected(scale, classify(cells, measured))
-            measured = _clip_scale(np.median(fractions / expected))
-    applied = len(located) >= scale.min_cells and not (
-        1 / scale.tolerance <= measured <= scale.tolerance
-    )
+        lab = scale.lab_factor
+        if lab is not None and _within(_refine(fractions, cells, lab, scale, classify), lab, scale):
+            measured = lab
+        else:
+            measured = _refine(fractions, cells, measured, scale, classify)
+    applied = len(located) >= scale.min_cells and not _within(measured, 1.0, scale)
     return ScaleEstimate(factor=measured if applied else 1.0, measured=measured, cells=len(located))
+
+
+def _refine(
+    fractions: np.ndarray,
+    cells: Sequence[np.ndarray],
+    factor: float,
+    scale: SampleScale,
+    classify: Classify,
+) -> float:
+    """``factor`` refined :data:`SCALE_REFINEMENTS` times: the cells are classified at it and
+    measured against their predicted classes' training sizes."""
+    for _ in range(SCALE_REFINEMENTS):
+        factor = _clip_scale(np.median(fractions / _expected(scale, classify(cells, factor))))
+    return factor
+
+
+def _within(factor: float, reference: float, scale: SampleScale) -> bool:
+    """Whether ``factor`` is within the scale's tolerance of ``reference``."""
+    return 1 / scale.tolerance <= factor / reference <= scale.tolerance
 
 
 def _expected(scale: SampleScale, labels: Sequence[str]) -> np.ndarray:

@@ -63,6 +63,7 @@ from leukoscope.data.datasets import Sample, samples_from_folder, samples_from_p
 from leukoscope.data.preprocess import (
     UNSCALED,
     Augmentation,
+    Preprocessing,
     ScaleEstimate,
     create_transform,
     pixels_dataset,
@@ -183,6 +184,19 @@ def rescaled_cells(
     labels = [card.classes[s.label] for s in samples] if labelled else None
     scale = Predictor.from_model(model, card).estimate_scale([s.path for s in samples], labels)
     return cells_from_samples(samples, card, scale)
+
+
+def lab_preprocessing(card: ModelCard, scale: ScaleEstimate) -> Preprocessing:
+    """The card's preprocessing for a model adapted on labelled cells that measured ``scale``:
+    the lab's magnification becomes its :attr:`~leukoscope.data.preprocess.SampleScale.
+    lab_factor`, where the refinement of every later sample starts. Unchanged when the model
+    is not rescaled or fewer cells than a sample needs were measured (a factor from five
+    cells is a guess)."""
+    sample_scale = card.preprocessing.sample_scale
+    if sample_scale is None or scale.measured is None or scale.cells < sample_scale.min_cells:
+        return card.preprocessing
+    lab = dataclasses.replace(sample_scale, lab_factor=round(scale.measured, 4))
+    return dataclasses.replace(card.preprocessing, sample_scale=lab)
 
 
 def cells_from_samples(
@@ -570,6 +584,9 @@ def adapt(
         command=f"leukoscope adapt --model {source} --data {data} --out {out}{recipe}",
     )
     new_card = card.replace(
+        preprocessing=lab_preprocessing(card, cells.scale)
+        if options.labelled
+        else card.preprocessing,
         calibration=calibration,
         abstention=None,
         renormalised_abstention=None,
