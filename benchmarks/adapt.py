@@ -16,9 +16,9 @@ adapting; no released model is trained on them.
 Magnification, as the commands do it: the cells adapted on are rescaled by the factor their
 labels give (``adapt`` measures each against its own class and records it as the model's
 ``SampleScale.lab_factor``), and the scored cells, as the next sample ``predict`` is given, by
-the factor the adapted model itself estimates for them, refined from that lab factor as well as
-from their plain median; k = 0 by the source model's estimate for the whole set. Both factors
-are recorded per run.
+the factor the adapted model itself estimates for them: that lab factor when their cells,
+classified at it, confirm it, else their own estimate; k = 0 by the source model's estimate for
+the whole set. Both factors are recorded per run.
 
 Run: .venv/bin/python benchmarks/adapt.py [--model models/wbc5-squeezenet1_1-128]
        [--external ../shared/data/external] [--k 1 5 10 20] [--seeds 3] [--steps 150]
