@@ -196,7 +196,7 @@ def test_true_labels_measure_a_sample_that_a_model_misreads() -> None:
         estimate_scale(magnified, scale, labels=["small", "large"])
 
 
-def test_an_adapted_models_lab_factor_starts_the_refinement() -> None:
+def test_an_adapted_models_lab_factor_rescales_the_samples_that_confirm_it() -> None:
     training = reference_scale(_sample([60, 64, 68, 100, 104, 108]), ["small"] * 3 + ["large"] * 3)
     scale = dataclasses.replace(training, min_cells=4)
     magnified = _sample([90, 93, 96, 99, 150])  # 1.5x the training size, mostly small cells

@@ -189,9 +189,9 @@ def rescaled_cells(
 def lab_preprocessing(card: ModelCard, scale: ScaleEstimate) -> Preprocessing:
     """The card's preprocessing for a model adapted on labelled cells that measured ``scale``:
     the lab's magnification becomes its :attr:`~leukoscope.data.preprocess.SampleScale.
-    lab_factor`, where the refinement of every later sample starts. Unchanged when the model
-    is not rescaled or fewer cells than a sample needs were measured (a factor from five
-    cells is a guess)."""
+    lab_factor`, by which every later sample whose cells confirm it is rescaled. Unchanged
+    when the model is not rescaled or fewer cells than a sample needs were measured (a factor
+    from five cells is a guess)."""
     sample_scale = card.preprocessing.sample_scale
     if sample_scale is None or scale.measured is None or scale.cells < sample_scale.min_cells:
         return card.preprocessing
