@@ -13,7 +13,7 @@ import io
 import re
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -535,10 +535,7 @@ def sample_report(sample_id: str, service: ServiceDep) -> Response:
     responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}},
 )
 def cell_image(cell_id: str, service: ServiceDep) -> Response:
-    with service.sessions.begin() as session:
-        cell = store.get_cell(session, cell_id)
-        data = store.cell_bytes(session, cell_id)
-    return _image_response(data, cell.image_format, cell_id, service)
+    return _stored_image(service, cell_id, store.get_cell, store.cell_bytes)
 
 
 @api.get(
@@ -549,17 +546,23 @@ def cell_image(cell_id: str, service: ServiceDep) -> Response:
     responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}},
 )
 def field_image(field_id: str, service: ServiceDep) -> Response:
+    return _stored_image(service, field_id, store.get_field, store.field_bytes)
+
+
+def _stored_image(
+    service: Service,
+    key: str,
+    row: Callable[[Session, str], store.Cell | store.Field],
+    image_bytes: Callable[[Session, str], bytes],
+) -> Response:
+    """An uploaded image (a cell's or a field's) as the browser can show it: its stored bytes
+    as they are, or converted to PNG."""
     with service.sessions.begin() as session:
-        field = store.get_field(session, field_id)
-        data = store.field_bytes(session, field_id)
-    return _image_response(data, field.image_format, field_id, service)
-
-
-def _image_response(data: bytes, image_format: str, name: str, service: Service) -> Response:
-    """Stored image bytes as the browser can show them: as they are, or converted to PNG."""
+        image_format = row(session, key).image_format
+        data = image_bytes(session, key)
     media_type = BROWSER_IMAGE_FORMATS.get(image_format)
     if media_type is None:
-        image = decode_bounded(data, name=name, max_pixels=service.settings.max_pixels)
+        image = decode_bounded(data, name=key, max_pixels=service.settings.max_pixels)
         data, media_type = _png(image), "image/png"
     return Response(
         data, media_type=media_type, headers={"Cache-Control": "private, max-age=86400"}

@@ -160,10 +160,9 @@ class Sample(Base):
         return [cell for cell in self.cells if cell.exclusion is not None]
 
 
-class Cell(Base):
-    """One uploaded cell image. ``original_name`` is shown to people, never used as a path."""
-
-    __tablename__ = "cells"
+class Upload:
+    """The columns of an uploaded image's row, a cell's or a field's (a mixin: each has its
+    own table). ``original_name`` is shown to people, never used as a path."""
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     sample_id: Mapped[str] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), index=True)
@@ -175,6 +174,14 @@ class Cell(Base):
     width: Mapped[int]
     height: Mapped[int]
     byte_size: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Cell(Upload, Base):
+    """One uploaded cell image, or one cell found in an uploaded field image."""
+
+    __tablename__ = "cells"
+
     duplicate_of: Mapped[str | None] = mapped_column(String(32))
     """The sample's earlier cell with the same bytes, or the same cell in an earlier field
     that overlaps this one's: this one starts excluded as a duplicate."""
@@ -192,7 +199,6 @@ class Cell(Base):
     possible_duplicate_of: Mapped[str | None] = mapped_column(String(32))
     """An earlier cell of the sample, in a field whose overlap with this one is unknown, that
     looks like this one: it starts unidentified, for a person to decide."""
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sample: Mapped[Sample] = relationship(back_populates="cells")
     image: Mapped[CellImage] = relationship(cascade="all, delete-orphan", lazy="raise")
     prediction: Mapped[Prediction] = relationship(cascade="all, delete-orphan", lazy="joined")
@@ -231,22 +237,12 @@ class Cell(Base):
         return exclusion_of(self.call)
 
 
-class Field(Base):
+class Field(Upload, Base):
     """One uploaded field image (a photo of a smear with several cells): its cells are rows of
-    ``cells`` pointing to it, each with its box. ``original_name`` is text only, as for cells."""
+    ``cells`` pointing to it, each with its box."""
 
     __tablename__ = "fields"
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    sample_id: Mapped[str] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), index=True)
-    position: Mapped[int]
-    original_name: Mapped[str] = mapped_column(String(255))
-    image_format: Mapped[str] = mapped_column(String(8))
-    sha256: Mapped[str] = mapped_column(String(64))
-    width: Mapped[int]
-    height: Mapped[int]
-    byte_size: Mapped[int]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
     image: Mapped[FieldImage] = relationship(cascade="all, delete-orphan", lazy="raise")
 
 
