@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from leukoscope.evaluation.metrics import classification_metrics
-from leukoscope.evaluation.report import classification_table, write_report
+from leukoscope.evaluation.report import classification_table, markdown_report, write_report
 from leukoscope.evaluation.timing import measure_inference
 
 
@@ -49,6 +49,16 @@ def test_write_report_writes_json_markdown_and_png(
     with Image.open(tmp_path / "confusion_matrix.png") as image:
         assert image.format == "PNG" and min(image.size) > 100
     assert sorted(os.listdir(tmp_path)) == ["confusion_matrix.png", "metrics.json", "report.md"]
+
+
+def test_the_report_says_which_images_the_views_were_averaged_for(
+    metrics: dict[str, object],
+) -> None:
+    every = markdown_report(metrics | {"test_time_views": 4})
+    assert "predictions by the torch backend, averaged over 4 turned views of each image\n" in every
+    unsure = markdown_report(metrics | {"test_time_views": 4, "extra_views_below": 0.98})
+    assert "of each image whose first view's calibrated confidence is below 0.98" in unsure
+    assert "turned views" not in markdown_report(metrics | {"test_time_views": 1})
 
 
 def test_timing_reports_latency_throughput_and_machine() -> None:

@@ -146,7 +146,9 @@ def test_restamp_carries_a_changed_card_into_the_export(
     assert Predictor.load(alone).card.calibration == calibration
     assert onnx.load(str(out)).graph == graph  # the graph is untouched
     update_card(model_dir, test_time_views=4)
-    with pytest.raises(LeukoscopeError, match="without the 4 test-time views"):
+    with pytest.raises(
+        LeukoscopeError, match=r"with 1 view\(s\) of each image in its graph, not the 4"
+    ):
         restamp(out, model_dir)
     with pytest.raises(LeukoscopeError, match="other weights"):
         restamp(export_fp32(untrained, tmp_path / "other.onnx"), model_dir)

@@ -196,7 +196,9 @@ def test_views_are_set_with_the_calibration_and_kept_by_the_export(
     assert card.calibration.temperature != before.temperature
     predictor = Predictor.load(model_dir)
     assert predictor.backend == "torch" and predictor.pixel_model.views == predictor.views == 4
-    with pytest.raises(LeukoscopeError, match="without the 4 test-time views"):
+    with pytest.raises(
+        LeukoscopeError, match=r"with 1 view\(s\) of each image in its graph, not the 4"
+    ):
         Predictor.load(model_dir, backend="onnx")
     export_fp32(model_dir, model_dir / "model.onnx")
     assert onnx_parity(model_dir, model_dir / "model.onnx") <= 1e-4
@@ -205,6 +207,41 @@ def test_views_are_set_with_the_calibration_and_kept_by_the_export(
     assert load_model(model_dir)[1].test_time_views == 4  # kept unless asked
     update_card(model_dir, test_time_views=1)
     assert Predictor.load(model_dir).backend == "torch"  # the export has 4 views
+
+
+def test_extra_views_below_keeps_the_one_view_export_and_adds_views_where_unsure(
+    tmp_path: Path, tiny: Tiny
+) -> None:
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny.model_dir, model_dir)
+    export_fp32(model_dir, model_dir / "model.onnx")  # one view
+    calibrate(
+        model_dir,
+        tiny.manifest,
+        views=4,
+        extra_views_below=1.0,
+        fit_per_class=4,
+        out_dir=tmp_path / "report",
+    )
+    model, card = load_model(model_dir)
+    assert card.test_time_views == 4 and card.extra_views_below == 1.0 and card.graph_views == 1
+    pixels = np.random.default_rng(0).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
+    mean, std = card.preprocessing.mean, card.preprocessing.std
+    with torch.inference_mode():
+        every = PixelModel(model, mean, std, 4)(torch.from_numpy(pixels))
+        first = PixelModel(model, mean, std, 1)(torch.from_numpy(pixels))
+    exported = Predictor.load(model_dir)  # the one-view export fits the card's graph
+    assert exported.backend == ENGINES[0] and exported.views == 4
+    for predictor in (exported, Predictor.load(model_dir, backend="torch")):
+        logits, features = predictor.run(pixels)  # below 1.0: every image is unsure
+        np.testing.assert_allclose(logits, every[0].numpy(), atol=1e-4)
+        np.testing.assert_allclose(features, first[1].numpy(), atol=1e-4)
+    calibrate(model_dir, tiny.manifest, fit_per_class=4, out_dir=tmp_path / "report")
+    assert load_model(model_dir)[1].extra_views_below == 1.0  # kept unless asked
+    calibrate(model_dir, tiny.manifest, views=1, fit_per_class=4, out_dir=tmp_path / "report")
+    assert load_model(model_dir)[1].extra_views_below is None  # one view has no others
+    with pytest.raises(LeukoscopeError, match=r"extra_views_below 0\.5 needs test-time views"):
+        update_card(model_dir, extra_views_below=0.5)
 
 
 def test_a_framing_model_flags_an_image_without_a_cell_and_says_why(

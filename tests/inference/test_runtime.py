@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from leukoscope.inference.predictor import Predictor
@@ -11,6 +12,8 @@ from leukoscope.inference.runtime import (
     PRECISION_KEY,
     engines_for,
     open_export,
+    turned_views,
+    with_extra_views,
 )
 from leukoscope.models import load_card
 from tests.conftest import REPO
@@ -41,3 +44,43 @@ def test_auto_runs_each_arch_in_its_faster_engine_first() -> None:
     assert Predictor.load(folder).backend == "openvino"
     assert Predictor.load(folder / ONNX_NAME).backend == "openvino"  # its card is beside it
     assert Predictor.load(REPO / "models" / "wbc5-squeezenet1_1").backend == ENGINES[0]
+
+
+@pytest.mark.parametrize("views", [4, 8])
+def test_turned_views_are_the_networks_symmetric_views(views: int) -> None:
+    torch = pytest.importorskip("torch")
+    from leukoscope.inference.pixel_model import symmetric_views
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3), dtype=np.uint8)
+    ours = {view.tobytes() for view in turned_views(pixels, views)}
+    network = symmetric_views(torch.from_numpy(pixels), views, dims=(1, 2))
+    assert len(ours) == views
+    assert ours == {view.contiguous().numpy().tobytes() for view in network}
+
+
+def test_extra_views_run_for_the_unsure_images_only_and_average_their_logits() -> None:
+    rng = np.random.default_rng(1)
+    weights = rng.normal(size=(4 * 4 * 3, 3))
+    calls: list[int] = []
+
+    def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(len(pixels))
+        features = pixels.reshape(len(pixels), -1).astype(np.float32) / 255
+        return features @ weights, features
+
+    pixels = rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8)
+    first = run(pixels)
+    every = [run(view) for view in turned_views(pixels, 4)]
+    averaged = np.mean([outputs[0] for outputs in every], axis=0)
+    confidence = 1 / np.exp(first[0] - first[0].max(axis=1, keepdims=True)).sum(axis=1)
+    below = float(np.median(confidence))
+    unsure = confidence < below
+    calls.clear()
+    logits, features = with_extra_views(run, 4, 1.0, below)(pixels)
+    assert calls == [6, 3 * int(unsure.sum())]  # one pass of all, one of the others' views
+    np.testing.assert_allclose(logits[unsure], averaged[unsure], rtol=1e-5)
+    np.testing.assert_array_equal(logits[~unsure], first[0][~unsure])
+    np.testing.assert_array_equal(features, first[1])  # the abstention's: always one view
+    calls.clear()
+    with_extra_views(run, 4, 1.0, 0.0)(pixels)
+    assert calls == [6]  # every image sure: the first view only

@@ -52,6 +52,17 @@ def calibrate_command(
     views: Annotated[
         Views | None, typer.Option("--views", help=f"{VIEWS_HELP} Default: keep the card's.")
     ] = None,
+    extra_views_below: Annotated[
+        float | None,
+        typer.Option(
+            "--extra-views-below",
+            min=0.0,
+            max=1.0,
+            help="With test-time views: compute the other views only for images whose first "
+            "view's calibrated confidence is below this (e.g. 0.98; benchmarks/views.py "
+            "measures the choice). Default: keep the card's.",
+        ),
+    ] = None,
     renormalised_only: Annotated[
         bool,
         typer.Option(
@@ -85,6 +96,7 @@ def calibrate_command(
             batch_size=batch_size,
             workers=workers,
             views=None if views is None else int(views),
+            extra_views_below=extra_views_below,
             on_total=tracker.set_total,
             on_progress=tracker.advance,
         )

@@ -271,11 +271,17 @@ def calibrate(
     on_total: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     views: int | None = None,
+    extra_views_below: float | None = None,
 ) -> dict[str, Any]:
     """Fit the temperature and the abstention rule, and store them with the model.
 
     ``views`` sets the card's test-time views first (they change the logits, so the
-    calibration is fitted with them); None keeps the card's.
+    calibration is fitted with them); None keeps the card's. ``extra_views_below`` sets the
+    card's :attr:`~leukoscope.models.card.ModelCard.extra_views_below` (None keeps the card's,
+    and one view has none). With it, the temperature is fitted on every view of every image
+    (the confidence that decides which images get the other views is the calibrated one), and
+    the abstention rule on the first view's features, the features that prediction then
+    gives it (:func:`~leukoscope.inference.runtime.with_extra_views`).
 
     The temperature, the validation percentiles and the threshold come from ``split``; the
     class-conditional feature Gaussians from up to ``fit_per_class`` training images per class.
@@ -293,8 +299,13 @@ def calibrate(
 
     model, card = load_model(model_path)
     # The old calibration and abstention are refitted here, so not applied while fitting.
+    views = views or card.test_time_views
+    below = extra_views_below if extra_views_below is not None else card.extra_views_below
     card = card.replace(
-        test_time_views=views or card.test_time_views, calibration=None, abstention=None
+        test_time_views=views,
+        extra_views_below=below if views > 1 else None,
+        calibration=None,
+        abstention=None,
     )
     predictor = Predictor.from_model(model, card)
     val, classes = read_manifest(manifest, split, classes=predictor.classes)
@@ -351,6 +362,7 @@ def calibrate(
         abstention=abstention,
         renormalised_abstention=None,  # refitted below: it depends on the temperature and views
         test_time_views=card.test_time_views,
+        extra_views_below=card.extra_views_below,
     )
     metrics["abstention"] |= dataclasses.asdict(abstention)
     if has_batchnorm(model):

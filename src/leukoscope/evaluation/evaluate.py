@@ -91,6 +91,7 @@ def evaluate_model(
         arch=predictor.card.arch,
         backend=predictor.backend,
         test_time_views=predictor.views,
+        extra_views_below=predictor.card.extra_views_below,
         data=data_description,
         magnification=scale.to_dict(),
     )

@@ -68,13 +68,18 @@ def markdown_report(metrics: dict[str, Any], sections: Sequence[str] = ()) -> st
     calibration, mistakes), skipped files and timing."""
     ci = metrics["bootstrap_95ci"]
     views = metrics.get("test_time_views", 1)
+    averaged = f", averaged over {views} turned views of each image" if views > 1 else ""
+    if views > 1 and (below := metrics.get("extra_views_below")) is not None:
+        averaged = (
+            f", averaged over {views} turned views of each image whose first view's calibrated "
+            f"confidence is below {below}"
+        )
     lines = [
         f"# Evaluation of {metrics['model']}",
         "",
         f"Data: {metrics['data']} ({metrics['n_images']} images, "
         f"{len(metrics['skipped'])} skipped); predictions by the "
-        f"{metrics.get('backend', 'torch')} backend"
-        + (f", averaged over {views} turned views of each image" if views > 1 else ""),
+        f"{metrics.get('backend', 'torch')} backend{averaged}",
         "",
         f"- accuracy: {metrics['accuracy']:.4f} "
         f"(95% CI {ci['accuracy'][0]:.4f}-{ci['accuracy'][1]:.4f})",

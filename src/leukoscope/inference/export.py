@@ -55,6 +55,7 @@ from leukoscope.inference.runtime import (
     ModelFn,
     onnx_runner,
     onnx_session,
+    views_mismatch,
 )
 from leukoscope.models import ModelCard, load_model
 from leukoscope.models.card import card_path, load_card
@@ -128,7 +129,7 @@ def _stamp(model: onnx.ModelProto, card: ModelCard, precision: str, stats: bytes
         "leukoscope_classes": ",".join(card.classes),
         "leukoscope_input": f"uint8 RGB NHWC {size}x{size}",
         PRECISION_KEY: precision,
-        VIEWS_KEY: str(card.test_time_views),
+        VIEWS_KEY: str(card.graph_views),
         CARD_KEY: json.dumps(card.to_json(), separators=(",", ":")),
     }
     if stats is not None:
@@ -186,11 +187,8 @@ def restamp(onnx_path: str | Path, model_path: str | Path) -> Path:
     metadata = {prop.key: prop.value for prop in graph.metadata_props}
     if metadata.get(WEIGHTS_SHA_KEY) != card.sha256:
         raise LeukoscopeError(f"{onnx_path} was exported from other weights than {model_path}")
-    if int(metadata.get(VIEWS_KEY, 1)) != card.test_time_views:
-        raise LeukoscopeError(
-            f"{onnx_path} was exported without the {card.test_time_views} test-time views of "
-            f"{model_path}; export it again"
-        )
+    if (problem := views_mismatch(metadata, card)) is not None:
+        raise LeukoscopeError(f"{onnx_path} {problem} of {model_path}; export it again")
     del graph.metadata_props[:]
     precision = metadata.get(PRECISION_KEY, "fp32")
     atomic_write_bytes(

@@ -52,9 +52,10 @@ class PixelModel(nn.Module):
 
     @classmethod
     def from_card(cls, model: TransferModel, card: ModelCard) -> PixelModel:
-        """The pixel model a model card describes (normalisation and test-time views)."""
+        """The pixel model a model card describes (normalisation, and the test-time views
+        the network computes itself: :attr:`~leukoscope.models.card.ModelCard.graph_views`)."""
         preprocessing = card.preprocessing
-        return cls(model, preprocessing.mean, preprocessing.std, card.test_time_views).eval()
+        return cls(model, preprocessing.mean, preprocessing.std, card.graph_views).eval()
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """The float, normalised NCHW tensor the backbone expects."""

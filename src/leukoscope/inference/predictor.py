@@ -17,6 +17,7 @@ included (``benchmarks/inference.py``). The PyTorch model is loaded on first use
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -48,6 +49,7 @@ from leukoscope.inference.runtime import (
     ModelFn,
     engines_for,
     open_export,
+    with_extra_views,
 )
 from leukoscope.inference.shift import ShiftCheck, advice, check_shift
 from leukoscope.models.card import CARD_NAME, WEIGHTS_NAME, ModelCard, load_card
@@ -121,6 +123,12 @@ class Predictor:
     source: Path | None = None
     weights: Path | None = None
     _pixel_model: PixelModel | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        below = self.card.extra_views_below
+        if below is not None:  # uncalibrated (being calibrated): every view of every image
+            below = below if self.card.calibration is not None else math.inf
+            self.run = with_extra_views(self.run, self.views, self.temperature, below)
 
     @classmethod
     def load(cls, model_path: str | Path, *, backend: str = "auto") -> Predictor:
@@ -204,7 +212,8 @@ class Predictor:
 
     @property
     def views(self) -> int:
-        """Symmetric views of each image the model averages (each costs a model pass)."""
+        """Symmetric views of each image the model averages (each costs a model pass; with
+        the card's ``extra_views_below``, only the images that need them get all of them)."""
         return self.card.test_time_views
 
     def dataset(self, samples: Sequence[Sample], factor: float = 1.0) -> CellImageDataset:
@@ -353,12 +362,13 @@ class Predictor:
         The files are taken as one sample, rescaled by ``scale`` (by default what
         :meth:`estimate_scale` finds for them) to the training images' magnification.
 
-        ``batch_size`` is images per model call; with test-time views, ``batch_size // views``
-        files make a batch. Large JPEGs are decoded in draft mode (see
+        ``batch_size`` is images per model call; with test-time views in the network
+        (:attr:`~leukoscope.models.card.ModelCard.graph_views`), ``batch_size // views`` files
+        make a batch. Large JPEGs are decoded in draft mode (see
         :attr:`~leukoscope.data.preprocess.Preprocessing.draft_size`).
         """
         factor = (scale or self.estimate_scale(paths)).factor
-        batch_size = max(1, batch_size // self.views)  # the model sees every view
+        batch_size = max(1, batch_size // self.card.graph_views)  # the network sees each view
         logits: list[np.ndarray] = []
         features: list[np.ndarray] = []
         indices: list[int] = []
