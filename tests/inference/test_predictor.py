@@ -182,12 +182,19 @@ def test_test_time_views_make_predictions_independent_of_turns(untrained: Path, 
         PixelModel.from_card(model, card.replace(test_time_views=3))
 
 
-def test_views_are_set_with_the_calibration_and_kept_by_the_export(
-    tmp_path: Path, tiny: Tiny
-) -> None:
+@pytest.fixture
+def exported_copy(tmp_path: Path, tiny: Tiny) -> Path:
+    """A copy of the tiny model with its one-view export beside it."""
     model_dir = tmp_path / "m"
     shutil.copytree(tiny.model_dir, model_dir)
-    export_fp32(model_dir, model_dir / "model.onnx")  # one view
+    export_fp32(model_dir, model_dir / "model.onnx")
+    return model_dir
+
+
+def test_views_are_set_with_the_calibration_and_kept_by_the_export(
+    tmp_path: Path, tiny: Tiny, exported_copy: Path
+) -> None:
+    model_dir = exported_copy
     calibrate(model_dir, tiny.manifest, views=4, fit_per_class=4, out_dir=tmp_path / "report")
     card = load_model(model_dir)[1]
     assert card.test_time_views == 4
@@ -210,11 +217,9 @@ def test_views_are_set_with_the_calibration_and_kept_by_the_export(
 
 
 def test_extra_views_below_keeps_the_one_view_export_and_adds_views_where_unsure(
-    tmp_path: Path, tiny: Tiny
+    tmp_path: Path, tiny: Tiny, exported_copy: Path
 ) -> None:
-    model_dir = tmp_path / "m"
-    shutil.copytree(tiny.model_dir, model_dir)
-    export_fp32(model_dir, model_dir / "model.onnx")  # one view
+    model_dir = exported_copy
     calibrate(
         model_dir,
         tiny.manifest,
