@@ -68,12 +68,9 @@ def markdown_report(metrics: dict[str, Any], sections: Sequence[str] = ()) -> st
     calibration, mistakes), skipped files and timing."""
     ci = metrics["bootstrap_95ci"]
     views = metrics.get("test_time_views", 1)
-    averaged = f", averaged over {views} turned views of each image" if views > 1 else ""
-    if views > 1 and (below := metrics.get("extra_views_below")) is not None:
-        averaged = (
-            f", averaged over {views} turned views of each image whose first view's calibrated "
-            f"confidence is below {below}"
-        )
+    below = metrics.get("extra_views_below")
+    unsure = "" if below is None else f" whose first view's calibrated confidence is below {below}"
+    averaged = f", averaged over {views} turned views of each image{unsure}" if views > 1 else ""
     lines = [
         f"# Evaluation of {metrics['model']}",
         "",

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import softmax
 
 from leukoscope.errors import LeukoscopeError
 from leukoscope.inference.abstention import unpack_stats
@@ -124,9 +125,7 @@ def with_extra_views(run: ModelFn, views: int, temperature: float, below: float)
 
     def run_views(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, features = run(pixels)
-        scaled = logits / temperature
-        scaled = scaled - scaled.max(axis=1, keepdims=True)
-        confidence = 1.0 / np.exp(scaled).sum(axis=1)  # the top class's softmax probability
+        confidence = softmax(logits / temperature, axis=1).max(axis=1)
         unsure = np.flatnonzero(confidence < below)
         if not unsure.size:
             return logits, features
@@ -260,8 +259,8 @@ class Export:
         problem = None
         if self.metadata.get(WEIGHTS_SHA_KEY) != card.sha256:
             problem = f"was exported from other weights than {card_source}"
-        elif (problem := views_mismatch(self.metadata, card)) is not None:
-            problem = f"{problem} of {card_source}"
+        elif (views := views_mismatch(self.metadata, card)) is not None:
+            problem = f"{views} of {card_source}"
         if problem is not None:
             raise LeukoscopeError(f"{self.path} {problem}; export it again")
 
