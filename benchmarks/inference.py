@@ -2,7 +2,8 @@
 
 For each model of ``--models`` (default: every released model that ships an export), for each
 runtime installed (OpenVINO, ONNX Runtime; ``--torch`` adds eager PyTorch) and each precision it
-ships (``model.onnx`` fp32, ``model.int8.onnx`` int8), in one run:
+ships (``model.onnx`` fp32, ``model.int8.onnx`` int8; bf16 in OpenVINO on a CPU with AMX for an
+fp32 export made with ``export --bf16``), in one run:
 
 - end to end: ``leukoscope predict`` of the model's test-split JPEG files (``--n`` of them, evenly
   spaced through the split: default all; ``--n-views``, default 256, for a model with test-time
@@ -59,8 +60,15 @@ from leukoscope.data.batches import pixel_batches
 from leukoscope.data.datasets import Sample, evenly_spaced, make_loader, read_manifest
 from leukoscope.data.preprocess import pixels_dataset
 from leukoscope.inference.predictor import Predictor
-from leukoscope.inference.runtime import ENGINES, INT8_NAME, ONNX_NAME, PRECISION_KEY
-from leukoscope.machine import cpu_cores
+from leukoscope.inference.runtime import (
+    BF16_ENV,
+    BF16_KEY,
+    ENGINES,
+    INT8_NAME,
+    ONNX_NAME,
+    PRECISION_KEY,
+)
+from leukoscope.machine import cpu_cores, has_bf16_matrix_units
 from leukoscope.models import load_card
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,6 +112,7 @@ def end_to_end(
     for _ in range(runs):
         for backend, precision, model in variants_:
             key, out = f"{backend}-{precision}", tmp / "predictions.csv"
+            use_precision(precision)
             command = [*CLI, "predict", *map(str, paths), "--model", str(model)]
             times[key].append(timed([*command, "--backend", backend, "--out", str(out)]))
             with out.open(newline="") as handle:
@@ -172,28 +181,42 @@ def decoding(paths: list[Path], predictor: Predictor, workers: int) -> dict[str,
     }
 
 
-def stamped_precision(export: Path) -> str:
-    """The precision an export is stamped with: ``int8``, or ``int8-full`` (8-bit weights)."""
+def stamped(export: Path, key: str) -> str | None:
+    """An export's metadata entry ``key`` (None when it has none)."""
     props = onnx.load(str(export), load_external_data=False).metadata_props
-    return next(p.value for p in props if p.key == PRECISION_KEY)
+    return next((p.value for p in props if p.key == key), None)
 
 
 def variants(model: Path, torch: bool) -> list[tuple[str, str, Path]]:
-    """(backend, precision, path to load) of every way the model can run here."""
+    """(backend, precision, path to load) of every way the model can run here: ``int8`` or
+    ``int8-full`` (8-bit weights) as its int8 export is stamped, and ``bf16`` in OpenVINO for
+    an fp32 export stamped for it on a CPU with AMX."""
     found = []
     int8 = model / INT8_NAME
-    int8_precision = stamped_precision(int8) if int8.is_file() else None
+    int8_precision = stamped(int8, PRECISION_KEY) if int8.is_file() else None
+    bf16 = stamped(model / ONNX_NAME, BF16_KEY) == "1" and has_bf16_matrix_units()
     for engine in ENGINES:
         try:
             __import__({"onnx": "onnxruntime", "openvino": "openvino"}[engine])
         except ImportError:
             continue
         found.append((engine, "fp32", model / ONNX_NAME))
+        if engine == "openvino" and bf16:
+            found.append((engine, "bf16", model / ONNX_NAME))
         if int8_precision is not None:
             found.append((engine, int8_precision, int8))
     if torch:
         found.append(("torch", "fp32", model))
     return found
+
+
+def use_precision(precision: str | None) -> None:
+    """Make this process and the commands it starts compute as ``precision`` says: an fp32
+    variant in fp32 even from an export stamped for bf16; None: the default."""
+    if precision == "fp32":
+        os.environ[BF16_ENV] = "0"
+    else:
+        os.environ.pop(BF16_ENV, None)
 
 
 def test_files(model: Path, n: int) -> tuple[list[Path], list[str]]:
@@ -218,9 +241,11 @@ def command_line_runs(model: Path, args: argparse.Namespace, tmp: Path) -> dict[
     card = load_card(model / "model_card.json")
     paths, labels = test_files(model, images_for(card.test_time_views, args))
     one_image = [*CLI, "predict", str(paths[0]), "--model", str(model)]
+    use_precision(None)
     entry: dict[str, Any] = {
         "input_size": card.preprocessing.input_size,
         "test_time_views": card.test_time_views,
+        "extra_views_below": card.extra_views_below,
         "test_images": len(paths),
         "card_test_accuracy": card.test_metrics.accuracy if card.test_metrics else None,
         "startup_predict_one_image": medians([*one_image, "--out", str(tmp / "1.csv")], args.runs),
@@ -242,6 +267,7 @@ def in_process_runs(model: Path, entry: dict[str, Any], args: argparse.Namespace
     paths, _ = test_files(model, images_for(views, args))
     pixels = None
     for backend, precision, path in variants(model, args.torch):
+        use_precision(precision)
         predictor = Predictor.load(path, backend=backend)
         if pixels is None:
             config = predictor.card.preprocessing
@@ -274,9 +300,12 @@ def table(results: dict[str, Any]) -> str:
         first = True
         for key, row in entry["backends"].items():
             backend, precision = key.split("-", 1)
-            views = entry["test_time_views"]
+            views, below = entry["test_time_views"], entry.get("extra_views_below")
+            shown = f"{views} view{'s' if views > 1 else ''}"
+            if below is not None:
+                shown = f"1 view, {views} below {below:g}"
             label = (
-                f"`{name}` ({entry['input_size']} px, {views} view{'s' if views > 1 else ''}; "
+                f"`{name}` ({entry['input_size']} px, {shown}; "
                 f"{entry['test_images']:,} test images)"
                 if first
                 else ""

@@ -4,6 +4,7 @@ from leukoscope import machine
 
 X86_NO_VNNI = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n"
 X86_VNNI = "model name\t: Intel Xeon\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
+X86_AMX = "model name\t: Intel Xeon\nflags\t\t: avx2 avx512_vnni avx512_bf16 amx_bf16 amx_int8\n"
 ARM_DOTPROD = "processor\t: 0\nFeatures\t: fp asimd asimddp\n"
 
 
@@ -38,3 +39,13 @@ def test_cpu_cores_are_the_ones_this_process_may_use(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 3, 5})
     assert machine.cpu_cores() == 3
     assert machine.describe_machine()["cpu_cores"] == 3
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"), [(X86_AMX, True), (X86_VNNI, False), (ARM_DOTPROD, False), ("", False)]
+)
+def test_bf16_matrix_units_are_amx_only(
+    monkeypatch: pytest.MonkeyPatch, cpuinfo: str, expected: bool
+) -> None:
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: cpuinfo)
+    assert machine.has_bf16_matrix_units() is expected

@@ -17,6 +17,7 @@ from leukoscope.data.preprocess import SampleScale
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.ood import synthetic_ood_images
 from leukoscope.inference.abstention import RENORMALISED_STATS_NAME
+from leukoscope.inference.predictor import Predictor
 from leukoscope.models import load_model
 from leukoscope.models.card import update_card
 from leukoscope.reports import differential as differential_report
@@ -224,6 +225,15 @@ def test_int8_export_says_when_the_cpu_gains_nothing(
 def test_full_range_is_an_int8_option(tmp_path: Path, tiny: Tiny) -> None:
     result = invoke("export", "--model", tiny.model_dir, "--full-range")
     assert "--full-range is an option of --int8" in str(result.exception)
+
+
+def test_bf16_is_an_fp32_option(tmp_path: Path, tiny: Tiny) -> None:
+    result = invoke("export", "--model", tiny.model_dir, "--bf16", "--int8")
+    assert "--bf16 is an option of fp32 exports" in str(result.exception)
+    out = tmp_path / "m.onnx"
+    result = invoke("export", "--model", tiny.model_dir, "--bf16", "--onnx", out)
+    assert result.exit_code == 0 and "OpenVINO computes it in bf16" in result.output
+    assert Predictor.load(out, backend="onnx").source == out  # ONNX Runtime: fp32 as ever
 
 
 def test_calibrate_rewrites_the_card(tmp_path: Path, tiny: Tiny, model_copy: Path) -> None:

@@ -22,12 +22,14 @@ from leukoscope.inference.export import (
 from leukoscope.inference.pixel_model import PixelModel
 from leukoscope.inference.predictor import Predictor
 from leukoscope.inference.runtime import (
+    BF16_KEY,
     FULL_RANGE_INT8,
     INPUT_NAME,
     PRECISION_KEY,
     WEIGHTS_SHA_KEY,
     onnx_runner,
     onnx_session,
+    open_export,
 )
 from leukoscope.machine import has_int8_dot_product
 from leukoscope.models import create_model, get_config, load_model, update_card
@@ -152,3 +154,22 @@ def test_restamp_carries_a_changed_card_into_the_export(
         restamp(out, model_dir)
     with pytest.raises(LeukoscopeError, match="other weights"):
         restamp(export_fp32(untrained, tmp_path / "other.onnx"), model_dir)
+
+
+def test_bf16_stamp_keeps_the_graph_survives_restamping_and_runs_in_openvino(
+    tmp_path: Path, tiny: Tiny
+) -> None:
+    def stamps(path: Path) -> dict[str, str]:
+        return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+    plain = export_fp32(tiny.model_dir, tmp_path / "plain.onnx")
+    out = export_fp32(tiny.model_dir, tmp_path / "bf16.onnx", bf16=True)
+    assert BF16_KEY not in stamps(plain) and stamps(out)[BF16_KEY] == "1"
+    assert onnx.load(str(out)).graph == onnx.load(str(plain)).graph
+    assert stamps(restamp(out, tiny.model_dir))[BF16_KEY] == "1"
+    assert BF16_KEY not in stamps(restamp(plain, tiny.model_dir))
+    pytest.importorskip("openvino")
+    pixels = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    reference = onnx_runner(onnx_session(plain))(pixels)[0]
+    logits = open_export(out, "openvino").run(pixels)[0]  # bf16 where this CPU has AMX
+    assert np.allclose(logits, reference, atol=0.05 * max(1.0, float(np.abs(reference).max())))

@@ -5,6 +5,8 @@ import pytest
 
 from leukoscope.inference.predictor import Predictor
 from leukoscope.inference.runtime import (
+    BF16_ENV,
+    BF16_KEY,
     ENGINES,
     FOLDER_EXPORTS,
     FULL_RANGE_INT8,
@@ -12,6 +14,7 @@ from leukoscope.inference.runtime import (
     PRECISION_KEY,
     engines_for,
     open_export,
+    openvino_precision,
     turned_views,
     with_extra_views,
 )
@@ -84,3 +87,24 @@ def test_extra_views_run_for_the_unsure_images_only_and_average_their_logits() -
     calls.clear()
     with_extra_views(run, 4, 1.0, 0.0)(pixels)
     assert calls == [6]  # every image sure: the first view only
+
+
+@pytest.mark.parametrize(
+    ("stamp", "amx", "env", "expected"),
+    [
+        ("1", True, None, "bf16"),
+        ("1", True, "0", "f32"),  # asked for fp32
+        ("1", False, None, "f32"),  # no AMX: bf16 would be emulated, or slower
+        (None, True, None, "f32"),  # bf16 never checked for this export
+    ],
+)
+def test_openvino_computes_in_bf16_only_exports_checked_for_it_on_amx(
+    monkeypatch: pytest.MonkeyPatch, stamp: str | None, amx: bool, env: str | None, expected: str
+) -> None:
+    monkeypatch.setattr("leukoscope.inference.runtime.has_bf16_matrix_units", lambda: amx)
+    if env is None:
+        monkeypatch.delenv(BF16_ENV, raising=False)
+    else:
+        monkeypatch.setenv(BF16_ENV, env)
+    metadata = {} if stamp is None else {BF16_KEY: stamp}
+    assert openvino_precision(metadata) == expected

@@ -44,6 +44,7 @@ from leukoscope.fileio import atomic_write_bytes
 from leukoscope.inference.abstention import STATS_NAME, pack_stats
 from leukoscope.inference.pixel_model import PixelModel, torch_runner
 from leukoscope.inference.runtime import (
+    BF16_KEY,
     CARD_KEY,
     FULL_RANGE_INT8,
     INPUT_NAME,
@@ -119,9 +120,17 @@ def _abstention_stats(model_path: str | Path, card: ModelCard) -> bytes | None:
     return data
 
 
-def _stamp(model: onnx.ModelProto, card: ModelCard, precision: str, stats: bytes | None) -> bytes:
+def _stamp(
+    model: onnx.ModelProto,
+    card: ModelCard,
+    precision: str,
+    stats: bytes | None,
+    *,
+    bf16: bool = False,
+) -> bytes:
     """Record where the graph came from, the card and the abstention statistics in its
-    metadata and serialise it."""
+    metadata (and :data:`~leukoscope.inference.runtime.BF16_KEY` with ``bf16``) and serialise
+    it."""
     size = card.preprocessing.input_size
     props = {
         WEIGHTS_SHA_KEY: card.sha256,
@@ -134,13 +143,35 @@ def _stamp(model: onnx.ModelProto, card: ModelCard, precision: str, stats: bytes
     }
     if stats is not None:
         props[STATS_KEY] = base64.b64encode(pack_stats(stats)).decode("ascii")
+    if bf16:
+        props[BF16_KEY] = "1"
     onnx.helper.set_model_props(model, props)
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
 
-def export_fp32(model_path: str | Path, out: str | Path, *, opset: int = OPSET) -> Path:
-    """Export a saved model to an fp32 ONNX file (written atomically)."""
+def export_fp32(
+    model_path: str | Path, out: str | Path, *, opset: int = OPSET, bf16: bool = False
+) -> Path:
+    """Export a saved model to an fp32 ONNX file (written atomically).
+
+    Parameters
+    ----------
+    model_path : str or Path
+        The model directory.
+    out : str or Path
+        The ONNX file to write.
+    opset : int
+        ONNX opset, at least :data:`OPSET`.
+    bf16 : bool
+        Let OpenVINO compute the export in bfloat16 on CPUs with AMX
+        (:func:`~leukoscope.inference.runtime.openvino_precision`); the graph is the same.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
     if opset < OPSET:
         raise LeukoscopeError(f"opset {opset} is too old: use {OPSET} or newer")
     model, card = load_model(model_path)
@@ -163,7 +194,8 @@ def export_fp32(model_path: str | Path, out: str | Path, *, opset: int = OPSET) 
             dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
         )
         graph = onnx.load(str(raw))
-    atomic_write_bytes(out, _stamp(graph, card, "fp32", _abstention_stats(model_path, card)))
+    stats = _abstention_stats(model_path, card)
+    atomic_write_bytes(out, _stamp(graph, card, "fp32", stats, bf16=bf16))
     return Path(out)
 
 
@@ -190,10 +222,9 @@ def restamp(onnx_path: str | Path, model_path: str | Path) -> Path:
     if (problem := views_mismatch(metadata, card)) is not None:
         raise LeukoscopeError(f"{onnx_path} {problem} of {model_path}; export it again")
     del graph.metadata_props[:]
-    precision = metadata.get(PRECISION_KEY, "fp32")
-    atomic_write_bytes(
-        onnx_path, _stamp(graph, card, precision, _abstention_stats(model_path, card))
-    )
+    precision, bf16 = metadata.get(PRECISION_KEY, "fp32"), metadata.get(BF16_KEY) == "1"
+    stats = _abstention_stats(model_path, card)
+    atomic_write_bytes(onnx_path, _stamp(graph, card, precision, stats, bf16=bf16))
     return Path(onnx_path)
 
 
