@@ -67,7 +67,8 @@ def classify_sample(
     lines = [
         f"# leukoscope demo: {len(picked)} images of `{root}` classified by `{model.name}`",
         "",
-        f"- model: {predictor.card.arch}, {len(classes)} classes, backend {predictor.backend}",
+        f"- model: {predictor.card.arch}, {len(classes)} classes, backend {predictor.backend} "
+        f"({predictor.precision})",
         f"- unreadable: {len(picked) - len(read)}; flagged uncertain (for review): "
         f"{len(read) - len(sure)}",
         f"- agreement with the folder labels on the {len(sure)} confident calls: "

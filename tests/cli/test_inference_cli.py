@@ -200,7 +200,8 @@ def test_export_then_predict_with_onnx(tmp_path: Path, model_copy: Path) -> None
     images = cells_folder(tmp_path / "in")
     result = invoke("predict", "--model", model_copy, images, "--out", out, "--backend", "onnx")
     assert result.exit_code == 0, result.output
-    assert json.loads(out.read_text())["backend"] == "onnx"
+    written = json.loads(out.read_text())
+    assert (written["backend"], written["precision"]) == ("onnx", "fp32")
 
 
 def test_int8_export_needs_a_manifest(untrained: Path) -> None:

@@ -51,11 +51,14 @@ def test_write_report_writes_json_markdown_and_png(
     assert sorted(os.listdir(tmp_path)) == ["confusion_matrix.png", "metrics.json", "report.md"]
 
 
-def test_the_report_says_which_images_the_views_were_averaged_for(
+def test_the_report_says_what_computed_and_which_images_the_views_were_averaged_for(
     metrics: dict[str, object],
 ) -> None:
     every = markdown_report(metrics | {"test_time_views": 4})
-    assert "predictions by the torch backend, averaged over 4 turned views of each image\n" in every
+    phrase = "predictions by the torch backend in fp32, averaged over 4 turned views of each image"
+    assert phrase + "\n" in every
+    bf16 = markdown_report(metrics | {"backend": "openvino", "precision": "bf16"})
+    assert "predictions by the openvino backend in bf16\n" in bf16
     unsure = markdown_report(metrics | {"test_time_views": 4, "extra_views_below": 0.98})
     assert "of each image whose first view's calibrated confidence is below 0.98" in unsure
     assert "turned views" not in markdown_report(metrics | {"test_time_views": 1})

@@ -31,7 +31,7 @@ from leukoscope.inference.runtime import (
     onnx_session,
     open_export,
 )
-from leukoscope.machine import has_int8_dot_product
+from leukoscope.machine import has_bf16_matrix_units, has_int8_dot_product
 from leukoscope.models import create_model, get_config, load_model, update_card
 from tests.inference.tiny import SIZE, Tiny
 
@@ -99,9 +99,10 @@ def test_int8_export_predicts_like_fp32(tmp_path: Path, tiny: Tiny) -> None:
         options=replace(options, backend="torch"),
     )
     assert metrics["backend"] == "onnx" and reference["backend"] == "torch"
+    assert (metrics["precision"], reference["precision"]) == ("int8", "fp32")
     assert metrics["n_images"] == reference["n_images"]
     assert abs(metrics["accuracy"] - reference["accuracy"]) <= 1 - agreement + 0.05
-    assert "onnx backend" in (tmp_path / "eval" / "report.md").read_text()
+    assert "onnx backend in int8" in (tmp_path / "eval" / "report.md").read_text()
 
 
 def _weight_extremes(path: Path) -> tuple[int, str]:
@@ -171,5 +172,9 @@ def test_bf16_stamp_keeps_the_graph_survives_restamping_and_runs_in_openvino(
     pytest.importorskip("openvino")
     pixels = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
     reference = onnx_runner(onnx_session(plain))(pixels)[0]
-    logits = open_export(out, "openvino").run(pixels)[0]  # bf16 where this CPU has AMX
+    export = open_export(out, "openvino")
+    assert export.precision() == ("bf16" if has_bf16_matrix_units() else "fp32")
+    assert open_export(plain, "openvino").precision() == "fp32"
+    logits = export.run(pixels)[0]
     assert np.allclose(logits, reference, atol=0.05 * max(1.0, float(np.abs(reference).max())))
+    assert Predictor.load(out, backend="onnx").precision == "fp32"  # ONNX Runtime: fp32

@@ -42,7 +42,7 @@ def predict(
     predictions, shift = result.predictions, result.shift
     write_predictions(predictor, predictions, out, shift=shift, boxes=result.boxes)
     summary = summarise(predictions)
-    table = Table(title=f"Predictions ({predictor.backend})")
+    table = Table(title=f"Predictions ({predictor.backend}, {predictor.precision})")
     table.add_column("class")
     table.add_column("white cells" if fields else "images", justify="right")
     for label in predictor.classes:

@@ -90,6 +90,7 @@ def evaluate_model(
         model=model_name or str(model_path),
         arch=predictor.card.arch,
         backend=predictor.backend,
+        precision=predictor.precision,
         test_time_views=predictor.views,
         extra_views_below=predictor.card.extra_views_below,
         data=data_description,

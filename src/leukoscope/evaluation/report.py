@@ -76,7 +76,8 @@ def markdown_report(metrics: dict[str, Any], sections: Sequence[str] = ()) -> st
         "",
         f"Data: {metrics['data']} ({metrics['n_images']} images, "
         f"{len(metrics['skipped'])} skipped); predictions by the "
-        f"{metrics.get('backend', 'torch')} backend{averaged}",
+        f"{metrics.get('backend', 'torch')} backend in {metrics.get('precision', 'fp32')}"
+        f"{averaged}",
         "",
         f"- accuracy: {metrics['accuracy']:.4f} "
         f"(95% CI {ci['accuracy'][0]:.4f}-{ci['accuracy'][1]:.4f})",

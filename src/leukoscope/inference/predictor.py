@@ -113,7 +113,9 @@ class Predictor:
 
     ``source`` is what runs (a model directory, or the export that runs); ``weights`` the
     ``model.safetensors`` the PyTorch model is loaded from when it is first needed (None for a
-    standalone export, which then cannot explain its predictions).
+    standalone export, which then cannot explain its predictions); ``precision`` what the
+    backend computes in (:meth:`~leukoscope.inference.runtime.Export.precision`), which
+    reports record beside the backend.
     """
 
     card: ModelCard
@@ -122,6 +124,7 @@ class Predictor:
     abstainer: Abstainer | None
     source: Path | None = None
     weights: Path | None = None
+    precision: str = "fp32"
     _pixel_model: PixelModel | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -160,7 +163,15 @@ class Predictor:
         if backend != "torch":
             export = _folder_export(model_dir, card, backend)
             if export is not None:
-                return cls(card, export.engine, export.run, abstainer, export.path, weights)
+                return cls(
+                    card,
+                    export.engine,
+                    export.run,
+                    abstainer,
+                    export.path,
+                    weights,
+                    export.precision(),
+                )
         from leukoscope.models import load_model
 
         model, card = load_model(weights)
@@ -190,7 +201,7 @@ class Predictor:
             if card.abstention:
                 abstainer = Abstainer.from_bytes(export.abstention_stats(), card, str(path))
             weights = None
-        return cls(card, export.engine, export.run, abstainer, path, weights)
+        return cls(card, export.engine, export.run, abstainer, path, weights, export.precision())
 
     @classmethod
     def from_model(

@@ -264,6 +264,14 @@ class Export:
             )
         return unpack_stats(base64.b64decode(packed))
 
+    def precision(self) -> str:
+        """What the export is computed in: ``bf16`` where OpenVINO computes it in bfloat16
+        (:func:`openvino_precision`), else the precision it is stamped with (``fp32``,
+        ``int8`` or :data:`FULL_RANGE_INT8`)."""
+        if self.engine == "openvino" and openvino_precision(self.metadata) == "bf16":
+            return "bf16"
+        return self.metadata.get(PRECISION_KEY, "fp32")
+
     def unsuited(self) -> str | None:
         """Why this CPU cannot run the export exactly (:data:`FULL_RANGE_INT8` without int8
         dot-product instructions), or None."""

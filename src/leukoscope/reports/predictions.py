@@ -132,6 +132,7 @@ def write_predictions(
         {
             "model": predictor.card.arch,
             "backend": predictor.backend,
+            "precision": predictor.precision,
             "classes": list(predictor.classes),
             "calibrated": predictor.abstainer is not None,
             "summary": summarise(predictions),
