@@ -173,8 +173,8 @@ def test_bf16_stamp_keeps_the_graph_survives_restamping_and_runs_in_openvino(
     pixels = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
     reference = onnx_runner(onnx_session(plain))(pixels)[0]
     export = open_export(out, "openvino")
-    assert export.precision() == ("bf16" if has_bf16_matrix_units() else "fp32")
-    assert open_export(plain, "openvino").precision() == "fp32"
+    assert export.precision == ("bf16" if has_bf16_matrix_units() else "fp32")
+    assert open_export(plain, "openvino").precision == "fp32"
     logits = export.run(pixels)[0]
     assert np.allclose(logits, reference, atol=0.05 * max(1.0, float(np.abs(reference).max())))
     assert Predictor.load(out, backend="onnx").precision == "fp32"  # ONNX Runtime: fp32

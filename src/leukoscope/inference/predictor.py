@@ -114,7 +114,7 @@ class Predictor:
     ``source`` is what runs (a model directory, or the export that runs); ``weights`` the
     ``model.safetensors`` the PyTorch model is loaded from when it is first needed (None for a
     standalone export, which then cannot explain its predictions); ``precision`` what the
-    backend computes in (:meth:`~leukoscope.inference.runtime.Export.precision`), which
+    backend computes in (:attr:`~leukoscope.inference.runtime.Export.precision`), which
     reports record beside the backend.
     """
 
@@ -170,7 +170,7 @@ class Predictor:
                     abstainer,
                     export.path,
                     weights,
-                    export.precision(),
+                    export.precision,
                 )
         from leukoscope.models import load_model
 
@@ -201,7 +201,7 @@ class Predictor:
             if card.abstention:
                 abstainer = Abstainer.from_bytes(export.abstention_stats(), card, str(path))
             weights = None
-        return cls(card, export.engine, export.run, abstainer, path, weights, export.precision())
+        return cls(card, export.engine, export.run, abstainer, path, weights, export.precision)
 
     @classmethod
     def from_model(

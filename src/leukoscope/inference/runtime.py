@@ -189,10 +189,9 @@ def openvino_precision(metadata: dict[str, str]) -> str:
     return "bf16" if has_bf16_matrix_units() else "f32"
 
 
-def openvino_model(path: str | Path) -> tuple[Any, dict[str, str]]:
-    """An export compiled by OpenVINO for this CPU, and its metadata.
-
-    In the precision :func:`openvino_precision` chooses. One inference request at a
+def openvino_model(path: str | Path) -> tuple[Any, dict[str, str], str]:
+    """An export compiled by OpenVINO for this CPU, its metadata, and the precision
+    :func:`openvino_precision` chose for it (``f32`` or ``bf16``). One inference request at a
     time on every core (the ``LATENCY`` hint): the predictor calls the model one batch at a
     time. Threads are not pinned to cores, which decoding threads and other processes share
     (pinned, one image of the 128-px SqueezeNet in int8 took 4-7 ms instead of 1.5 ms on two
@@ -205,6 +204,7 @@ def openvino_model(path: str | Path) -> tuple[Any, dict[str, str]]:
     # The ONNX metadata is the "framework" section of the model's runtime information.
     framework = model.get_rt_info()["framework"] if model.has_rt_info(["framework"]) else {}
     metadata = {key: str(value.astype(str)) for key, value in framework.items()}
+    precision = openvino_precision(metadata)
     compiled = core.compile_model(
         model,
         "CPU",
@@ -212,10 +212,10 @@ def openvino_model(path: str | Path) -> tuple[Any, dict[str, str]]:
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": cpu_cores(),
             "ENABLE_CPU_PINNING": False,
-            "INFERENCE_PRECISION_HINT": openvino_precision(metadata),
+            "INFERENCE_PRECISION_HINT": precision,
         },
     )
-    return compiled, metadata
+    return compiled, metadata, precision
 
 
 def openvino_runner(compiled: Any) -> ModelFn:
@@ -233,12 +233,15 @@ def openvino_runner(compiled: Any) -> ModelFn:
 
 @dataclass(frozen=True)
 class Export:
-    """An export opened by one engine: how to run it and what its metadata says."""
+    """An export opened by one engine: how to run it, what its metadata says, and what it is
+    computed in: ``bf16`` where OpenVINO computes it in bfloat16 (:func:`openvino_precision`),
+    else the precision it is stamped with (``fp32``, ``int8`` or :data:`FULL_RANGE_INT8`)."""
 
     path: Path
     engine: str
     run: ModelFn
     metadata: dict[str, str]
+    precision: str
 
     def card(self) -> ModelCard:
         """The model card embedded at export (an export made before cards were embedded, or
@@ -263,14 +266,6 @@ class Export:
                 f"{self.path}: the export carries no abstention statistics; export it again"
             )
         return unpack_stats(base64.b64decode(packed))
-
-    def precision(self) -> str:
-        """What the export is computed in: ``bf16`` where OpenVINO computes it in bfloat16
-        (:func:`openvino_precision`), else the precision it is stamped with (``fp32``,
-        ``int8`` or :data:`FULL_RANGE_INT8`)."""
-        if self.engine == "openvino" and openvino_precision(self.metadata) == "bf16":
-            return "bf16"
-        return self.metadata.get(PRECISION_KEY, "fp32")
 
     def unsuited(self) -> str | None:
         """Why this CPU cannot run the export exactly (:data:`FULL_RANGE_INT8` without int8
@@ -321,9 +316,11 @@ def open_export(path: str | Path, engine: str) -> Export:
         if engine == "onnx":
             session = onnx_session(path)
             metadata = dict(session.get_modelmeta().custom_metadata_map)
-            return Export(path, engine, onnx_runner(session), metadata)
-        compiled, metadata = openvino_model(path)
-        return Export(path, engine, openvino_runner(compiled), metadata)
+            stamped = metadata.get(PRECISION_KEY, "fp32")
+            return Export(path, engine, onnx_runner(session), metadata, stamped)
+        compiled, metadata, hint = openvino_model(path)
+        precision = "bf16" if hint == "bf16" else metadata.get(PRECISION_KEY, "fp32")
+        return Export(path, engine, openvino_runner(compiled), metadata, precision)
     except ImportError:
         raise EngineMissing(
             f"the {engine} backend needs {ENGINE_PACKAGES[engine]}, which is not installed"
