@@ -37,6 +37,20 @@ def test_formats_and_modes_decode_to_rgb(mode: str, fmt: str) -> None:
     assert out.size == (48, 48)
 
 
+def test_exif_orientation_is_applied_once_and_dropped() -> None:
+    image = Image.new("RGB", (40, 20), (255, 255, 255))
+    image.paste((0, 0, 0), (0, 0, 10, 20))  # a black band on the left
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored turned: shown turned 90 degrees clockwise
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=95, exif=exif)
+    out = decode_rgb(buffer.getvalue(), name="turned.jpg")
+    assert out.size == (20, 40)
+    pixels = np.asarray(out, dtype=int)
+    assert pixels[:8].mean() < 40 < 215 < pixels[-8:].mean()  # the band is now on top
+    assert 0x0112 not in out.getexif()
+
+
 def test_sixteen_bit_grayscale_is_rescaled_not_clipped() -> None:
     ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
     data = _bytes(Image.fromarray(ramp), "PNG")

@@ -114,6 +114,20 @@ def test_any_image_mode_becomes_rgb_pixels(tmp_path: Path) -> None:
     assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA"])
+def test_an_image_used_as_it_is_gets_the_pixels_of_its_rgb_array(mode: str) -> None:
+    """The unrescaled, unframed shortcut resizes the decoded image itself: the same pixels as
+    the general path (its RGB array rescaled, framed, then resized)."""
+    image = cell_image(2, size=90).convert(mode)
+    config = Preprocessing(40, (0.5,) * 3, (0.5,) * 3)
+    pixels, note = to_noted_pixels(image, config)
+    assert note is None
+    np.testing.assert_array_equal(pixels, resize(np.asarray(image.convert("RGB")), 40))
+    np.testing.assert_array_equal(
+        to_noted_pixels(image, config, 1.0 + 1e-9)[0], pixels
+    )  # the general path, with an immaterial factor
+
+
 def test_framing_centres_the_cell_at_the_cards_fraction_and_notes_a_missing_cell() -> None:
     config = Preprocessing(100, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), framing=Framing(0.4))
     # A tecom-like tight, off-centre crop.

@@ -90,12 +90,16 @@ def open_image(
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB.
+    """Convert any Pillow mode to 8-bit RGB, turned upright by its EXIF orientation.
 
     16-bit and 32-bit grayscale are rescaled by their actual range, not clipped; transparency is
     composited over white (the colour of an empty smear background in bright-field).
+
+    The turn happens in ``image`` itself (the caller's freshly decoded image), and an RGB image
+    is returned as it is, not copied: a copy of every decoded image holds the GIL that the
+    decoding threads of :mod:`~leukoscope.data.batches` share.
     """
-    image = ImageOps.exif_transpose(image)
+    ImageOps.exif_transpose(image, in_place=True)
     if image.mode == "RGB":
         return image
     if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:

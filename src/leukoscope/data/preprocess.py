@@ -417,14 +417,16 @@ class Preprocessing:
         return 2 * self.input_size
 
 
-def resize(rgb: np.ndarray, size: int, interpolation: Interpolation = "bilinear") -> np.ndarray:
-    """An RGB uint8 array (H, W, 3) resized to ``size`` x ``size`` with Pillow's antialiased
-    ``interpolation``.
+def resize(
+    rgb: np.ndarray | Image.Image, size: int, interpolation: Interpolation = "bilinear"
+) -> np.ndarray:
+    """An RGB image (uint8 array (H, W, 3) or Pillow image) resized to ``size`` x ``size`` with
+    Pillow's antialiased ``interpolation``, as a uint8 array.
 
     >>> resize(np.zeros((10, 20, 3), np.uint8), 4).shape
     (4, 4, 3)
     """
-    image = Image.fromarray(rgb)
+    image = Image.fromarray(rgb) if isinstance(rgb, np.ndarray) else rgb
     return np.asarray(image.resize((size, size), RESAMPLE[interpolation]))
 
 
@@ -460,7 +462,12 @@ def to_noted_pixels(
     tuple of numpy.ndarray and str or None
         uint8 array of shape (input_size, input_size, 3), and the note or None.
     """
-    rgb = rescale(np.asarray(image.convert("RGB")), factor)
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    if factor == 1.0 and config.framing is None:
+        # Resized as decoded: the same pixels without two copies of the image (an array and
+        # back), which hold the GIL that the decoding threads share.
+        return resize(image, config.input_size, config.interpolation), None
+    rgb = rescale(np.asarray(image), factor)
     note = None
     if config.framing is not None:
         rgb, note = frame(rgb, config.framing)

@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -46,7 +45,7 @@ class _Resized:
     size: int
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return torch.from_numpy(resize(np.asarray(image.convert("RGB")), self.size).copy())
+        return torch.from_numpy(resize(image.convert("RGB"), self.size).copy())
 
 
 def encode_image(image: torch.Tensor, fmt: str, quality: int) -> bytes:
