@@ -15,6 +15,7 @@ import torch
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import sha256_file
 from leukoscope.models import load_model
+from leukoscope.models.card import load_card, save_card
 from leukoscope.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from leukoscope.training.rundir import HISTORY_COLUMNS
 from leukoscope.training.trainer import EpochRecord, train
@@ -210,6 +211,10 @@ def test_init_from_a_saved_model_reuses_its_weights(
     synthetic_manifest: Path, tmp_path: Path
 ) -> None:
     source = train(train_config(synthetic_manifest, tmp_path / "source", epochs=1, seed=1)).run_dir
+    # The source resizes as the arch does not by default: the run must keep it.
+    card = load_card(source / "model_card.json")
+    pixels = replace(card.preprocessing, interpolation="bicubic", mean=(0.5, 0.5, 0.5))
+    save_card(replace(card, preprocessing=pixels), source / "model_card.json")
     config = train_config(
         synthetic_manifest, tmp_path / "finer", image_size=64, epochs=1, init_from=source
     )
@@ -221,5 +226,7 @@ def test_init_from_a_saved_model_reuses_its_weights(
     settings = json.loads((run / "config.json").read_text())["settings"]
     assert settings["init_from"] == str(source)
     assert settings["init_from_sha256"] == sha256_file(source / "model.safetensors")
+    trained = load_card(run / "model_card.json").preprocessing
+    assert (trained.interpolation, trained.mean, trained.input_size) == ("bicubic", pixels.mean, 64)
     with pytest.raises(LeukoscopeError, match="not efficientnet_lite0"):
         train(replace(config, arch="efficientnet_lite0", out=tmp_path / "other"))

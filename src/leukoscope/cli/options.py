@@ -89,6 +89,7 @@ class Profile(StrEnum):
     FAST_ROBUST = "fast-robust"
     FULL = "full"
     FULL_ROBUST = "full-robust"
+    ROBUST_FINETUNE = "robust-finetune"
 
 
 class Backend(StrEnum):

@@ -141,6 +141,25 @@ PROFILES: dict[str, Profile] = {
         "classified); every stage learns, including the lower ones that see colour first",
         augmentation=replace(LAB_ROBUST, scale=0.0),
     ),
+    "robust-finetune": replace(
+        FULL,
+        name="robust-finetune",
+        description="a trained model (--init-from, with itself as --teacher) fine-tuned end to "
+        "end for a few epochs under the lab-robust augmentation at a low learning rate: sized "
+        "for two CPU cores, where training from ImageNet weights is not",
+        augmentation=replace(LAB_ROBUST, scale=0.0),
+        phases=(
+            Phase(
+                "finetune",
+                epochs=3,
+                lr=1e-4,
+                trainable_stages=None,
+                stage_lr_decay=0.8,
+                warmup_epochs=0.2,
+                patience=2,
+            ),
+        ),
+    ),
 }
 
 

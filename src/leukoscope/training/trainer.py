@@ -114,6 +114,16 @@ class TrainConfig:
         return Path("runs") / f"{self.arch}-{self.profile}-{self.manifest.stem}-seed{self.seed}"
 
 
+def _pixels_from(init_from: Path | None) -> Preprocessing | None:
+    """The preprocessing of the model a run starts from (None without ``--init-from``).
+
+    A fine-tuned model keeps the resize filter and normalisation its weights learned, not the
+    arch's defaults: the released EfficientNets resize bilinearly, where the arch's default
+    is bicubic. The input size is the run's own.
+    """
+    return None if init_from is None else load_card(card_path(init_from)).preprocessing
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -165,7 +175,10 @@ class _Trainer:
         size = self.profile.image_size
         assert size is not None  # effective_profile always sets it
         self.preprocessing: Preprocessing = dataclasses.replace(
-            self.model_config.preprocessing(size), framing=self.profile.framing
+            _pixels_from(config.init_from) or self.model_config.preprocessing(size),
+            input_size=size,
+            framing=self.profile.framing,
+            sample_scale=None,
         )
         self.started = time.perf_counter()
         self.earlier_wall = 0.0
