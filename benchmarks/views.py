@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 from results_file import write_results
-from scipy.special import softmax
 from sklearn.metrics import accuracy_score, f1_score
 
 from leukoscope.data.datasets import make_loader, read_manifest
@@ -34,7 +33,7 @@ from leukoscope.fileio import sha256_file
 from leukoscope.inference.export import export_fp32
 from leukoscope.inference.pixel_model import symmetric_views
 from leukoscope.inference.predictor import Predictor
-from leukoscope.inference.runtime import VIEW_COUNTS
+from leukoscope.inference.runtime import VIEW_COUNTS, unsure_of_first_view
 from leukoscope.models import ModelCard, load_card, update_card
 from leukoscope.models.card import CARD_NAME
 
@@ -68,10 +67,9 @@ def extra_views(logits: np.ndarray, labels: np.ndarray, card: ModelCard) -> dict
     views = card.test_time_views
     every = logits[:, :views].mean(axis=1).argmax(axis=1)
     first = logits[:, 0]
-    confidence = softmax(first / card.calibration.temperature, axis=1).max(axis=1)
     rows = {}
     for below in EXTRA_VIEWS_BELOW:
-        unsure = confidence < below
+        unsure = unsure_of_first_view(first, card.calibration.temperature, below)
         predicted = np.where(unsure, every, first.argmax(axis=1))
         rows[str(below)] = {
             "share_with_other_views": round(float(unsure.mean()), 4),

@@ -16,6 +16,7 @@ from leukoscope.inference.runtime import (
     open_export,
     openvino_precision,
     turned_views,
+    unsure_of_first_view,
     with_extra_views,
 )
 from leukoscope.models import load_card
@@ -87,6 +88,14 @@ def test_extra_views_run_for_the_unsure_images_only_and_average_their_logits() -
     calls.clear()
     with_extra_views(run, 4, 1.0, 0.0)(pixels)
     assert calls == [6]  # every image sure: the first view only
+
+
+def test_the_images_unsure_of_their_first_view_are_those_under_the_calibrated_confidence() -> None:
+    logits = np.array([[4.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # confidence 0.982, 0.731, 0.5
+    np.testing.assert_array_equal(unsure_of_first_view(logits, 1.0, 0.9), [False, True, True])
+    # a temperature above one softens every confidence: the first image needs its views too
+    np.testing.assert_array_equal(unsure_of_first_view(logits, 4.0, 0.9), [True, True, True])
+    np.testing.assert_array_equal(unsure_of_first_view(logits, 1.0, 0.5), [False, False, False])
 
 
 @pytest.mark.parametrize(

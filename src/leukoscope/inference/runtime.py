@@ -115,6 +115,27 @@ def turned_views(pixels: np.ndarray, views: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(view) for view in turned[:views]]
 
 
+def unsure_of_first_view(logits: np.ndarray, temperature: float, below: float) -> np.ndarray:
+    """Which images get every view under :func:`with_extra_views`.
+
+    Parameters
+    ----------
+    logits
+        The first view's logits, shape (N, classes).
+    temperature
+        The model's calibrated temperature.
+    below
+        The card's ``extra_views_below``.
+
+    Returns
+    -------
+    ndarray of bool, shape (N,)
+        True where the calibrated confidence (the largest softmax of ``logits / temperature``)
+        is under ``below``.
+    """
+    return softmax(logits / temperature, axis=1).max(axis=1) < below
+
+
 def with_extra_views(run: ModelFn, views: int, temperature: float, below: float) -> ModelFn:
     """``run`` (one view of each image) made to average the logits of all ``views`` symmetric
     views for the images whose first view's calibrated confidence (softmax of logits /
@@ -131,8 +152,7 @@ def with_extra_views(run: ModelFn, views: int, temperature: float, below: float)
 
     def run_views(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, features = run(pixels)
-        confidence = softmax(logits / temperature, axis=1).max(axis=1)
-        unsure = np.flatnonzero(confidence < below)
+        unsure = np.flatnonzero(unsure_of_first_view(logits, temperature, below))
         if not unsure.size:
             return logits, features
         others = turned_views(pixels[unsure], views)[1:]
