@@ -120,6 +120,15 @@ FULL = Profile(
     ),
 )
 
+FULL_ROBUST = replace(
+    FULL,
+    name="full-robust",
+    description="the full recipe with the lab-robust stain, colour, defocus, noise and JPEG "
+    "augmentation, unframed and unzoomed (a sample's magnification is matched when it is "
+    "classified); every stage learns, including the lower ones that see colour first",
+    augmentation=replace(LAB_ROBUST, scale=0.0),
+)
+
 PROFILES: dict[str, Profile] = {
     "fast": FAST,
     "fast-robust": replace(
@@ -133,32 +142,14 @@ PROFILES: dict[str, Profile] = {
         phases=(FAST.phases[0], replace(FAST.phases[1], epochs=6)),
     ),
     "full": FULL,
-    "full-robust": replace(
-        FULL,
-        name="full-robust",
-        description="the full recipe with the lab-robust stain, colour, defocus, noise and JPEG "
-        "augmentation, unframed and unzoomed (a sample's magnification is matched when it is "
-        "classified); every stage learns, including the lower ones that see colour first",
-        augmentation=replace(LAB_ROBUST, scale=0.0),
-    ),
+    "full-robust": FULL_ROBUST,
     "robust-finetune": replace(
-        FULL,
+        FULL_ROBUST,
         name="robust-finetune",
         description="a trained model (--init-from, with itself as --teacher) fine-tuned end to "
         "end for a few epochs under the lab-robust augmentation at a low learning rate: sized "
         "for two CPU cores, where training from ImageNet weights is not",
-        augmentation=replace(LAB_ROBUST, scale=0.0),
-        phases=(
-            Phase(
-                "finetune",
-                epochs=3,
-                lr=1e-4,
-                trainable_stages=None,
-                stage_lr_decay=0.8,
-                warmup_epochs=0.2,
-                patience=2,
-            ),
-        ),
+        phases=(replace(FULL.phases[-1], epochs=3, lr=1e-4, warmup_epochs=0.2, patience=2),),
     ),
 }
 
