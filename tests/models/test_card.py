@@ -21,7 +21,14 @@ from leukoscope.models import (
     save_model,
     update_card,
 )
-from leukoscope.models.card import FORMAT, PREVIOUS_FORMAT, BestEpoch, Calibration
+from leukoscope.models.card import (
+    CARD_NAME,
+    FORMAT,
+    PREVIOUS_FORMAT,
+    BestEpoch,
+    Calibration,
+    card_path,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PRE = Preprocessing(64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -115,6 +122,14 @@ def test_a_foreign_or_broken_card_is_named_with_its_problem(
     with pytest.raises(LeukoscopeError, match=message) as excinfo:
         load_card(path)
     assert str(path) in str(excinfo.value)
+
+
+def test_the_card_of_a_model_folder_or_its_weights_and_of_no_model(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert card_path(tmp_path) == card_path(tmp_path / "model.safetensors") == tmp_path / CARD_NAME
+    # a mistyped --init-from or --teacher is named as such, not as a card beside it
+    with pytest.raises(LeukoscopeError, match=r"missing: no such model file or directory"):
+        card_path(tmp_path / "missing")
 
 
 def test_replace_is_functional_and_validated() -> None:

@@ -342,8 +342,16 @@ def _from_previous_format(old: dict[str, Any]) -> dict[str, Any]:
 
 
 def card_path(model: str | Path) -> Path:
-    """The card of a model directory, or of the weights file in it."""
+    """The card of a model directory, or of the weights file in it.
+
+    Raises
+    ------
+    LeukoscopeError
+        When ``model`` does not exist (not a card path of some other folder).
+    """
     path = Path(model)
+    if not path.exists():
+        raise LeukoscopeError(f"{path}: no such model file or directory")
     return path / CARD_NAME if path.is_dir() else path.with_name(CARD_NAME)
 
 
