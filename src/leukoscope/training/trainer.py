@@ -114,16 +114,6 @@ class TrainConfig:
         return Path("runs") / f"{self.arch}-{self.profile}-{self.manifest.stem}-seed{self.seed}"
 
 
-def _pixels_from(init_from: Path | None) -> Preprocessing | None:
-    """The preprocessing of the model a run starts from (None without ``--init-from``).
-
-    A fine-tuned model keeps the resize filter and normalisation its weights learned, not the
-    arch's defaults: the released EfficientNets resize bilinearly, where the arch's default
-    is bicubic. The input size is the run's own.
-    """
-    return None if init_from is None else load_card(card_path(init_from)).preprocessing
-
-
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -174,8 +164,15 @@ class _Trainer:
         self.model_config = get_config(config.arch)
         size = self.profile.image_size
         assert size is not None  # effective_profile always sets it
+        self.init_card = load_card(card_path(config.init_from)) if config.init_from else None
+        """The card of the model the run starts from (``--init-from``), if any."""
+        # A fine-tuned model keeps the resize filter and normalisation its weights learned,
+        # not the arch's defaults (the released EfficientNets resize bilinearly, where the
+        # arch's default is bicubic); the input size is the run's own.
         self.preprocessing: Preprocessing = dataclasses.replace(
-            _pixels_from(config.init_from) or self.model_config.preprocessing(size),
+            self.init_card.preprocessing
+            if self.init_card
+            else self.model_config.preprocessing(size),
             input_size=size,
             framing=self.profile.framing,
             sample_scale=None,
@@ -212,7 +209,7 @@ class _Trainer:
             weights=c.weights,
             weights_file=str(c.weights_file) if c.weights_file else None,
             init_from=str(c.init_from) if c.init_from else None,
-            init_from_sha256=load_card(card_path(c.init_from)).sha256 if c.init_from else None,
+            init_from_sha256=self.init_card.sha256 if self.init_card else None,
             teacher=str(c.teacher) if c.teacher else None,
             teacher_sha256=load_card(card_path(c.teacher)).sha256 if c.teacher else None,
             seed=c.seed,
