@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,11 @@ def score(
             except LeukoscopeError as exc:
                 return {"skipped": str(exc)}
         return summary(evaluate_model(model, samples_for, description, tmp, options=options))
+
+
+def samples_in(folder: Path, classes: Sequence[str]) -> list[Sample]:
+    """The images of ``classes`` in the class folders under ``folder``."""
+    return samples_from_folder(folder, classes)[0]
 
 
 def linked(samples: Sequence[Sample], folder: Path) -> Path:
@@ -149,7 +155,7 @@ def main() -> None:
             images = folder / "images"
             row[folder.name] = score(
                 model,
-                lambda classes, d=images: samples_from_folder(d, classes)[0],
+                partial(samples_in, images),
                 str(images),
                 args.rescale,
                 images if args.renormalise else None,

@@ -64,7 +64,10 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def masked_set(folder: Path) -> dict[str, Any]:
     """IoU, centre and diameter errors of the located cell against the experts' masks."""
-    ious, centre_errors, diameter_errors, timings = [], [], [], []
+    ious: list[float] = []
+    centre_errors: list[float] = []
+    diameter_errors: list[float] = []
+    timings: list[float] = []
     missed: list[dict[str, str]] = []
     for path in sorted((folder / "images").glob("*/*.png")):
         truth = read_rgb(folder / "masks" / path.name)[..., 0] > 0  # grey levels 0/128/255
@@ -194,7 +197,7 @@ def box(b: CellBox) -> Box:
     return (b.x_min, b.y_min, b.x_max, b.y_max)
 
 
-def pbc_files(root: Path, classes: list[str], start: int, stop: int) -> list[Path]:
+def pbc_files(root: Path, classes: list[str], start: int, stop: int | None) -> list[Path]:
     """Images ``start:stop`` of each class (sorted by name)."""
     return [
         p
@@ -212,7 +215,7 @@ def field_benchmark(root: Path, count: int, seed: int = 0) -> dict[str, Any]:
         location = locate_cell(rgb)
         if isinstance(location, CellLocation) and location.score >= 0.8:
             cells.append(synthetic.cut_out(rgb, location))
-    tiles = []
+    tiles: list[np.ndarray] = []
     for path in pbc_files(root, classes, -80, -60):
         rgb = read_rgb(path)
         location = locate_cell(rgb)
@@ -220,7 +223,12 @@ def field_benchmark(root: Path, count: int, seed: int = 0) -> dict[str, Any]:
         tiles.extend(tile[:, :360] for tile in synthetic.background_tiles(rgb, found))
     platelets = synthetic.cutouts([read_rgb(p) for p in pbc_files(root, ["platelet"], -40, None)])
     rng = np.random.default_rng(seed)
-    truths, founds, kinds, scales, timings, distractors = [], [], [], [], [], []
+    truths: list[list[Box]] = []
+    founds: list[list[CellBox]] = []
+    distractors: list[list[Box]] = []
+    kinds: list[list[bool]] = []
+    scales: list[float] = []
+    timings: list[float] = []
     for _ in range(count):
         scale = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
         field = synthetic.compose_field(
