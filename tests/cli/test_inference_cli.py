@@ -386,3 +386,50 @@ def test_differential_fields_counts_the_cells_of_the_fields(
     assert differential["white_cells_counted"] == 2 and differential["for_review"]["total"] == 1
     rows = list(csv.DictReader((out / "cells.csv").open()))
     assert len(rows) == 4 and {"x_min", "edge"} <= set(rows[0])
+
+
+def test_a_shifted_sample_is_classified_again_by_the_model_renormalised_on_it(
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    tiny: Tiny,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = build_batchnorm(tmp_path_factory.getbasetemp() / "batchnorm").model_dir
+    cells = cells_folder(tmp_path / "cells", 40)
+    real_check = Predictor.check_shift
+
+    def as_shifted(self: Predictor, predictions: list) -> object:
+        check = real_check(self, predictions)
+        if check is not None and self.card.adaptation is None:  # the model as loaded
+            return dataclasses.replace(check, uncertain=check.cells, shifted=True)
+        return check
+
+    monkeypatch.setattr(Predictor, "check_shift", as_shifted)
+    out = tmp_path / "p.json"
+    result = invoke("predict", cells, "--model", source, "--out", out)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "Renormalising: 40 of 40 cells are flagged uncertain" in said
+    assert "statistics on 40 of them" in said
+    written = json.loads(out.read_text())
+    assert written["renormalised_cells"] == 40 and written["backend"] == "torch"
+    assert written["summary"]["images"] == 40
+
+    result = invoke("predict", cells, "--model", source, "--out", out, "--no-renormalise")
+    assert result.exit_code == 0 and "Renormalising" not in result.output
+    assert json.loads(out.read_text())["renormalised_cells"] == 0
+
+    report = tmp_path / "report"
+    result = invoke("differential", cells, "--model", source, "--out", report)
+    assert result.exit_code == 0, result.output
+    assert json.loads((report / "differential.json").read_text())["renormalised_cells"] == 40
+    rendered = " ".join((report / "differential.md").read_text().split())
+    assert "statistics were re-estimated on 40 of this sample's cells" in rendered
+
+    # Too few cells, or a model without normalisation statistics: said, and the calls kept.
+    few = cells_folder(tmp_path / "few", 10)
+    result = invoke("predict", few, "--model", source, "--out", out)
+    assert "Not renormalised: fewer than 32 readable cells" in " ".join(result.output.split())
+    assert json.loads(out.read_text())["renormalised_cells"] == 0
+    result = invoke("predict", cells, "--model", tiny.model_dir, "--out", out)
+    assert "no normalisation statistics to re-estimate" in " ".join(result.output.split())

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from leukoscope.data.preprocess import Augmentation, SampleScale, ScaleEstimate
+from leukoscope.data.preprocess import UNSCALED, Augmentation, SampleScale, ScaleEstimate
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import sha256_file
 from leukoscope.inference.abstention import RENORMALISED_STATS_NAME, STATS_NAME
@@ -24,10 +24,12 @@ from leukoscope.training.adapt import (
     UNLABELLED_RECALIBRATION,
     AdaptOptions,
     adapt,
+    can_renormalise,
     lab_preprocessing,
     load_cells,
     outputs,
     renormalise,
+    renormalised_for_sample,
 )
 from tests.cells.drawing import drawn_cell
 from tests.conftest import cell_image
@@ -272,6 +274,36 @@ def test_unlabelled_adaptation_uses_the_sources_rule_for_renormalised_models(
     assert "already adapted without labels" in predictor.check_shift(flagged).message
     source_check = Predictor.load(source).check_shift(flagged)
     assert "adapt --unlabelled` on these images" in source_check.message
+
+
+def test_a_sample_renormalised_in_memory_is_the_sample_adapted_without_labels(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, tiny: Tiny
+) -> None:
+    source = build_batchnorm(tmp_path_factory.getbasetemp() / "batchnorm").model_dir
+    lab = unlabelled_cells(tmp_path / "lab", 36)
+    paths = sorted(lab.glob("*.png"))  # broken.png among them
+    predictor = Predictor.load(source)
+    assert can_renormalise(predictor)
+    renormalised = renormalised_for_sample(predictor, paths, UNSCALED)
+    written = adapt(source, lab, tmp_path / "written", options=AdaptOptions(labelled=False))
+    in_memory, on_disk = renormalised.model.state_dict(), load_model(written.path)[0].state_dict()
+    assert all(torch.equal(in_memory[k], on_disk[k]) for k in on_disk)
+    card = renormalised.card
+    assert card.adaptation.renormalised == 36 and card.adaptation.skipped == 1
+    assert card.abstention == written.card.abstention and card.renormalised_abstention is None
+    assert renormalised.abstainer.threshold == written.card.abstention.threshold
+    flagged = [
+        dataclasses.replace(p, uncertain=True)
+        for p in renormalised.predict_paths(paths[:10], workers=0)
+    ]
+    assert "already adapted without labels" in renormalised.check_shift(flagged).message
+
+    # A model without normalisation statistics (or without its weights) cannot be.
+    squeezenet = Predictor.load(tiny.model_dir)
+    assert not can_renormalise(squeezenet)
+    with pytest.raises(LeukoscopeError, match="cannot be renormalised"):
+        renormalised_for_sample(squeezenet, paths, UNSCALED)
+    assert not can_renormalise(dataclasses.replace(predictor, weights=None))  # an export alone
 
 
 def test_outputs_in_batches_are_the_outputs_at_once(tiny: Tiny, lab: Path) -> None:

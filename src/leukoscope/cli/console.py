@@ -190,12 +190,16 @@ class Classified:
     """What ``predict`` and ``differential`` classified: one prediction per cell image, or per
     white cell found in field images with its box, and the sample's shift check."""
 
+    predictor: Predictor
+    """What classified them: the loaded model, or that model renormalised on the sample."""
     predictions: list[Prediction]
     shift: ShiftCheck | None
     magnification: ScaleEstimate | None = None
     """How cell images were rescaled (field cells are cut out at the field's own scale)."""
     boxes: list[CellBox | None] | None = None
     fields_without_cells: int = 0
+    renormalised: int = 0
+    """Cells of this sample the model was renormalised on (0: used as loaded)."""
 
 
 def classify_inputs(
@@ -205,13 +209,26 @@ def classify_inputs(
     workers: int,
     *,
     fields: bool,
+    renormalise: bool = True,
 ) -> Classified:
     """:func:`classify` the cell images under ``inputs``, or with ``fields`` find, cut out and
     classify every white cell of the field images under them (see
-    :mod:`leukoscope.inference.fields`)."""
+    :mod:`leukoscope.inference.fields`).
+
+    With ``renormalise``, cell images that look unlike the training data as a sample (the
+    shift check) are classified again by the model renormalised on them, when it can be
+    (:func:`~leukoscope.training.adapt.renormalised_for_sample`): on another lab's rapid stain
+    this took the 5-class EfficientNet from 13% to 67%, and it never touches a sample that
+    looks like the training data, on which it would cost a point.
+    """
     if not fields:
         predictions, magnification = classify(predictor, inputs, batch_size, workers)
-        return Classified(predictions, predictor.check_shift(predictions), magnification)
+        shift = predictor.check_shift(predictions)
+        if renormalise and shift is not None and shift.shifted:
+            return renormalised_classification(
+                predictor, inputs, batch_size, workers, predictions, magnification, shift
+            )
+        return Classified(predictor, predictions, shift, magnification)
     from leukoscope.inference.fields import classify_field_paths, field_shift
 
     paths = find_images(inputs)
@@ -221,8 +238,55 @@ def classify_inputs(
     require_some_read(predictions)
     with_cells = {p.source for p in predictions}
     return Classified(
+        predictor,
         predictions,
         field_shift(predictor, cells),
         boxes=[cell.box for cell in cells],
         fields_without_cells=sum(str(path) not in with_cells for path in paths),
+    )
+
+
+def renormalised_classification(
+    predictor: Predictor,
+    inputs: Sequence[str | Path],
+    batch_size: int,
+    workers: int,
+    predictions: list[Prediction],
+    magnification: ScaleEstimate,
+    shift: ShiftCheck,
+) -> Classified:
+    """A shifted sample classified again by ``predictor``'s model renormalised on its cells,
+    or as it was (with the reason on the console) when the model cannot be renormalised."""
+    from leukoscope.training.adapt import (
+        MIN_RENORMALISE_CELLS,
+        SAMPLE_CELLS,
+        can_renormalise,
+        renormalised_for_sample,
+    )
+
+    readable = [p.source for p in predictions if p.error is None]
+    if not can_renormalise(predictor) or len(readable) < MIN_RENORMALISE_CELLS:
+        why = (
+            f"fewer than {MIN_RENORMALISE_CELLS} readable cells"
+            if can_renormalise(predictor)
+            else "this model has no normalisation statistics to re-estimate"
+        )
+        console.print(f"[bold]Not renormalised:[/] {why}.", highlight=False)
+        return Classified(predictor, predictions, shift, magnification)
+    console.print(
+        f"[bold]Renormalising:[/] {shift.uncertain} of {shift.cells} cells are flagged "
+        f"uncertain (about {shift.expected_share:.0%} expected); re-estimating the model's "
+        f"normalisation statistics on {min(len(readable), SAMPLE_CELLS)} of them and "
+        "classifying them again (--no-renormalise: the model as trained).",
+        highlight=False,
+    )
+    renormalised = renormalised_for_sample(predictor, readable, magnification)
+    predictions, magnification = classify(renormalised, inputs, batch_size, workers)
+    adaptation = renormalised.card.adaptation
+    return Classified(
+        renormalised,
+        predictions,
+        renormalised.check_shift(predictions),
+        magnification,
+        renormalised=adaptation.renormalised if adaptation else 0,
     )

@@ -15,6 +15,7 @@ from leukoscope.cli.options import (
     BatchSize,
     FieldsOption,
     ModelDir,
+    RenormaliseOption,
     ReportFormat,
     Workers,
 )
@@ -30,6 +31,7 @@ def differential(
     workers: Workers = 2,
     backend: BackendOption = Backend.AUTO,
     fields: FieldsOption = False,
+    renormalise: RenormaliseOption = True,
 ) -> None:
     """Count the cells of one sample per class, with 95% intervals, adult reference ranges and
     screening flags.
@@ -50,8 +52,10 @@ def differential(
     if not folder.is_dir():
         raise LeukoscopeError(f"{folder}: not a folder")
     predictor = load_predictor(model, backend)
-    result = classify_inputs(predictor, [folder], batch_size, workers, fields=fields)
-    predictions, shift = result.predictions, result.shift
+    result = classify_inputs(
+        predictor, [folder], batch_size, workers, fields=fields, renormalise=renormalise
+    )
+    predictor, predictions, shift = result.predictor, result.predictions, result.shift
     report, report_path = write_sample_report(
         predictions,
         predictor.classes,
@@ -62,6 +66,7 @@ def differential(
         shift=shift,
         magnification=result.magnification,
         boxes=result.boxes,
+        renormalised=result.renormalised,
     )
     if shift is not None and shift.shifted:
         console.print(f"[bold red]Warning:[/] {shift.message}", highlight=False)

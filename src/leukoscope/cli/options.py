@@ -174,6 +174,15 @@ FIELDS_HELP = (
     "for review."
 )
 FieldsOption = Annotated[bool, typer.Option("--fields", help=FIELDS_HELP)]
+RENORMALISE_HELP = (
+    "When the cell images look unlike the model's training data as a sample (far more cells "
+    "flagged uncertain than expected), re-estimate the model's normalisation statistics on them "
+    "and classify them again (models with BatchNorm: the EfficientNets). --no-renormalise: the "
+    "model as trained."
+)
+RenormaliseOption = Annotated[
+    bool, typer.Option("--renormalise/--no-renormalise", help=RENORMALISE_HELP)
+]
 ModelDir = Annotated[Path, typer.Option("--model", help="Model directory (or its .onnx export).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")]
 Workers = Annotated[int, typer.Option("--workers", min=0, help="Image-decoding threads.")]

@@ -15,6 +15,7 @@ from leukoscope.cli.options import (
     BatchSize,
     FieldsOption,
     ModelDir,
+    RenormaliseOption,
     Workers,
 )
 
@@ -27,6 +28,7 @@ def predict(
     workers: Workers = 2,
     backend: BackendOption = Backend.AUTO,
     fields: FieldsOption = False,
+    renormalise: RenormaliseOption = True,
 ) -> None:
     """Classify white-cell images: class, every class's probability, runner-up, uncertain flag.
 
@@ -38,9 +40,18 @@ def predict(
 
     check_output_suffix(out)
     predictor = load_predictor(model, backend)
-    result = classify_inputs(predictor, inputs, batch_size, workers, fields=fields)
-    predictions, shift = result.predictions, result.shift
-    write_predictions(predictor, predictions, out, shift=shift, boxes=result.boxes)
+    result = classify_inputs(
+        predictor, inputs, batch_size, workers, fields=fields, renormalise=renormalise
+    )
+    predictor, predictions, shift = result.predictor, result.predictions, result.shift
+    write_predictions(
+        predictor,
+        predictions,
+        out,
+        shift=shift,
+        boxes=result.boxes,
+        renormalised=result.renormalised,
+    )
     summary = summarise(predictions)
     table = Table(title=f"Predictions ({predictor.backend}, {predictor.precision})")
     table.add_column("class")

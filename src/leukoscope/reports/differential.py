@@ -289,6 +289,17 @@ def _title(differential: dict[str, Any]) -> str:
     return f"White-cell differential: {sample}" if sample else "White-cell differential"
 
 
+def renormalised_note(differential: dict) -> str | None:
+    """The report's sentence on the model renormalised on this sample, if it was."""
+    cells = differential.get("renormalised_cells")
+    if not cells:
+        return None
+    return (
+        f"Renormalised: the model's normalisation statistics were re-estimated on {cells} of "
+        "this sample's cells, since it looked unlike the training data."
+    )
+
+
 def render_markdown(differential: dict) -> str:
     """The differential as a Markdown report."""
     lines = [f"# {_title(differential)}", "", f"> **{DISCLAIMER}**", ""]
@@ -299,6 +310,8 @@ def render_markdown(differential: dict) -> str:
         lines += [f"Model: `{differential['model']}`", ""]
     if differential.get("magnification"):
         lines += [f"Magnification: {differential['magnification']['message']}", ""]
+    if renormalised := renormalised_note(differential):
+        lines += [renormalised, ""]
     lines += [
         "| " + " | ".join(TABLE_HEADER) + " |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
@@ -350,6 +363,8 @@ def render_html(differential: dict) -> str:
     )
     scale = differential.get("magnification")
     model += f"<p>Magnification: {e(scale['message'])}</p>" if scale else ""
+    renormalised = renormalised_note(differential)
+    model += f"<p>{e(renormalised)}</p>" if renormalised else ""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -397,6 +412,7 @@ def write_sample_report(
     shift: ShiftCheck | None = None,
     magnification: ScaleEstimate | None = None,
     boxes: Sequence[CellBox | None] | None = None,
+    renormalised: int = 0,
 ) -> tuple[dict[str, Any], Path]:
     """The differential of one sample's predicted cells, written to ``out``.
 
@@ -422,6 +438,9 @@ def write_sample_report(
     boxes
         For the cells of field images: each cell's box in its field (aligned with
         ``predictions``), written to ``cells.csv``; the cells are counted like any others.
+    renormalised
+        Cells the model was renormalised on for this sample (0: used as trained), recorded
+        and shown.
 
     Returns
     -------
@@ -436,6 +455,7 @@ def write_sample_report(
         "model": str(model),
         "unreadable": [{"source": p.source, "error": p.error} for p in predictions if p.error],
         "magnification": None if magnification is None else magnification.to_dict(),
+        "renormalised_cells": renormalised,
     }
     atomic_write_text(out / "cells.csv", predictions_csv(predictions, classes, boxes))
     atomic_write_json(out / "differential.json", report)

@@ -116,9 +116,11 @@ def write_predictions(
     *,
     shift: ShiftCheck | None,
     boxes: Sequence[CellBox | None] | None = None,
+    renormalised: int = 0,
 ) -> None:
     """Write the predictions atomically as CSV or JSON (by the file's suffix), with the
-    sample's ``shift`` check in JSON and, for the cells of field images, their ``boxes``
+    sample's ``shift`` check in JSON (and how many of its cells the model was
+    ``renormalised`` on, 0 for none) and, for the cells of field images, their ``boxes``
     (aligned with ``predictions``)."""
     check_output_suffix(out)
     if out.suffix.lower() == ".csv":
@@ -135,6 +137,7 @@ def write_predictions(
             "precision": predictor.precision,
             "classes": list(predictor.classes),
             "calibrated": predictor.abstainer is not None,
+            "renormalised_cells": renormalised,
             "summary": summarise(predictions),
             "shift": shift.to_dict() if shift else None,
             "predictions": records,

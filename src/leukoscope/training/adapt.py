@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -67,6 +68,7 @@ from leukoscope.data.preprocess import (
     ScaleEstimate,
     create_transform,
     pixels_dataset,
+    spread,
 )
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import sha256_file
@@ -123,6 +125,10 @@ MIN_FOLD_CELLS = 2
 """Cells per class every fold's training part needs; fewer and the source temperature stays."""
 MIN_RENORMALISE_CELLS = 32
 """Unlabelled cells :func:`renormalise` needs: the statistics of fewer are too noisy."""
+SAMPLE_CELLS = 256
+"""Most cells of one sample :func:`renormalised_for_sample` re-estimates the statistics on,
+spread evenly through it: eight times the fewest it accepts, and a bound on the extra time a
+large sample costs (the statistics are averaged over cells, so more add little)."""
 
 
 @dataclass(frozen=True)
@@ -480,6 +486,87 @@ def recalibrate(
             target_coverage=card.abstention.target_coverage,
         )
     return Recalibration(calibration, refitted, method)
+
+
+def can_renormalise(predictor: Predictor) -> bool:
+    """Whether :func:`renormalised_for_sample` can adapt ``predictor``'s model: its PyTorch
+    weights are at hand and its card carries the abstention rule for renormalised models
+    (models with BatchNorm, calibrated: the released EfficientNets)."""
+    weights = predictor.weights
+    return (
+        predictor.card.renormalised_abstention is not None
+        and weights is not None
+        and weights.is_file()
+    )
+
+
+def renormalised_for_sample(
+    predictor: Predictor, paths: Sequence[str | Path], scale: ScaleEstimate
+) -> Predictor:
+    """``predictor``'s model renormalised on one sample's cells, as a PyTorch predictor with
+    the abstention rule its source carries for renormalised models; nothing is written.
+
+    This is ``adapt --unlabelled`` on the sample itself, for a sample that looks unlike the
+    training data (:mod:`leukoscope.inference.shift`): ``predict`` and ``differential`` then
+    classify it again with this predictor. See the module docstring for what it gains on
+    another lab's images and costs on the training lab's.
+
+    Parameters
+    ----------
+    predictor
+        The loaded model (:func:`can_renormalise` must hold).
+    paths
+        The sample's readable images; at most :data:`SAMPLE_CELLS` of them, spread evenly,
+        are used.
+    scale
+        How the sample was rescaled when it was classified; its cells are rescaled the same.
+
+    Returns
+    -------
+    Predictor
+        Its card's ``adaptation`` names the source and the cells renormalised on.
+
+    Raises
+    ------
+    LeukoscopeError
+        The model cannot be renormalised, or fewer than :data:`MIN_RENORMALISE_CELLS` of
+        the cells could be read.
+    """
+    card, weights = predictor.card, predictor.weights
+    if not can_renormalise(predictor) or weights is None:
+        raise LeukoscopeError(
+            f"{predictor.source}: cannot be renormalised (it needs its PyTorch weights and an "
+            "abstention rule for renormalised models, which `calibrate` fits for EfficientNets)"
+        )
+    chosen = list(spread([Path(p) for p in paths], SAMPLE_CELLS))
+    cells = cells_from_samples([Sample(p) for p in chosen], card, scale)
+    tuned = renormalise(predictor.model, card, cells.pixels)
+    adaptation = Adaptation(
+        source=card.release.name if card.release else weights.parent.name,
+        source_sha256=card.sha256,
+        data=str(Path(os.path.commonpath(chosen)) if chosen else ""),
+        cells={},
+        files={str(p): sha256_file(p) for p in cells.paths},
+        skipped=len(cells.skipped),
+        steps=0,
+        batch_size=0,
+        trainable_stages=0,
+        seed=0,
+        recalibration=RENORMALISED_RECALIBRATION,
+        date=datetime.now(UTC).isoformat(timespec="seconds"),
+        command="renormalised on the sample it classifies (leukoscope predict / differential)",
+        magnification=round(scale.factor, 4),
+        renormalised=len(cells.labels),
+    )
+    renormalised_card = card.replace(
+        abstention=card.renormalised_abstention,
+        renormalised_abstention=None,
+        test_metrics=None,
+        release=None,
+        adaptation=adaptation,
+    )
+    abstainer = Abstainer.load(weights.parent, card, renormalised=True)
+    return Predictor.from_model(tuned, renormalised_card, abstainer)
 
 
 @dataclass(frozen=True)
