@@ -33,7 +33,10 @@ cellavision, whose colours are close to PBC's, it changed little (71% to 72%, an
 (``python benchmarks/external.py --renormalise``). On PBC's own test split it costs 1.2 points
 (99.59% to 98.37%), so it is for another lab's images, and only models with BatchNorm layers
 (the EfficientNets, not the SqueezeNets) have any. The renormalised model's abstention rule is
-the one its source carries for that purpose (:func:`fit_renormalised_reference`).
+the one its source carries for that purpose (:func:`fit_renormalised_reference`). ``predict``
+and ``differential`` renormalise by themselves, on the sample they classify, when it looks
+unlike the training data as a whole (:func:`renormalised_for_sample`): that gate keeps the
+training lab's samples, where it would cost the point, as they were.
 
 Recalibration (see :func:`recalibrate`) never uses predictions of cells a model trained on
 unless the card says so: with enough cells the temperature and the abstention threshold are
