@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,10 @@ from leukoscope.data.preprocess import UNSCALED, Augmentation, SampleScale, Scal
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import sha256_file
 from leukoscope.inference.abstention import RENORMALISED_STATS_NAME, STATS_NAME
+from leukoscope.inference.export import export_fp32
 from leukoscope.inference.pixel_model import PixelModel
 from leukoscope.inference.predictor import Predictor
-from leukoscope.inference.runtime import engines_for
+from leukoscope.inference.runtime import ONNX_NAME, engines_for
 from leukoscope.models import load_model
 from leukoscope.training.adapt import (
     MIN_RENORMALISE_CELLS,
@@ -276,13 +279,13 @@ def test_unlabelled_adaptation_uses_the_sources_rule_for_renormalised_models(
     assert "adapt --unlabelled` on these images" in source_check.message
 
 
-def test_a_sample_renormalised_in_memory_is_the_sample_adapted_without_labels(
+def test_a_sample_renormalised_for_classifying_is_the_sample_adapted_without_labels(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, tiny: Tiny
 ) -> None:
     source = build_batchnorm(tmp_path_factory.getbasetemp() / "batchnorm").model_dir
     lab = unlabelled_cells(tmp_path / "lab", 36)
     paths = sorted(lab.glob("*.png"))  # broken.png among them
-    predictor = Predictor.load(source)
+    predictor = Predictor.load(source, backend="torch")
     assert can_renormalise(predictor)
     renormalised = renormalised_for_sample(predictor, paths, UNSCALED)
     written = adapt(source, lab, tmp_path / "written", options=AdaptOptions(labelled=False))
@@ -297,6 +300,22 @@ def test_a_sample_renormalised_in_memory_is_the_sample_adapted_without_labels(
         for p in renormalised.predict_paths(paths[:10], workers=0)
     ]
     assert "already adapted without labels" in renormalised.check_shift(flagged).message
+
+    # In an export runtime it runs its own export, computing what the PyTorch one does, from
+    # a temporary folder that goes with it.
+    exported = Path(shutil.copytree(source, tmp_path / "exported"))
+    export_fp32(exported, exported / ONNX_NAME)
+    in_engine = renormalised_for_sample(Predictor.load(exported), paths, UNSCALED)
+    assert in_engine.backend == engines_for("auto", card.arch)[0]
+    assert in_engine.card.adaptation.renormalised == 36 and in_engine.abstainer is not None
+    pixels = load_cells(lab, card, labelled=False).pixels.numpy()[:8]
+    for ours, theirs in zip(in_engine.run(pixels), renormalised.run(pixels), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-3)
+    folder = in_engine.source.parents[1]
+    assert folder.name.startswith("leukoscope-renormalised-") and folder.is_dir()
+    del in_engine
+    gc.collect()
+    assert not folder.exists()
 
     # A model without normalisation statistics (or without its weights) cannot be.
     squeezenet = Predictor.load(tiny.model_dir)

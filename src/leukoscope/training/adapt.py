@@ -50,6 +50,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -506,8 +507,9 @@ def can_renormalise(predictor: Predictor) -> bool:
 def renormalised_for_sample(
     predictor: Predictor, paths: Sequence[str | Path], scale: ScaleEstimate
 ) -> Predictor:
-    """``predictor``'s model renormalised on one sample's cells, as a PyTorch predictor with
-    the abstention rule its source carries for renormalised models; nothing is written.
+    """``predictor``'s model renormalised on one sample's cells, with the abstention rule its
+    source carries for renormalised models, in ``predictor``'s backend (an export runtime
+    runs its fp32 export, written to a temporary folder removed with the predictor).
 
     This is ``adapt --unlabelled`` on the sample itself, for a sample that looks unlike the
     training data (:mod:`leukoscope.inference.shift`): ``predict`` and ``differential`` then
@@ -561,15 +563,23 @@ def renormalised_for_sample(
         magnification=round(scale.factor, 4),
         renormalised=len(cells.labels),
     )
-    renormalised_card = card.replace(
-        abstention=card.renormalised_abstention,
-        renormalised_abstention=None,
-        test_metrics=None,
-        release=None,
-        adaptation=adaptation,
-    )
     abstainer = Abstainer.load(weights.parent, card, renormalised=True)
-    return Predictor.from_model(tuned, renormalised_card, abstainer)
+    renormalised_card = card.replace(
+        renormalised_abstention=None, test_metrics=None, release=None, adaptation=adaptation
+    )
+    if predictor.backend == "torch":
+        return Predictor.from_model(
+            tuned, renormalised_card.replace(abstention=card.renormalised_abstention), abstainer
+        )
+    # Written as `adapt` writes a model, to run in the source's engine (the renormalised
+    # tecom sample took 56 s in PyTorch); the folder lives as long as the predictor.
+    folder = Path(tempfile.mkdtemp(prefix="leukoscope-renormalised-"))
+    written = _write_staged(
+        folder / "model", tuned, renormalised_card.replace(abstention=None), abstainer, card
+    )
+    loaded = Predictor.load(written, backend=predictor.backend)
+    weakref.finalize(loaded, shutil.rmtree, folder, ignore_errors=True)
+    return loaded
 
 
 @dataclass(frozen=True)
