@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 import shutil
 from pathlib import Path
 
@@ -287,12 +288,14 @@ def test_a_sample_renormalised_for_classifying_is_the_sample_adapted_without_lab
     paths = sorted(lab.glob("*.png"))  # broken.png among them
     predictor = Predictor.load(source, backend="torch")
     assert can_renormalise(predictor)
-    renormalised = renormalised_for_sample(predictor, paths, UNSCALED)
+    mixed = [os.path.relpath(paths[0]), *paths[1:]]  # a relative path among absolute ones
+    renormalised = renormalised_for_sample(predictor, mixed, UNSCALED)
     written = adapt(source, lab, tmp_path / "written", options=AdaptOptions(labelled=False))
     in_memory, on_disk = renormalised.model.state_dict(), load_model(written.path)[0].state_dict()
     assert all(torch.equal(in_memory[k], on_disk[k]) for k in on_disk)
     card = renormalised.card
     assert card.adaptation.renormalised == 36 and card.adaptation.skipped == 1
+    assert card.adaptation.data == str(lab.resolve())
     assert card.abstention == written.card.abstention and card.renormalised_abstention is None
     assert renormalised.abstainer.threshold == written.card.abstention.threshold
     flagged = [

@@ -265,10 +265,11 @@ def renormalised_classification(
     )
 
     readable = [p.source for p in predictions if p.error is None]
-    if not can_renormalise(predictor) or len(readable) < MIN_RENORMALISE_CELLS:
+    able = can_renormalise(predictor)
+    if not able or len(readable) < MIN_RENORMALISE_CELLS:
         why = (
             f"fewer than {MIN_RENORMALISE_CELLS} readable cells"
-            if can_renormalise(predictor)
+            if able
             else "this model has no normalisation statistics to re-estimate"
         )
         console.print(f"[bold]Not renormalised:[/] {why}.", highlight=False)

@@ -549,7 +549,7 @@ def renormalised_for_sample(
     adaptation = Adaptation(
         source=card.release.name if card.release else weights.parent.name,
         source_sha256=card.sha256,
-        data=str(Path(os.path.commonpath(chosen)) if chosen else ""),
+        data=os.path.commonpath([p.resolve() for p in chosen]) if chosen else "",
         cells={},
         files={str(p): sha256_file(p) for p in cells.paths},
         skipped=len(cells.skipped),
