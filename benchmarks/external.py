@@ -34,7 +34,7 @@ from leukoscope.data.datasets import Sample, read_manifest, samples_from_folder
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
 from leukoscope.fileio import sha256_file
-from leukoscope.models.card import load_card
+from leukoscope.models.card import ModelCard, load_card
 from leukoscope.training.adapt import AdaptOptions, adapt
 
 TARGETS = {
@@ -95,20 +95,40 @@ def linked(samples: Sequence[Sample], folder: Path) -> Path:
     return folder
 
 
+def released_manifest(card: ModelCard, manifests: Path, model: Path) -> Path | str:
+    """The manifest under ``manifests`` the model was released with, or why there is none."""
+    release = card.release
+    if release is None:
+        return f"{model} is not a released model (its card names no manifest)"
+    manifest = manifests / release.manifest
+    if not manifest.is_file():
+        return f"{manifest} not found (make it with `leukoscope data split`)"
+    if sha256_file(manifest) != release.manifest_sha256:
+        return f"{manifest} is not the manifest {model} was released with"
+    return manifest
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--models`` (default: every released model), ``--external`` and ``--manifests``."""
+    parser.add_argument("--models", nargs="*", type=Path)
+    parser.add_argument("--external", type=Path, default=Path("../shared/data/external"))
+    parser.add_argument("--manifests", type=Path, default=Path("runs/manifests"))
+
+
+def models_or_released(models: list[Path] | None) -> list[Path]:
+    """``models``, or when none are named every model folder under ``models/``."""
+    return models or sorted(p.parent for p in Path("models").glob("*/model_card.json"))
+
+
 def pbc_test(
     model: Path, manifests: Path, rescale: bool, renormalise: bool = False
 ) -> dict[str, Any]:
     """The model's own PBC test split (with ``renormalise``, after adapting to it without
     labels), or the reason it could not be scored."""
     card = load_card(model / "model_card.json")
-    release = card.release
-    if release is None:
-        return {"skipped": f"{model} is not a released model (its card names no manifest)"}
-    manifest = manifests / release.manifest
-    if not manifest.is_file():
-        return {"skipped": f"{manifest} not found (make it with `leukoscope data split`)"}
-    if sha256_file(manifest) != release.manifest_sha256:
-        return {"skipped": f"{manifest} is not the manifest {model} was released with"}
+    manifest = released_manifest(card, manifests, model)
+    if isinstance(manifest, str):
+        return {"skipped": manifest}
 
     def samples_for(classes: Sequence[str]) -> list[Sample]:
         return read_manifest(manifest, "test", classes)[0]
@@ -122,9 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--models", nargs="*", type=Path)
-    parser.add_argument("--external", type=Path, default=Path("../shared/data/external"))
-    parser.add_argument("--manifests", type=Path, default=Path("runs/manifests"))
+    add_model_options(parser)
     parser.add_argument(
         "--no-pbc-test",
         dest="pbc_test",
@@ -144,7 +162,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/external.json"))
     args = parser.parse_args()
-    models = args.models or sorted(p.parent for p in Path("models").glob("*/model_card.json"))
+    models = models_or_released(args.models)
     sets = sorted(p.parent for p in args.external.glob("*/images"))
     if not sets:
         raise SystemExit(f"{args.external}: no labelled sets (folders with images/)")

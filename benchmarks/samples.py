@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from external import add_model_options, models_or_released, released_manifest
 from results_file import write_results
 
 from leukoscope.cli.console import classify_inputs
 from leukoscope.data.datasets import Sample, read_manifest, samples_from_folder
-from leukoscope.fileio import sha256_file
 from leukoscope.inference.predictor import Predictor
 
 
@@ -55,27 +55,14 @@ def scored(predictor: Predictor, samples: list[Sample], renormalise: bool) -> di
     }
 
 
-def own_test_split(predictor: Predictor, manifests: Path) -> list[Sample] | str:
-    """The test split of the manifest the model was released with, or why there is none."""
-    release = predictor.card.release
-    if release is None:
-        return "not a released model (its card names no manifest)"
-    manifest = manifests / release.manifest
-    if not manifest.is_file() or sha256_file(manifest) != release.manifest_sha256:
-        return f"{manifest} is not the manifest the model was released with"
-    return read_manifest(manifest, "test", predictor.classes)[0]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--models", nargs="*", type=Path)
-    parser.add_argument("--external", type=Path, default=Path("../shared/data/external"))
-    parser.add_argument("--manifests", type=Path, default=Path("runs/manifests"))
+    add_model_options(parser)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/samples.json"))
     args = parser.parse_args()
-    models = args.models or sorted(p.parent for p in Path("models").glob("*/model_card.json"))
+    models = models_or_released(args.models)
     results: dict[str, Any] = {}
     for model in models:
         predictor = Predictor.load(model)
@@ -83,7 +70,12 @@ def main() -> None:
             folder.parent.name: samples_from_folder(folder, predictor.classes)[0]
             for folder in sorted(args.external.glob("*/images"))
         }
-        sets["pbc_test"] = own_test_split(predictor, args.manifests)
+        manifest = released_manifest(predictor.card, args.manifests, model)
+        sets["pbc_test"] = (
+            manifest
+            if isinstance(manifest, str)
+            else read_manifest(manifest, "test", predictor.classes)[0]
+        )
         row: dict[str, Any] = {}
         for name, samples in sets.items():
             if isinstance(samples, str):
