@@ -22,6 +22,7 @@ from leukoscope.models import load_model
 from leukoscope.models.card import update_card
 from leukoscope.reports import differential as differential_report
 from leukoscope.reports.differential import CellCall
+from leukoscope.training import adapt as adapt_module
 from tests.cells.drawing import drawn_cell, smear
 from tests.conftest import cell_image
 from tests.inference.tiny import Tiny, build_batchnorm, build_tiny, build_untrained, squeezenet_h5
@@ -433,3 +434,14 @@ def test_a_shifted_sample_is_classified_again_by_the_model_renormalised_on_it(
     assert json.loads(out.read_text())["renormalised_cells"] == 0
     result = invoke("predict", cells, "--model", tiny.model_dir, "--out", out)
     assert "no normalisation statistics to re-estimate" in " ".join(result.output.split())
+
+    # A renormalisation that fails keeps the first calls, and says why.
+    def fails(*args: object) -> None:
+        raise LeukoscopeError("cell_0.jpg: cannot read the image")
+
+    monkeypatch.setattr(adapt_module, "renormalised_for_sample", fails)
+    result = invoke("predict", cells, "--model", source, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "Not renormalised: cell_0.jpg: cannot read" in " ".join(result.output.split())
+    written = json.loads(out.read_text())
+    assert written["renormalised_cells"] == 0 and written["summary"]["images"] == 40

@@ -281,7 +281,11 @@ def renormalised_classification(
         "classifying them again (--no-renormalise: the model as trained).",
         highlight=False,
     )
-    renormalised = renormalised_for_sample(predictor, readable, magnification)
+    try:
+        renormalised = renormalised_for_sample(predictor, readable, magnification)
+    except LeukoscopeError as exc:  # e.g. the files changed since: keep the first calls
+        console.print(f"[bold]Not renormalised:[/] {exc}.", highlight=False)
+        return Classified(predictor, predictions, shift, magnification)
     predictions, magnification = classify(renormalised, inputs, batch_size, workers)
     adaptation = renormalised.card.adaptation
     return Classified(
