@@ -9,6 +9,10 @@ cells kept, and the expected calibration error at the card's temperature.
 
 The external sets measure; they never train a released model.
 
+Each model is scored as it is (``evaluate``'s ``--no-renormalise``): what ``evaluate`` and
+``predict`` give by default, renormalising a sample that looks shifted, is measured by
+``benchmarks/samples.py``.
+
 ``--renormalise`` scores each model after ``leukoscope adapt --unlabelled`` on the very images
 it then classifies (their labels unused): the lab-adapted model a lab gets from its own cells,
 and on the PBC test split what renormalising costs in the training lab. Models without
@@ -71,7 +75,9 @@ def score(
     """``evaluate_model`` without timing, mistakes or heatmaps, summarised; with
     ``renormalise_on`` (a folder of images), of the model adapted to them without labels, or the
     reason it could not be adapted."""
-    options = EvaluateOptions(throughput_runs=0, mistakes=0, heatmaps=False, rescale=rescale)
+    options = EvaluateOptions(
+        throughput_runs=0, mistakes=0, heatmaps=False, rescale=rescale, renormalise=False
+    )
     with tempfile.TemporaryDirectory() as tmp:
         if renormalise_on is not None:
             try:

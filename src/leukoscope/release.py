@@ -109,8 +109,9 @@ def release_model(
                 lambda classes: read_manifest(manifest, "test", classes)[0],
                 f"{manifest.name} (test split)",
                 staging / "evaluation",
-                # Heatmaps would put images derived from the dataset into the repository.
-                options=EvaluateOptions(heatmaps=False),
+                # Heatmaps would put images derived from the dataset into the repository;
+                # the test metrics describe the model as released, never a renormalised one.
+                options=EvaluateOptions(heatmaps=False, renormalise=False),
                 advance=tracker.advance,
                 model_name=str(models_dir / name),
             )

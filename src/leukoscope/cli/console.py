@@ -258,20 +258,13 @@ def renormalised_classification(
     """A shifted sample classified again by ``predictor``'s model renormalised on its cells,
     or as it was (with the reason on the console) when the model cannot be renormalised."""
     from leukoscope.training.adapt import (
-        MIN_RENORMALISE_CELLS,
         SAMPLE_CELLS,
-        can_renormalise,
         renormalised_for_sample,
+        why_not_renormalised,
     )
 
     readable = [p.source for p in predictions if p.error is None]
-    able = can_renormalise(predictor)
-    if not able or len(readable) < MIN_RENORMALISE_CELLS:
-        why = (
-            f"fewer than {MIN_RENORMALISE_CELLS} readable cells"
-            if able
-            else "this model has no normalisation statistics to re-estimate"
-        )
+    if (why := why_not_renormalised(predictor, len(readable))) is not None:
         console.print(f"[bold]Not renormalised:[/] {why}.", highlight=False)
         return Classified(predictor, predictions, shift, magnification)
     console.print(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from leukoscope.cli.console import console, progress_bar
-from leukoscope.cli.options import Backend, BatchSize, Split
+from leukoscope.cli.options import Backend, BatchSize, RenormaliseOption, Split
 from leukoscope.errors import LeukoscopeError
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ def evaluate_command(
         Backend,
         typer.Option("--backend", help="Runtime; --model may name an .onnx export."),
     ] = Backend.TORCH,
+    renormalise: RenormaliseOption = True,
 ) -> None:
     """Score a model on labelled images (one of --data or --manifest).
 
@@ -87,6 +88,7 @@ def evaluate_command(
         mistakes=mistakes,
         heatmaps=heatmaps,
         backend=backend,
+        renormalise=renormalise,
     )
     with progress_bar("Predicting") as tracker:
         metrics = evaluate_model(
@@ -100,4 +102,11 @@ def evaluate_command(
         f"(95% CI {ci['macro_f1'][0]:.4f}-{ci['macro_f1'][1]:.4f}) on {metrics['n_images']} "
         f"images; {len(metrics['skipped'])} skipped"
     )
+    if metrics["renormalised_cells"]:
+        console.print(
+            f"[bold]Renormalised:[/] the images looked unlike the training data, so the model "
+            f"was renormalised on {metrics['renormalised_cells']} of them and scored so "
+            "(--no-renormalise: the model as it is).",
+            highlight=False,
+        )
     console.print(f"Reports: {out}")

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 
 from leukoscope.data.datasets import Sample
-from leukoscope.data.preprocess import UNSCALED
+from leukoscope.data.preprocess import UNSCALED, ScaleEstimate
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.calibrate import calibration_section
 from leukoscope.evaluation.metrics import BOOTSTRAP_RESAMPLES, classification_metrics
 from leukoscope.evaluation.mistakes import confident_mistakes, mistake_heatmaps
 from leukoscope.evaluation.report import mistakes_section, write_report
 from leukoscope.evaluation.timing import measure_inference
-from leukoscope.inference.predictor import Predictor
+from leukoscope.inference.predictor import Outputs, Prediction, Predictor
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,51 @@ class EvaluateOptions:
     """Rescale the evaluated images, as one sample, to the training images' magnification
     (:class:`~leukoscope.data.preprocess.SampleScale`, when the card has one), as ``predict``
     does; False scores them as they are."""
+    renormalise: bool = True
+    """When the images, as one sample, look unlike the training data (the shift check), score
+    the model renormalised on them instead, as ``predict`` does
+    (:func:`~leukoscope.training.adapt.renormalised_for_sample`); False scores the model as it
+    is."""
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _classified(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    options: EvaluateOptions,
+    advance: Callable[[int], None],
+) -> tuple[ScaleEstimate, Outputs, list[Prediction]]:
+    """The files rescaled as one sample (with ``options.rescale``), their raw outputs and the
+    predictions of the readable ones."""
+    scale = predictor.estimate_scale(paths) if options.rescale else UNSCALED
+    outputs = predictor.outputs_for_paths(
+        paths,
+        batch_size=options.batch_size,
+        workers=options.workers,
+        on_progress=advance,
+        scale=scale,
+    )
+    predictions = predictor.predictions_from_outputs(
+        outputs.logits,
+        outputs.features,
+        [str(paths[i]) for i in outputs.indices],
+        outputs.notes_in_order(),
+    )
+    return scale, outputs, predictions
+
+
+def _renormalisable(predictor: Predictor, predictions: Sequence[Prediction]) -> bool:
+    """Whether these predictions make a shifted sample that ``predictor``'s model can be
+    renormalised on (:func:`~leukoscope.training.adapt.why_not_renormalised`)."""
+    shift = predictor.check_shift(predictions)
+    if shift is None or not shift.shifted:
+        return False
+    from leukoscope.training.adapt import why_not_renormalised
+
+    return why_not_renormalised(predictor, len(predictions)) is None
 
 
 def evaluate_model(
@@ -72,16 +113,16 @@ def evaluate_model(
     classes = predictor.classes
     samples = samples_for(classes)
     paths = [sample.path for sample in samples]
-    scale = predictor.estimate_scale(paths) if options.rescale else UNSCALED
-    outputs = predictor.outputs_for_paths(
-        paths,
-        batch_size=options.batch_size,
-        workers=options.workers,
-        on_progress=advance,
-        scale=scale,
-    )
+    scale, outputs, predictions = _classified(predictor, paths, options, advance)
     if not outputs.indices:
         raise LeukoscopeError(f"{data_description}: none of the {len(samples)} images is readable")
+    renormalised = 0
+    if options.renormalise and _renormalisable(predictor, predictions):
+        from leukoscope.training.adapt import renormalised_for_sample
+
+        predictor = renormalised_for_sample(predictor, [p.source for p in predictions], scale)
+        scale, outputs, predictions = _classified(predictor, paths, options, lambda n: None)
+        renormalised = predictor.card.adaptation.renormalised if predictor.card.adaptation else 0
     y_true = np.array([samples[i].label for i in outputs.indices])
     metrics = classification_metrics(
         y_true, outputs.logits.argmax(1), classes, resamples=options.resamples, seed=options.seed
@@ -95,13 +136,11 @@ def evaluate_model(
         extra_views_below=predictor.card.extra_views_below,
         data=data_description,
         magnification=scale.to_dict(),
+        renormalised_cells=renormalised,
     )
     metrics["skipped"] = [{"path": str(paths[i]), "reason": msg} for i, msg in outputs.errors]
     out = Path(out_dir)
     readable = [paths[i] for i in outputs.indices]
-    predictions = predictor.predictions_from_outputs(
-        outputs.logits, outputs.features, [str(p) for p in readable], outputs.notes_in_order()
-    )
     markdown, metrics["calibration"] = calibration_section(
         outputs.logits,
         y_true,

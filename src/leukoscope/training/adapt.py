@@ -504,6 +504,16 @@ def can_renormalise(predictor: Predictor) -> bool:
     )
 
 
+def why_not_renormalised(predictor: Predictor, readable: int) -> str | None:
+    """Why a shifted sample of ``readable`` cells cannot be renormalised for ``predictor``
+    (None: it can, see :func:`renormalised_for_sample`)."""
+    if not can_renormalise(predictor):
+        return "this model has no normalisation statistics to re-estimate"
+    if readable < MIN_RENORMALISE_CELLS:
+        return f"fewer than {MIN_RENORMALISE_CELLS} readable cells"
+    return None
+
+
 def renormalised_for_sample(
     predictor: Predictor, paths: Sequence[str | Path], scale: ScaleEstimate
 ) -> Predictor:
