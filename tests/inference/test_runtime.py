@@ -7,12 +7,14 @@ from leukoscope.inference.predictor import Predictor
 from leukoscope.inference.runtime import (
     BF16_ENV,
     BF16_KEY,
+    ENGINE_BATCH,
     ENGINES,
     FOLDER_EXPORTS,
     FULL_RANGE_INT8,
     ONNX_NAME,
     PRECISION_KEY,
     engines_for,
+    in_batches,
     open_export,
     openvino_precision,
     turned_views,
@@ -88,6 +90,34 @@ def test_extra_views_run_for_the_unsure_images_only_and_average_their_logits() -
     calls.clear()
     with_extra_views(run, 4, 1.0, 0.0)(pixels)
     assert calls == [6]  # every image sure: the first view only
+
+
+def test_an_engine_computes_a_batch_in_calls_of_at_most_engine_batch_images() -> None:
+    calls: list[int] = []
+
+    def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(len(pixels))
+        features = pixels.reshape(len(pixels), -1).astype(np.float32)
+        return features[:, :2] * 2, features
+
+    pixels = np.random.default_rng(2).integers(0, 256, (10, 2, 2, 3), dtype=np.uint8)
+    logits, features = in_batches(run, 4)(pixels)
+    assert calls == [4, 4, 2]
+    np.testing.assert_array_equal(logits, run(pixels)[0])  # in order, nothing lost
+    np.testing.assert_array_equal(features, run(pixels)[1])
+    calls.clear()
+    in_batches(run, 4)(pixels[:3])
+    assert calls == [3]
+    # A released export opened by each engine: a decoder's batch of 64 gives the same outputs
+    # as images computed one by one.
+    folder = REPO / "models" / "wbc5-squeezenet1_1-128"
+    one = np.random.default_rng(3).integers(0, 256, (64, 128, 128, 3), dtype=np.uint8)
+    for engine in ENGINES:
+        export = open_export(folder / ONNX_NAME, engine)
+        batched = export.run(one)[0]
+        single = np.concatenate([export.run(one[i : i + 1])[0] for i in range(len(one))])
+        np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-4)
+    assert 1 < ENGINE_BATCH < 64
 
 
 def test_the_images_unsure_of_their_first_view_are_those_under_the_calibrated_confidence() -> None:
