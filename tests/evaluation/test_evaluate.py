@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from leukoscope.data.datasets import Sample, read_manifest
+from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
 from leukoscope.inference.predictor import Prediction, Predictor
 from leukoscope.inference.shift import ShiftCheck
@@ -39,6 +40,21 @@ def test_a_shifted_sample_is_scored_renormalised_unless_asked_not_to(
     )
     n = shifted["n_images"]
     assert n >= 32 and shifted["renormalised_cells"] == n
+    assert shifted["not_renormalised"] is None
+    # A renormalisation that fails (say, the files changed since) scores the model as it is,
+    # and says why, as predict keeps its first calls.
+    from leukoscope.training import adapt as adapt_module
+
+    def fails(*args: object) -> None:
+        raise LeukoscopeError("a.jpg: changed since it was classified")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(adapt_module, "renormalised_for_sample", fails)
+        failed = evaluate_model(
+            batchnorm.model_dir, samples_for, "val", tmp_path / "d", options=OPTIONS
+        )
+    assert failed["renormalised_cells"] == 0 and failed["accuracy"] == as_is["accuracy"]
+    assert failed["not_renormalised"] == "a.jpg: changed since it was classified"
     kept = evaluate_model(
         batchnorm.model_dir,
         samples_for,

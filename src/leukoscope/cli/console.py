@@ -257,27 +257,21 @@ def renormalised_classification(
 ) -> Classified:
     """A shifted sample classified again by ``predictor``'s model renormalised on its cells,
     or as it was (with the reason on the console) when the model cannot be renormalised."""
-    from leukoscope.training.adapt import (
-        SAMPLE_CELLS,
-        renormalised_for_sample,
-        why_not_renormalised,
-    )
+    from leukoscope.training.adapt import renormalised_or_why
+
+    def announce(cells: int) -> None:
+        console.print(
+            f"[bold]Renormalising:[/] {shift.uncertain} of {shift.cells} cells are flagged "
+            f"uncertain (about {shift.expected_share:.0%} expected); re-estimating the "
+            f"model's normalisation statistics on {cells} of them and classifying them again "
+            "(--no-renormalise: the model as trained).",
+            highlight=False,
+        )
 
     readable = [p.source for p in predictions if p.error is None]
-    if (why := why_not_renormalised(predictor, len(readable))) is not None:
-        console.print(f"[bold]Not renormalised:[/] {why}.", highlight=False)
-        return Classified(predictor, predictions, shift, magnification)
-    console.print(
-        f"[bold]Renormalising:[/] {shift.uncertain} of {shift.cells} cells are flagged "
-        f"uncertain (about {shift.expected_share:.0%} expected); re-estimating the model's "
-        f"normalisation statistics on {min(len(readable), SAMPLE_CELLS)} of them and "
-        "classifying them again (--no-renormalise: the model as trained).",
-        highlight=False,
-    )
-    try:
-        renormalised = renormalised_for_sample(predictor, readable, magnification)
-    except LeukoscopeError as exc:  # e.g. the files changed since: keep the first calls
-        console.print(f"[bold]Not renormalised:[/] {exc}.", highlight=False)
+    renormalised = renormalised_or_why(predictor, readable, magnification, announce)
+    if isinstance(renormalised, str):
+        console.print(f"[bold]Not renormalised:[/] {renormalised}.", highlight=False)
         return Classified(predictor, predictions, shift, magnification)
     predictions, magnification = classify(renormalised, inputs, batch_size, workers)
     adaptation = renormalised.card.adaptation

@@ -109,4 +109,10 @@ def evaluate_command(
             "(--no-renormalise: the model as it is).",
             highlight=False,
         )
+    elif metrics["not_renormalised"]:
+        console.print(
+            "[bold]Not renormalised:[/] the images looked unlike the training data, but "
+            f"{metrics['not_renormalised']}; the model was scored as it is.",
+            highlight=False,
+        )
     console.print(f"Reports: {out}")

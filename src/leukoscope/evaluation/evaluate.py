@@ -85,17 +85,6 @@ def _classified(
     return scale, outputs, predictions
 
 
-def _renormalisable(predictor: Predictor, predictions: Sequence[Prediction]) -> bool:
-    """Whether these predictions make a shifted sample that ``predictor``'s model can be
-    renormalised on (:func:`~leukoscope.training.adapt.why_not_renormalised`)."""
-    shift = predictor.check_shift(predictions)
-    if shift is None or not shift.shifted:
-        return False
-    from leukoscope.training.adapt import why_not_renormalised
-
-    return why_not_renormalised(predictor, len(predictions)) is None
-
-
 def evaluate_model(
     model_path: str | Path,
     samples_for: Callable[[Sequence[str]], list[Sample]],
@@ -116,13 +105,19 @@ def evaluate_model(
     scale, outputs, predictions = _classified(predictor, paths, options, advance)
     if not outputs.indices:
         raise LeukoscopeError(f"{data_description}: none of the {len(samples)} images is readable")
-    renormalised = 0
-    if options.renormalise and _renormalisable(predictor, predictions):
-        from leukoscope.training.adapt import renormalised_for_sample
+    renormalised, not_renormalised = 0, None
+    shift = predictor.check_shift(predictions)
+    if options.renormalise and shift is not None and shift.shifted:
+        from leukoscope.training.adapt import renormalised_or_why
 
-        predictor = renormalised_for_sample(predictor, [p.source for p in predictions], scale)
-        scale, outputs, predictions = _classified(predictor, paths, options, lambda n: None)
-        renormalised = predictor.card.adaptation.renormalised if predictor.card.adaptation else 0
+        result = renormalised_or_why(predictor, [p.source for p in predictions], scale)
+        if isinstance(result, str):
+            not_renormalised = result
+        else:
+            predictor = result
+            scale, outputs, predictions = _classified(predictor, paths, options, lambda n: None)
+            adaptation = predictor.card.adaptation
+            renormalised = adaptation.renormalised if adaptation else 0
     y_true = np.array([samples[i].label for i in outputs.indices])
     metrics = classification_metrics(
         y_true, outputs.logits.argmax(1), classes, resamples=options.resamples, seed=options.seed
@@ -137,6 +132,7 @@ def evaluate_model(
         data=data_description,
         magnification=scale.to_dict(),
         renormalised_cells=renormalised,
+        not_renormalised=not_renormalised,
     )
     metrics["skipped"] = [{"path": str(paths[i]), "reason": msg} for i, msg in outputs.errors]
     out = Path(out_dir)

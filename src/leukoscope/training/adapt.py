@@ -504,14 +504,40 @@ def can_renormalise(predictor: Predictor) -> bool:
     )
 
 
-def why_not_renormalised(predictor: Predictor, readable: int) -> str | None:
-    """Why a shifted sample of ``readable`` cells cannot be renormalised for ``predictor``
-    (None: it can, see :func:`renormalised_for_sample`)."""
+def renormalised_or_why(
+    predictor: Predictor,
+    paths: Sequence[str | Path],
+    scale: ScaleEstimate,
+    on_start: Callable[[int], None] = lambda cells: None,
+) -> Predictor | str:
+    """:func:`renormalised_for_sample` for a shifted sample, or why its model was not
+    renormalised.
+
+    Parameters
+    ----------
+    predictor, paths, scale
+        As for :func:`renormalised_for_sample`: ``paths`` are the sample's readable cells.
+    on_start
+        Called with the number of cells renormalised on, before the work starts (a few
+        seconds), so that a console can say what is happening.
+
+    Returns
+    -------
+    Predictor or str
+        The renormalised predictor; or why not: the model has no normalisation statistics,
+        too few cells are readable, or renormalising failed (say, the files changed since they
+        were classified). ``predict``, ``differential`` and ``evaluate`` then keep the calls of
+        the model as it is: a sample they cannot renormalise never ends the command.
+    """
     if not can_renormalise(predictor):
         return "this model has no normalisation statistics to re-estimate"
-    if readable < MIN_RENORMALISE_CELLS:
+    if len(paths) < MIN_RENORMALISE_CELLS:
         return f"fewer than {MIN_RENORMALISE_CELLS} readable cells"
-    return None
+    on_start(min(len(paths), SAMPLE_CELLS))
+    try:
+        return renormalised_for_sample(predictor, paths, scale)
+    except LeukoscopeError as exc:
+        return str(exc)
 
 
 def renormalised_for_sample(
