@@ -109,12 +109,12 @@ ENGINE_BATCH = 16
 at a time.
 
 A smaller batch probably keeps a layer's activations closer to the cores' caches. On the 2-core
-Intel Xeon with AMX, ``predict_paths`` over each released model's test split in a running process,
-calls of 16 and of 64 taking eight turns each (``benchmarks/engine_batch.py``,
-``benchmarks/results/engine-batch.json``): the 8-class EfficientNet-Lite0 in OpenVINO bf16 ran at a
-median of 252.6 images/s against 224.8 (faster in five of eight turns), the 5-class one at 253.9
-against 252.6; the SqueezeNets in ONNX Runtime moved by -8% to +5%, within the turns' spread on that
-shared machine."""
+Intel Xeon with AMX, ``predict_paths`` over each released model's test split in a running
+process, calls of 16 and of 64 taking eight turns each (``benchmarks/engine_batch.py``,
+``benchmarks/results/engine-batch.json``): the 8-class EfficientNet-Lite0 in OpenVINO bf16 ran
+at a median of 252.6 images/s against 224.8 (faster in five of eight turns), the 5-class one at
+253.9 against 252.6; the SqueezeNets in ONNX Runtime moved by -8% to +6%, within the turns'
+spread on that shared machine."""
 
 
 def turned_views(pixels: np.ndarray, views: int) -> list[np.ndarray]:
