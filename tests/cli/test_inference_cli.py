@@ -8,12 +8,15 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner, Result
 
+from leukoscope.cells.crops import field_cells
 from leukoscope.cli.app import app
-from leukoscope.data.preprocess import SampleScale
+from leukoscope.data.preprocess import SampleScale, to_noted_pixels
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.ood import synthetic_ood_images
 from leukoscope.inference.abstention import RENORMALISED_STATS_NAME
@@ -445,3 +448,63 @@ def test_a_shifted_sample_is_classified_again_by_the_model_renormalised_on_it(
     assert "Not renormalised: cell_0.jpg: cannot read" in " ".join(result.output.split())
     written = json.loads(out.read_text())
     assert written["renormalised_cells"] == 0 and written["summary"]["images"] == 40
+
+
+def test_shifted_field_images_are_classified_again_by_the_model_renormalised_on_their_cells(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = build_batchnorm(tmp_path_factory.getbasetemp() / "batchnorm").model_dir
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    cells = [(x, y, 90) for x in (150, 400, 650, 900) for y in (150, 420)]  # none on the edge
+    for seed in range(5):  # 40 white cells in all
+        field = smear((1050, 570), cells, red_cells=40, red_diameter=60, seed=seed)
+        Image.fromarray(field).save(folder / f"{seed}.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    real_check = Predictor.check_shift
+
+    def as_shifted(self: Predictor, predictions: list) -> object:
+        check = real_check(self, predictions)
+        if check is not None and self.card.adaptation is None:  # the model as loaded
+            return dataclasses.replace(check, uncertain=check.cells, shifted=True)
+        return check
+
+    monkeypatch.setattr(Predictor, "check_shift", as_shifted)
+    out = tmp_path / "p.json"
+    result = invoke("predict", folder, "--fields", "--model", source, "--out", out)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "Renormalising: 40 of 40 cells are flagged uncertain" in said
+    written = json.loads(out.read_text())
+    assert written["renormalised_cells"] == 40
+    calls = [p for p in written["predictions"] if p["label"]]
+    assert len(calls) == 40 and all(p["box"] for p in calls)  # the same cells, boxes kept
+    assert sum(bool(p["error"]) for p in written["predictions"]) == 1  # the broken field
+
+    # The renormalised model is the one renormalise() makes of those very cells, as the
+    # predictor sees them.
+    fields = sorted(folder.glob("*.png"))
+    predictor = Predictor.load(source)
+    renormalised = adapt_module.renormalised_for_fields(predictor, fields)
+    adaptation = renormalised.card.adaptation
+    assert adaptation is not None and adaptation.renormalised == 40
+    assert set(adaptation.files) == {str(f) for f in fields} and adaptation.magnification == 1.0
+    config = predictor.card.preprocessing
+    pixels = [
+        to_noted_pixels(Image.fromarray(cell.rgb), config)[0]
+        for field in fields
+        for cell in field_cells(np.asarray(Image.open(field).convert("RGB")))
+    ]
+    expected = adapt_module.renormalise(
+        predictor.model, predictor.card, torch.from_numpy(np.stack(pixels))
+    ).state_dict()
+    for name, value in renormalised.model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], msg=name)
+
+    # Too few cells in the fields: said, and the first calls kept.
+    few = tmp_path / "few"
+    few.mkdir()
+    (folder / "0.png").rename(few / "0.png")
+    result = invoke("predict", few, "--fields", "--model", source, "--out", out)
+    assert "Not renormalised: fewer than 32 readable cells" in " ".join(result.output.split())
+    assert json.loads(out.read_text())["renormalised_cells"] == 0

@@ -165,11 +165,10 @@ def require_some_read(predictions: Sequence[Prediction]) -> None:
 
 
 def classify(
-    predictor: Predictor, inputs: Sequence[str | Path], batch_size: int, workers: int
+    predictor: Predictor, paths: Sequence[Path], batch_size: int, workers: int
 ) -> tuple[list[Prediction], ScaleEstimate]:
-    """Predict every image under ``inputs`` (files, folders, globs), one sample, behind a
-    progress bar; say when the sample is rescaled to the training images' magnification."""
-    paths = find_images(inputs)
+    """Predict the cell images ``paths``, one sample, behind a progress bar; say when the
+    sample is rescaled to the training images' magnification."""
     scale = predictor.estimate_scale(paths)
     if scale.factor != 1.0:
         console.print(f"[bold]Magnification:[/] {scale.message}", highlight=False)
@@ -215,23 +214,31 @@ def classify_inputs(
     classify every white cell of the field images under them (see
     :mod:`leukoscope.inference.fields`).
 
-    With ``renormalise``, cell images that look unlike the training data as a sample (the
-    shift check) are classified again by the model renormalised on them, when it can be
-    (:func:`~leukoscope.training.adapt.renormalised_for_sample`): on another lab's rapid stain
+    With ``renormalise``, a sample that looks unlike the training data as a whole (the shift
+    check) is classified again by the model renormalised on its cells, when it can be
+    (:func:`~leukoscope.training.adapt.renormalised_or_why`): on another lab's rapid stain
     this took the 5-class EfficientNet from 13% to 67%, and it never touches a sample that
     looks like the training data, on which it would cost a point.
     """
+    paths = find_images(inputs)
+    first = classified(predictor, paths, batch_size, workers, fields=fields)
+    if not renormalise or first.shift is None or not first.shift.shifted:
+        return first
+    return renormalised_classification(
+        first, first.shift, paths, batch_size, workers, fields=fields
+    )
+
+
+def classified(
+    predictor: Predictor, paths: Sequence[Path], batch_size: int, workers: int, *, fields: bool
+) -> Classified:
+    """The cell images ``paths``, or the white cells of the field images ``paths``, classified
+    once by ``predictor`` as one sample, with its shift check."""
     if not fields:
-        predictions, magnification = classify(predictor, inputs, batch_size, workers)
-        shift = predictor.check_shift(predictions)
-        if renormalise and shift is not None and shift.shifted:
-            return renormalised_classification(
-                predictor, inputs, batch_size, workers, predictions, magnification, shift
-            )
-        return Classified(predictor, predictions, shift, magnification)
+        predictions, magnification = classify(predictor, paths, batch_size, workers)
+        return Classified(predictor, predictions, predictor.check_shift(predictions), magnification)
     from leukoscope.inference.fields import classify_field_paths, field_shift
 
-    paths = find_images(inputs)
     with progress_bar("Locating and classifying", total=len(paths)) as tracker:
         cells = classify_field_paths(predictor, paths, on_progress=tracker.advance)
     predictions = [cell.prediction for cell in cells]
@@ -247,17 +254,25 @@ def classify_inputs(
 
 
 def renormalised_classification(
-    predictor: Predictor,
-    inputs: Sequence[str | Path],
+    first: Classified,
+    shift: ShiftCheck,
+    paths: Sequence[Path],
     batch_size: int,
     workers: int,
-    predictions: list[Prediction],
-    magnification: ScaleEstimate,
-    shift: ShiftCheck,
+    *,
+    fields: bool,
 ) -> Classified:
-    """A shifted sample classified again by ``predictor``'s model renormalised on its cells,
-    or as it was (with the reason on the console) when the model cannot be renormalised."""
-    from leukoscope.training.adapt import renormalised_or_why
+    """A sample ``first`` classified, that ``shift`` found shifted, classified again by its
+    model renormalised on its cells; or ``first`` (with the reason on the console) when the
+    model cannot be renormalised."""
+    from leukoscope.data.preprocess import UNSCALED
+    from leukoscope.training.adapt import (
+        renormalised_for_fields,
+        renormalised_for_sample,
+        renormalised_or_why,
+    )
+
+    predictor = first.predictor
 
     def announce(cells: int) -> None:
         console.print(
@@ -268,17 +283,24 @@ def renormalised_classification(
             highlight=False,
         )
 
-    readable = [p.source for p in predictions if p.error is None]
-    renormalised = renormalised_or_why(predictor, readable, magnification, announce)
+    readable = list(dict.fromkeys(p.source for p in first.predictions if p.error is None))
+    if fields:
+        cells = sum(p.error is None for p in first.predictions)
+        renormalised = renormalised_or_why(
+            predictor, cells, lambda: renormalised_for_fields(predictor, readable), announce
+        )
+    else:
+        scale = first.magnification or UNSCALED
+        renormalised = renormalised_or_why(
+            predictor,
+            len(readable),
+            lambda: renormalised_for_sample(predictor, readable, scale),
+            announce,
+        )
     if isinstance(renormalised, str):
         console.print(f"[bold]Not renormalised:[/] {renormalised}.", highlight=False)
-        return Classified(predictor, predictions, shift, magnification)
-    predictions, magnification = classify(renormalised, inputs, batch_size, workers)
+        return first
+    again = classified(renormalised, paths, batch_size, workers, fields=fields)
     adaptation = renormalised.card.adaptation
-    return Classified(
-        renormalised,
-        predictions,
-        renormalised.check_shift(predictions),
-        magnification,
-        renormalised=adaptation.renormalised if adaptation else 0,
-    )
+    again.renormalised = adaptation.renormalised if adaptation else 0
+    return again

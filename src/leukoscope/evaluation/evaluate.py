@@ -108,9 +108,12 @@ def evaluate_model(
     renormalised, not_renormalised = 0, None
     shift = predictor.check_shift(predictions)
     if options.renormalise and shift is not None and shift.shifted:
-        from leukoscope.training.adapt import renormalised_or_why
+        from leukoscope.training.adapt import renormalised_for_sample, renormalised_or_why
 
-        result = renormalised_or_why(predictor, [p.source for p in predictions], scale)
+        source, cells = predictor, [p.source for p in predictions]
+        result = renormalised_or_why(
+            predictor, len(cells), lambda: renormalised_for_sample(source, cells, scale)
+        )
         if isinstance(result, str):
             not_renormalised = result
         else:

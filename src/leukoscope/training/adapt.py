@@ -35,7 +35,8 @@ cellavision, whose colours are close to PBC's, it changed little (71% to 72%, an
 (the EfficientNets, not the SqueezeNets) have any. The renormalised model's abstention rule is
 the one its source carries for that purpose (:func:`fit_renormalised_reference`). ``predict``
 and ``differential`` renormalise by themselves, on the sample they classify, when it looks
-unlike the training data as a whole (:func:`renormalised_for_sample`): that gate keeps the
+unlike the training data as a whole (:func:`renormalised_for_sample`; field images:
+:func:`renormalised_for_fields`): that gate keeps the
 training lab's samples, where it would cost the point, as they were.
 
 Recalibration (see :func:`recalibrate`) never uses predictions of cells a model trained on
@@ -59,12 +60,14 @@ from typing import cast
 
 import numpy as np
 import torch
+from PIL import Image
 from scipy.special import softmax
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
 from torch.nn import functional as F
 
 from leukoscope.data.datasets import Sample, samples_from_folder, samples_from_paths
+from leukoscope.data.images import decode_rgb
 from leukoscope.data.preprocess import (
     UNSCALED,
     Augmentation,
@@ -73,8 +76,9 @@ from leukoscope.data.preprocess import (
     create_transform,
     pixels_dataset,
     spread,
+    to_noted_pixels,
 )
-from leukoscope.errors import LeukoscopeError
+from leukoscope.errors import ImageDecodeError, LeukoscopeError
 from leukoscope.fileio import sha256_file
 from leukoscope.inference.abstention import Abstainer
 from leukoscope.inference.calibration import expected_calibration_error, fit_temperature
@@ -506,17 +510,21 @@ def can_renormalise(predictor: Predictor) -> bool:
 
 def renormalised_or_why(
     predictor: Predictor,
-    paths: Sequence[str | Path],
-    scale: ScaleEstimate,
+    cells: int,
+    renormalised: Callable[[], Predictor],
     on_start: Callable[[int], None] = lambda cells: None,
 ) -> Predictor | str:
-    """:func:`renormalised_for_sample` for a shifted sample, or why its model was not
-    renormalised.
+    """``predictor``'s model renormalised on a shifted sample, or why not.
 
     Parameters
     ----------
-    predictor, paths, scale
-        As for :func:`renormalised_for_sample`: ``paths`` are the sample's readable cells.
+    predictor
+        The loaded model.
+    cells
+        How many of the sample's cells could be read (or were found in its fields).
+    renormalised
+        Makes the renormalised predictor: :func:`renormalised_for_sample` or
+        :func:`renormalised_for_fields` on the sample.
     on_start
         Called with the number of cells renormalised on, before the work starts (a few
         seconds), so that a console can say what is happening.
@@ -525,17 +533,17 @@ def renormalised_or_why(
     -------
     Predictor or str
         The renormalised predictor; or why not: the model has no normalisation statistics,
-        too few cells are readable, or renormalising failed (say, the files changed since they
-        were classified). ``predict``, ``differential`` and ``evaluate`` then keep the calls of
-        the model as it is: a sample they cannot renormalise never ends the command.
+        too few cells, or renormalising failed (say, the files changed since they were
+        classified). ``predict``, ``differential`` and ``evaluate`` then keep the calls of the
+        model as it is: a sample they cannot renormalise never ends the command.
     """
     if not can_renormalise(predictor):
         return "this model has no normalisation statistics to re-estimate"
-    if len(paths) < MIN_RENORMALISE_CELLS:
+    if cells < MIN_RENORMALISE_CELLS:
         return f"fewer than {MIN_RENORMALISE_CELLS} readable cells"
-    on_start(min(len(paths), SAMPLE_CELLS))
+    on_start(min(cells, SAMPLE_CELLS))
     try:
-        return renormalised_for_sample(predictor, paths, scale)
+        return renormalised()
     except LeukoscopeError as exc:
         return str(exc)
 
@@ -573,31 +581,96 @@ def renormalised_for_sample(
         The model cannot be renormalised, or fewer than :data:`MIN_RENORMALISE_CELLS` of
         the cells could be read.
     """
+    chosen = list(spread([Path(p) for p in paths], SAMPLE_CELLS))
+    cells = cells_from_samples([Sample(p) for p in chosen], predictor.card, scale)
+    return _renormalised(
+        predictor,
+        cells.pixels,
+        cells.paths,
+        skipped=len(cells.skipped),
+        magnification=scale.factor,
+        command="renormalised on the sample it classifies (leukoscope predict / differential)",
+    )
+
+
+def renormalised_for_fields(predictor: Predictor, fields: Sequence[str | Path]) -> Predictor:
+    """:func:`renormalised_for_sample` for a sample of field images: ``predictor``'s model
+    renormalised on up to :data:`SAMPLE_CELLS` of their white cells, cut out as ``predict
+    --fields`` cuts them (:func:`~leukoscope.cells.crops.field_cells`, already at the training
+    images' magnification) from fields spread evenly through ``fields``.
+
+    Raises
+    ------
+    LeukoscopeError
+        As :func:`renormalised_for_sample`; a field that can no longer be read is passed over.
+    """
+    from leukoscope.cells.crops import field_cells
+
+    config = predictor.card.preprocessing
+    pixels: list[np.ndarray] = []
+    used: list[Path] = []
+    skipped = 0
+    for field in spread([Path(f) for f in fields], SAMPLE_CELLS):
+        try:
+            rgb = np.asarray(decode_rgb(field))
+        except ImageDecodeError:
+            skipped += 1
+            continue
+        cut = field_cells(rgb)[: SAMPLE_CELLS - len(pixels)]
+        pixels += [to_noted_pixels(Image.fromarray(cell.rgb), config)[0] for cell in cut]
+        used += [field] if cut else []
+        if len(pixels) == SAMPLE_CELLS:
+            break
+    size = config.input_size
+    stacked = (
+        torch.from_numpy(np.stack(pixels))
+        if pixels
+        else torch.empty((0, size, size, 3), dtype=torch.uint8)
+    )
+    return _renormalised(
+        predictor,
+        stacked,
+        used,
+        skipped=skipped,
+        magnification=1.0,
+        command="renormalised on the field images it classifies (leukoscope predict --fields)",
+    )
+
+
+def _renormalised(
+    predictor: Predictor,
+    pixels: torch.Tensor,
+    files: Sequence[Path],
+    *,
+    skipped: int,
+    magnification: float,
+    command: str,
+) -> Predictor:
+    """``predictor``'s model renormalised on ``pixels`` (cells as the predictor sees them),
+    from ``files``: the predictor of :func:`renormalised_for_sample`."""
     card, weights = predictor.card, predictor.weights
     if not can_renormalise(predictor) or weights is None:
         raise LeukoscopeError(
             f"{predictor.source}: cannot be renormalised (it needs its PyTorch weights and an "
             "abstention rule for renormalised models, which `calibrate` fits for EfficientNets)"
         )
-    chosen = list(spread([Path(p) for p in paths], SAMPLE_CELLS))
-    cells = cells_from_samples([Sample(p) for p in chosen], card, scale)
-    tuned = renormalise(predictor.model, card, cells.pixels)
+    tuned = renormalise(predictor.model, card, pixels)
     adaptation = Adaptation(
         source=card.release.name if card.release else weights.parent.name,
         source_sha256=card.sha256,
-        data=os.path.commonpath([p.resolve() for p in chosen]) if chosen else "",
+        data=os.path.commonpath([p.resolve() for p in files]) if files else "",
         cells={},
-        files={str(p): sha256_file(p) for p in cells.paths},
-        skipped=len(cells.skipped),
+        files={str(p): sha256_file(p) for p in dict.fromkeys(files)},
+        skipped=skipped,
         steps=0,
         batch_size=0,
         trainable_stages=0,
         seed=0,
         recalibration=RENORMALISED_RECALIBRATION,
         date=datetime.now(UTC).isoformat(timespec="seconds"),
-        command="renormalised on the sample it classifies (leukoscope predict / differential)",
-        magnification=round(scale.factor, 4),
-        renormalised=len(cells.labels),
+        command=command,
+        magnification=round(magnification, 4),
+        renormalised=len(pixels),
     )
     abstainer = Abstainer.load(weights.parent, card, renormalised=True)
     renormalised_card = card.replace(
