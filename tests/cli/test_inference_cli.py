@@ -414,7 +414,7 @@ def test_a_shifted_sample_is_classified_again_by_the_model_renormalised_on_it(
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "Renormalising: 40 of 40 cells are flagged uncertain" in said
-    assert "statistics on 40 of them" in said
+    assert "statistics on 40 of the sample's cells" in said
     written = json.loads(out.read_text())
     assert written["renormalised_cells"] == 40 and written["backend"] == "torch"
     assert written["summary"]["images"] == 40
@@ -475,6 +475,7 @@ def test_shifted_field_images_are_classified_again_by_the_model_renormalised_on_
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "Renormalising: 40 of 40 cells are flagged uncertain" in said
+    assert "statistics on 40 of the sample's cells" in said
     written = json.loads(out.read_text())
     assert written["renormalised_cells"] == 40
     calls = [p for p in written["predictions"] if p["label"]]

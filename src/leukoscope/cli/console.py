@@ -278,8 +278,8 @@ def renormalised_classification(
         console.print(
             f"[bold]Renormalising:[/] {shift.uncertain} of {shift.cells} cells are flagged "
             f"uncertain (about {shift.expected_share:.0%} expected); re-estimating the "
-            f"model's normalisation statistics on {cells} of them and classifying them again "
-            "(--no-renormalise: the model as trained).",
+            f"model's normalisation statistics on {cells} of the sample's cells and "
+            "classifying them again (--no-renormalise: the model as trained).",
             highlight=False,
         )
 
