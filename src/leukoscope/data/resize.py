@@ -39,13 +39,14 @@ class ResizeResult:
 
 @dataclass(frozen=True)
 class _Resized:
-    """A decoded image resized to a ``size`` square, as a uint8 (H, W, 3) tensor (a class, not
-    a closure, so that loader workers can pickle it)."""
+    """An image as the dataset decodes it (RGB, :func:`~leukoscope.data.images.decode_rgb`)
+    resized to a ``size`` square, as a uint8 (H, W, 3) tensor (a class, not a closure, so that
+    loader workers can pickle it)."""
 
     size: int
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return torch.from_numpy(resize(image.convert("RGB"), self.size).copy())
+        return torch.from_numpy(resize(image, self.size).copy())
 
 
 def encode_image(image: torch.Tensor, fmt: str, quality: int) -> bytes:
