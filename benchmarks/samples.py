@@ -10,10 +10,16 @@ PBC test split (when its manifest is at ``--manifests``), with ``--renormalise``
 and scores the calls against the folders' labels: accuracy, share flagged uncertain, accuracy of
 the cells kept, whether the sample was called shifted, the cells renormalised on, and seconds.
 
+With ``--fields`` each image is taken as a field image instead (``predict --fields``: its
+white cells located, cut out at the training magnification and classified, and a shifted
+sample renormalised on those cells), on the external sets only (locating every PBC test image
+as a field would take most of an hour). An image counts as right when the cell found nearest
+its centre gets its folder's class; an image with no cell found counts as wrong.
+
 The external sets measure; they never train a released model.
 
 Run: .venv/bin/python benchmarks/samples.py [--models models/a models/b ...]
-       [--external ../shared/data/external] [--manifests runs/manifests]
+       [--external ../shared/data/external] [--manifests runs/manifests] [--fields]
        [--out benchmarks/results/samples.json]
 """
 
@@ -24,26 +30,32 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from external import add_model_options, models_or_released, released_manifest
+from PIL import Image
 from results_file import write_results
 
-from leukoscope.cli.console import classify_inputs
+from leukoscope.cli.console import Classified, classify_inputs
 from leukoscope.data.datasets import Sample, read_manifest, samples_from_folder
-from leukoscope.inference.predictor import Predictor
+from leukoscope.inference.predictor import Prediction, Predictor
 
 
-def scored(predictor: Predictor, samples: list[Sample], renormalise: bool) -> dict[str, Any]:
-    """``samples`` classified as one sample by ``predictor`` as ``predict`` does it, scored
-    against their labels (class indices of the predictor's classes)."""
+def scored(
+    predictor: Predictor, samples: list[Sample], renormalise: bool, fields: bool = False
+) -> dict[str, Any]:
+    """``samples`` classified as one sample by ``predictor`` as ``predict`` does it (with
+    ``fields``, as ``predict --fields``), scored against their labels (class indices of the
+    predictor's classes)."""
     start = time.perf_counter()
     result = classify_inputs(
-        predictor, [s.path for s in samples], 64, 2, fields=False, renormalise=renormalise
+        predictor, [s.path for s in samples], 64, 2, fields=fields, renormalise=renormalise
     )
     seconds = time.perf_counter() - start
     truth = {str(s.path): predictor.classes[s.label] for s in samples}
-    calls = [(p.label == truth[p.source], p.uncertain) for p in result.predictions if p.label]
+    found = central_calls(result) if fields else result.predictions
+    calls = [(p.label == truth[p.source], p.uncertain) for p in found if p.label]
     kept = [right for right, uncertain in calls if not uncertain]
-    return {
+    scores = {
         "n_images": len(samples),
         "accuracy": round(sum(right for right, _ in calls) / len(samples), 4),
         "uncertain_share": round(1 - len(kept) / len(samples), 4),
@@ -53,6 +65,25 @@ def scored(predictor: Predictor, samples: list[Sample], renormalise: bool) -> di
         "magnification": None if result.magnification is None else result.magnification.factor,
         "seconds": round(seconds, 1),
     }
+    if fields:
+        scores["images_without_cells"] = result.fields_without_cells
+    return scores
+
+
+def central_calls(result: Classified) -> list[Prediction]:
+    """Of each field image's cells, the one whose box centre is nearest the image's centre."""
+    best: dict[str, tuple[float, Prediction]] = {}
+    for prediction, box in zip(result.predictions, result.boxes or [], strict=True):
+        if box is None:  # an unreadable image
+            continue
+        with Image.open(prediction.source) as image:
+            width, height = image.size
+        distance = float(
+            np.hypot((box.x_min + box.x_max - width) / 2, (box.y_min + box.y_max - height) / 2)
+        )
+        if prediction.source not in best or distance < best[prediction.source][0]:
+            best[prediction.source] = (distance, prediction)
+    return [prediction for _, prediction in best.values()]
 
 
 def main() -> None:
@@ -60,6 +91,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     add_model_options(parser)
+    parser.add_argument("--fields", action="store_true", help="each image as a field image")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/samples.json"))
     args = parser.parse_args()
     models = models_or_released(args.models)
@@ -70,24 +102,27 @@ def main() -> None:
             folder.parent.name: samples_from_folder(folder, predictor.classes)[0]
             for folder in sorted(args.external.glob("*/images"))
         }
-        manifest = released_manifest(predictor.card, args.manifests, model)
-        sets["pbc_test"] = (
-            manifest
-            if isinstance(manifest, str)
-            else read_manifest(manifest, "test", predictor.classes)[0]
-        )
+        if args.fields:
+            sets["pbc_test"] = "not run as fields (see the docstring)"
+        else:
+            manifest = released_manifest(predictor.card, args.manifests, model)
+            sets["pbc_test"] = (
+                manifest
+                if isinstance(manifest, str)
+                else read_manifest(manifest, "test", predictor.classes)[0]
+            )
         row: dict[str, Any] = {}
         for name, samples in sets.items():
             if isinstance(samples, str):
                 row[name] = {"skipped": samples}
                 continue
             row[name] = {
-                "renormalised_if_shifted": scored(predictor, samples, renormalise=True),
-                "as_trained": scored(predictor, samples, renormalise=False),
+                "renormalised_if_shifted": scored(predictor, samples, True, args.fields),
+                "as_trained": scored(predictor, samples, False, args.fields),
             }
             print(model, name, row[name], flush=True)
         results[str(model)] = row
-        write_results(args.out, "samples", results=results)
+        write_results(args.out, "samples", fields=args.fields, results=results)
 
 
 if __name__ == "__main__":
