@@ -647,7 +647,8 @@ def _renormalised(
     command: str,
 ) -> Predictor:
     """``predictor``'s model renormalised on ``pixels`` (cells as the predictor sees them),
-    from ``files``: the predictor of :func:`renormalised_for_sample`."""
+    from ``files``: the predictor of :func:`renormalised_for_sample` and
+    :func:`renormalised_for_fields`."""
     card, weights = predictor.card, predictor.weights
     if not can_renormalise(predictor) or weights is None:
         raise LeukoscopeError(
