@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +111,24 @@ def messy_dataset(tmp_path: Path, make_image: Callable[..., Path]) -> Path:
     cell_image(0).save(root / "notes" / "x.png")
     (root / "README.txt").write_text("loose file")
     return root
+
+
+@pytest.fixture
+def shifted_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sample that a model as loaded checks is called shifted, every cell flagged (a
+    renormalised model's own checks are left as they are): the path a lab's other stain takes,
+    with the small synthetic models of the tests."""
+    import dataclasses
+
+    from leukoscope.inference.predictor import Prediction, Predictor
+    from leukoscope.inference.shift import ShiftCheck
+
+    real_check = Predictor.check_shift
+
+    def as_shifted(self: Predictor, predictions: Sequence[Prediction]) -> ShiftCheck | None:
+        check = real_check(self, predictions)
+        if check is not None and self.card.adaptation is None:
+            return dataclasses.replace(check, uncertain=check.cells, shifted=True)
+        return check
+
+    monkeypatch.setattr(Predictor, "check_shift", as_shifted)

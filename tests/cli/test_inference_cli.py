@@ -397,18 +397,10 @@ def test_a_shifted_sample_is_classified_again_by_the_model_renormalised_on_it(
     tmp_path: Path,
     tiny: Tiny,
     monkeypatch: pytest.MonkeyPatch,
+    shifted_samples: None,
 ) -> None:
     source = build_batchnorm(tmp_path_factory.getbasetemp() / "batchnorm").model_dir
     cells = cells_folder(tmp_path / "cells", 40)
-    real_check = Predictor.check_shift
-
-    def as_shifted(self: Predictor, predictions: list) -> object:
-        check = real_check(self, predictions)
-        if check is not None and self.card.adaptation is None:  # the model as loaded
-            return dataclasses.replace(check, uncertain=check.cells, shifted=True)
-        return check
-
-    monkeypatch.setattr(Predictor, "check_shift", as_shifted)
     out = tmp_path / "p.json"
     result = invoke("predict", cells, "--model", source, "--out", out)
     assert result.exit_code == 0, result.output
@@ -451,7 +443,7 @@ def test_a_shifted_sample_is_classified_again_by_the_model_renormalised_on_it(
 
 
 def test_shifted_field_images_are_classified_again_by_the_model_renormalised_on_their_cells(
-    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, shifted_samples: None
 ) -> None:
     source = build_batchnorm(tmp_path_factory.getbasetemp() / "batchnorm").model_dir
     folder = tmp_path / "fields"
@@ -461,15 +453,6 @@ def test_shifted_field_images_are_classified_again_by_the_model_renormalised_on_
         field = smear((1050, 570), cells, red_cells=40, red_diameter=60, seed=seed)
         Image.fromarray(field).save(folder / f"{seed}.png")
     (folder / "broken.jpg").write_bytes(b"not an image")
-    real_check = Predictor.check_shift
-
-    def as_shifted(self: Predictor, predictions: list) -> object:
-        check = real_check(self, predictions)
-        if check is not None and self.card.adaptation is None:  # the model as loaded
-            return dataclasses.replace(check, uncertain=check.cells, shifted=True)
-        return check
-
-    monkeypatch.setattr(Predictor, "check_shift", as_shifted)
     out = tmp_path / "p.json"
     result = invoke("predict", folder, "--fields", "--model", source, "--out", out)
     assert result.exit_code == 0, result.output

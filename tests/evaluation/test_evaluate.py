@@ -11,30 +11,23 @@ import pytest
 from leukoscope.data.datasets import Sample, read_manifest
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
-from leukoscope.inference.predictor import Prediction, Predictor
-from leukoscope.inference.shift import ShiftCheck
 from tests.inference.tiny import Tiny
 
 OPTIONS = EvaluateOptions(resamples=20, throughput_runs=0, mistakes=0, heatmaps=False)
 
 
 def test_a_shifted_sample_is_scored_renormalised_unless_asked_not_to(
-    batchnorm: Tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    batchnorm: Tiny,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     def samples_for(classes: Sequence[str]) -> list[Sample]:
         return read_manifest(batchnorm.manifest, "val", classes)[0]
 
     as_is = evaluate_model(batchnorm.model_dir, samples_for, "val", tmp_path / "a", options=OPTIONS)
     assert as_is["renormalised_cells"] == 0  # the training data's own images: not shifted
-    real_check = Predictor.check_shift
-
-    def as_shifted(self: Predictor, predictions: Sequence[Prediction]) -> ShiftCheck | None:
-        check = real_check(self, predictions)
-        if check is not None and self.card.adaptation is None:  # the model as loaded
-            return dataclasses.replace(check, uncertain=check.cells, shifted=True)
-        return check
-
-    monkeypatch.setattr(Predictor, "check_shift", as_shifted)
+    request.getfixturevalue("shifted_samples")
     shifted = evaluate_model(
         batchnorm.model_dir, samples_for, "val", tmp_path / "b", options=OPTIONS
     )
