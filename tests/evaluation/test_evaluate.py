@@ -34,6 +34,7 @@ def test_a_shifted_sample_is_scored_renormalised_unless_asked_not_to(
     n = shifted["n_images"]
     assert n >= 32 and shifted["renormalised_cells"] == n
     assert shifted["not_renormalised"] is None
+    assert f"renormalised on {n} of them" in (tmp_path / "b" / "report.md").read_text()
     # A renormalisation that fails (say, the files changed since) scores the model as it is,
     # and says why, as predict keeps its first calls.
     from leukoscope.training import adapt as adapt_module

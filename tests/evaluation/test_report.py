@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from leukoscope.data.preprocess import UNSCALED, ScaleEstimate
 from leukoscope.evaluation.metrics import classification_metrics
 from leukoscope.evaluation.report import classification_table, markdown_report, write_report
 from leukoscope.evaluation.timing import measure_inference
@@ -62,6 +63,24 @@ def test_the_report_says_what_computed_and_which_images_the_views_were_averaged_
     unsure = markdown_report(metrics | {"test_time_views": 4, "extra_views_below": 0.98})
     assert "of each image whose first view's calibrated confidence is below 0.98" in unsure
     assert "turned views" not in markdown_report(metrics | {"test_time_views": 1})
+
+
+def test_the_report_says_how_the_images_were_rescaled_and_renormalised_as_one_sample(
+    metrics: dict[str, object],
+) -> None:
+    as_they_are = markdown_report(
+        metrics | {"magnification": UNSCALED.to_dict(), "renormalised_cells": 0}
+    )
+    assert "Magnification" not in as_they_are and "enormalised" not in as_they_are
+    scale = ScaleEstimate(factor=1.3, measured=1.3, cells=40).to_dict()
+    shifted = markdown_report(metrics | {"magnification": scale, "renormalised_cells": 256})
+    assert f"**Magnification:** {scale['message']}." in shifted
+    assert "so the model was renormalised on 256 of them and scored so" in shifted
+    failed = " ".join(markdown_report(metrics | {"not_renormalised": "a.jpg changed"}).split())
+    assert (
+        "**Not renormalised:** the images looked unlike the training data, but a.jpg changed; "
+        "the model was scored as it is."
+    ) in failed
 
 
 def test_timing_reports_latency_throughput_and_machine() -> None:

@@ -67,7 +67,7 @@ def evaluate_command(
     """
     from leukoscope.data.datasets import read_manifest, samples_from_folder
     from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
-    from leukoscope.evaluation.report import classification_table
+    from leukoscope.evaluation.report import classification_table, sample_notes
 
     if (data is None) == (manifest is None):
         raise LeukoscopeError("give exactly one of --data DIR or --manifest M.csv")
@@ -102,17 +102,6 @@ def evaluate_command(
         f"(95% CI {ci['macro_f1'][0]:.4f}-{ci['macro_f1'][1]:.4f}) on {metrics['n_images']} "
         f"images; {len(metrics['skipped'])} skipped"
     )
-    if metrics["renormalised_cells"]:
-        console.print(
-            f"[bold]Renormalised:[/] the images looked unlike the training data, so the model "
-            f"was renormalised on {metrics['renormalised_cells']} of them and scored so "
-            "(--no-renormalise: the model as it is).",
-            highlight=False,
-        )
-    elif metrics["not_renormalised"]:
-        console.print(
-            "[bold]Not renormalised:[/] the images looked unlike the training data, but "
-            f"{metrics['not_renormalised']}; the model was scored as it is.",
-            highlight=False,
-        )
+    for title, text in sample_notes(metrics):
+        console.print(f"[bold]{title}:[/] {text}", highlight=False)
     console.print(f"Reports: {out}")

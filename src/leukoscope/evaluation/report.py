@@ -63,10 +63,39 @@ def mistakes_section(mistakes: Sequence[dict[str, Any]], grid: str | None) -> st
     return "\n".join(lines)
 
 
+def sample_notes(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """What was done to the evaluated images as one sample before they were scored, as
+    ``predict`` does it, as (title, sentence) pairs: rescaled to the training magnification,
+    renormalised (or why not). Empty when the model was scored on the images as they are."""
+    notes = []
+    magnification = metrics.get("magnification") or {}
+    if magnification.get("factor", 1.0) != 1.0:
+        notes.append(("Magnification", f"{magnification['message']}."))
+    if metrics.get("renormalised_cells"):
+        notes.append(
+            (
+                "Renormalised",
+                "the images looked unlike the training data as one sample, so the model was "
+                f"renormalised on {metrics['renormalised_cells']} of them and scored so "
+                "(--no-renormalise: the model as it is).",
+            )
+        )
+    elif metrics.get("not_renormalised"):
+        notes.append(
+            (
+                "Not renormalised",
+                "the images looked unlike the training data, but "
+                f"{metrics['not_renormalised']}; the model was scored as it is.",
+            )
+        )
+    return notes
+
+
 def markdown_report(metrics: dict[str, Any], sections: Sequence[str] = ()) -> str:
     """The whole ``report.md``: summary with intervals, the table, then ``sections`` (e.g.
     calibration, mistakes), skipped files and timing."""
     ci = metrics["bootstrap_95ci"]
+    notes = sample_notes(metrics)
     views = metrics.get("test_time_views", 1)
     below = metrics.get("extra_views_below")
     unsure = "" if below is None else f" whose first view's calibrated confidence is below {below}"
@@ -79,6 +108,8 @@ def markdown_report(metrics: dict[str, Any], sections: Sequence[str] = ()) -> st
         f"{metrics.get('backend', 'torch')} backend in {metrics.get('precision', 'fp32')}"
         f"{averaged}",
         "",
+        *(f"**{title}:** {text}  " for title, text in notes),
+        *([""] if notes else []),
         f"- accuracy: {metrics['accuracy']:.4f} "
         f"(95% CI {ci['accuracy'][0]:.4f}-{ci['accuracy'][1]:.4f})",
         f"- macro-F1: {metrics['macro_f1']:.4f} "
