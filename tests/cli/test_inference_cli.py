@@ -15,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from leukoscope.cells.crops import field_cells
+from leukoscope.cli import console as console_module
 from leukoscope.cli.app import app
 from leukoscope.data.preprocess import SampleScale, to_noted_pixels
 from leukoscope.errors import LeukoscopeError
@@ -26,6 +27,7 @@ from leukoscope.models.card import update_card
 from leukoscope.reports import differential as differential_report
 from leukoscope.reports.differential import CellCall
 from leukoscope.training import adapt as adapt_module
+from leukoscope.training.adapt import renormalised_for_sample
 from tests.cells.drawing import drawn_cell, smear
 from tests.conftest import cell_image
 from tests.inference.tiny import Tiny, build_batchnorm, build_tiny, build_untrained, squeezenet_h5
@@ -438,6 +440,23 @@ def test_a_shifted_sample_is_classified_again_by_the_model_renormalised_on_it(
     result = invoke("predict", cells, "--model", source, "--out", out)
     assert result.exit_code == 0, result.output
     assert "Not renormalised: cell_0.jpg: cannot read" in " ".join(result.output.split())
+    written = json.loads(out.read_text())
+    assert written["renormalised_cells"] == 0 and written["summary"]["images"] == 40
+
+    # So does a second pass that fails (say, every file went away meanwhile).
+    monkeypatch.setattr(adapt_module, "renormalised_for_sample", renormalised_for_sample)
+    real_classified = console_module.classified
+
+    def first_pass_only(predictor: Predictor, *args: object, **kwargs: bool) -> object:
+        if predictor.card.adaptation is not None:
+            raise LeukoscopeError("none of the 40 image file(s) could be read")
+        return real_classified(predictor, *args, **kwargs)
+
+    monkeypatch.setattr(console_module, "classified", first_pass_only)
+    result = invoke("predict", cells, "--model", source, "--out", out)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "Not renormalised: classifying again failed: none of the 40" in said
     written = json.loads(out.read_text())
     assert written["renormalised_cells"] == 0 and written["summary"]["images"] == 40
 

@@ -300,7 +300,13 @@ def renormalised_classification(
     if isinstance(renormalised, str):
         console.print(f"[bold]Not renormalised:[/] {renormalised}.", highlight=False)
         return first
-    again = classified(renormalised, paths, batch_size, workers, fields=fields)
+    try:
+        again = classified(renormalised, paths, batch_size, workers, fields=fields)
+    except LeukoscopeError as exc:  # e.g. the files went away since: keep the first calls
+        console.print(
+            f"[bold]Not renormalised:[/] classifying again failed: {exc}.", highlight=False
+        )
+        return first
     adaptation = renormalised.card.adaptation
     again.renormalised = adaptation.renormalised if adaptation else 0
     return again
