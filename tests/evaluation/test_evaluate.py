@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from leukoscope.data.datasets import Sample, read_manifest
 from leukoscope.errors import LeukoscopeError
+from leukoscope.evaluation import evaluate as evaluate_module
 from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
+from leukoscope.inference.predictor import Predictor
 from tests.inference.tiny import Tiny
 
 OPTIONS = EvaluateOptions(resamples=20, throughput_runs=0, mistakes=0, heatmaps=False)
@@ -49,6 +52,21 @@ def test_a_shifted_sample_is_scored_renormalised_unless_asked_not_to(
         )
     assert failed["renormalised_cells"] == 0 and failed["accuracy"] == as_is["accuracy"]
     assert failed["not_renormalised"] == "a.jpg: changed since it was classified"
+    # So does a second pass that finds no image readable any more.
+    real_classified = evaluate_module._classified
+
+    def files_gone(predictor: Predictor, paths: Sequence[Path], *args: Any) -> Any:
+        if predictor.card.adaptation is not None:
+            paths = [path.with_name("gone-" + path.name) for path in paths]
+        return real_classified(predictor, paths, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluate_module, "_classified", files_gone)
+        gone = evaluate_model(
+            batchnorm.model_dir, samples_for, "val", tmp_path / "e", options=OPTIONS
+        )
+    assert gone["renormalised_cells"] == 0 and gone["accuracy"] == as_is["accuracy"]
+    assert gone["not_renormalised"] == "none of the images could be read again"
     kept = evaluate_model(
         batchnorm.model_dir,
         samples_for,
@@ -57,3 +75,13 @@ def test_a_shifted_sample_is_scored_renormalised_unless_asked_not_to(
         options=dataclasses.replace(OPTIONS, renormalise=False),
     )
     assert kept["renormalised_cells"] == 0 and kept["accuracy"] == as_is["accuracy"]
+
+
+def test_images_none_of_which_can_be_read_are_an_error_naming_them(
+    batchnorm: Tiny, tmp_path: Path
+) -> None:
+    def samples_for(classes: Sequence[str]) -> list[Sample]:
+        return [Sample(tmp_path / f"gone-{i}.jpg", 0) for i in range(3)]
+
+    with pytest.raises(LeukoscopeError, match="gone: none of the 3 images is readable"):
+        evaluate_model(batchnorm.model_dir, samples_for, "gone", tmp_path / "out", options=OPTIONS)

@@ -416,6 +416,8 @@ class Predictor:
         the plain maximum softmax probability. An image with a preprocessing note (``notes``,
         aligned with ``names``) is flagged whatever its score.
         """
+        if not len(names):  # nothing readable: no features to measure either
+            return []
         notes = list(notes) if notes is not None else [None] * len(names)
         probabilities = softmax(np.asarray(logits, dtype=np.float64) / self.temperature, axis=1)
         if self.abstainer is None:
