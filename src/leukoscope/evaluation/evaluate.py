@@ -117,10 +117,13 @@ def evaluate_model(
         if isinstance(result, str):
             not_renormalised = result
         else:
-            predictor = result
-            scale, outputs, predictions = _classified(predictor, paths, options, lambda n: None)
-            adaptation = predictor.card.adaptation
-            renormalised = adaptation.renormalised if adaptation else 0
+            again = _classified(result, paths, options, lambda n: None)
+            if again[1].indices:
+                predictor, (scale, outputs, predictions) = result, again
+                adaptation = predictor.card.adaptation
+                renormalised = adaptation.renormalised if adaptation else 0
+            else:  # e.g. the files went away meanwhile: the first scores stand
+                not_renormalised = "none of the images could be read again"
     y_true = np.array([samples[i].label for i in outputs.indices])
     metrics = classification_metrics(
         y_true, outputs.logits.argmax(1), classes, resamples=options.resamples, seed=options.seed
