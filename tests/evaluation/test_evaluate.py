@@ -38,21 +38,14 @@ def test_a_shifted_sample_is_scored_renormalised_unless_asked_not_to(
     assert n >= 32 and shifted["renormalised_cells"] == n
     assert shifted["not_renormalised"] is None
     assert f"renormalised on {n} of them" in (tmp_path / "b" / "report.md").read_text()
-    # A renormalisation that fails (say, the files changed since) scores the model as it is,
-    # and says why, as predict keeps its first calls.
+    # A renormalisation that fails (say, the files changed since), or a second pass that finds
+    # no image readable any more, scores the model as it is and says why, as predict keeps its
+    # first calls.
     from leukoscope.training import adapt as adapt_module
 
     def fails(*args: object) -> None:
         raise LeukoscopeError("a.jpg: changed since it was classified")
 
-    with monkeypatch.context() as patch:
-        patch.setattr(adapt_module, "renormalised_for_sample", fails)
-        failed = evaluate_model(
-            batchnorm.model_dir, samples_for, "val", tmp_path / "d", options=OPTIONS
-        )
-    assert failed["renormalised_cells"] == 0 and failed["accuracy"] == as_is["accuracy"]
-    assert failed["not_renormalised"] == "a.jpg: changed since it was classified"
-    # So does a second pass that finds no image readable any more.
     real_classified = evaluate_module._classified
 
     def files_gone(predictor: Predictor, paths: Sequence[Path], *args: Any) -> Any:
@@ -60,13 +53,18 @@ def test_a_shifted_sample_is_scored_renormalised_unless_asked_not_to(
             paths = [path.with_name("gone-" + path.name) for path in paths]
         return real_classified(predictor, paths, *args)
 
-    with monkeypatch.context() as patch:
-        patch.setattr(evaluate_module, "_classified", files_gone)
-        gone = evaluate_model(
-            batchnorm.model_dir, samples_for, "val", tmp_path / "e", options=OPTIONS
-        )
-    assert gone["renormalised_cells"] == 0 and gone["accuracy"] == as_is["accuracy"]
-    assert gone["not_renormalised"] == "none of the images could be read again"
+    failures = [
+        (adapt_module, "renormalised_for_sample", fails, "a.jpg: changed since it was classified"),
+        (evaluate_module, "_classified", files_gone, "none of the images could be read again"),
+    ]
+    for module, name, replacement, why in failures:
+        with monkeypatch.context() as patch:
+            patch.setattr(module, name, replacement)
+            failed = evaluate_model(
+                batchnorm.model_dir, samples_for, "val", tmp_path / name, options=OPTIONS
+            )
+        assert failed["renormalised_cells"] == 0 and failed["accuracy"] == as_is["accuracy"]
+        assert failed["not_renormalised"] == why
     kept = evaluate_model(
         batchnorm.model_dir,
         samples_for,
