@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from external import add_model_options, models_or_released, released_manifest
+from external import add_model_options, models_or_released, released_manifest, samples_in
 from PIL import Image
 from results_file import write_results
 
 from leukoscope.cli.console import Classified, classify_inputs
-from leukoscope.data.datasets import Sample, read_manifest, samples_from_folder
+from leukoscope.data.datasets import Sample, read_manifest
 from leukoscope.inference.predictor import Prediction, Predictor
 
 
@@ -99,7 +99,7 @@ def main() -> None:
     for model in models:
         predictor = Predictor.load(model)
         sets: dict[str, list[Sample] | str] = {
-            folder.parent.name: samples_from_folder(folder, predictor.classes)[0]
+            folder.parent.name: samples_in(folder, predictor.classes)
             for folder in sorted(args.external.glob("*/images"))
         }
         if args.fields:

@@ -283,20 +283,16 @@ def renormalised_classification(
             highlight=False,
         )
 
-    readable = list(dict.fromkeys(p.source for p in first.predictions if p.error is None))
-    if fields:
-        cells = sum(p.error is None for p in first.predictions)
-        renormalised = renormalised_or_why(
-            predictor, cells, lambda: renormalised_for_fields(predictor, readable), announce
-        )
-    else:
-        scale = first.magnification or UNSCALED
-        renormalised = renormalised_or_why(
-            predictor,
-            len(readable),
-            lambda: renormalised_for_sample(predictor, readable, scale),
-            announce,
-        )
+    read = [p.source for p in first.predictions if p.error is None]  # a field's once per cell
+    readable = list(dict.fromkeys(read))
+    scale = first.magnification or UNSCALED
+
+    def make() -> Predictor:
+        if fields:
+            return renormalised_for_fields(predictor, readable)
+        return renormalised_for_sample(predictor, readable, scale)
+
+    renormalised = renormalised_or_why(predictor, len(read), make, announce)
     if isinstance(renormalised, str):
         console.print(f"[bold]Not renormalised:[/] {renormalised}.", highlight=False)
         return first
