@@ -144,11 +144,12 @@ def make_server(
     make_settings: Callable[..., Settings], predictor: Any
 ) -> Iterator[Callable[..., str]]:
     """Start real uvicorn servers in background threads (concurrent requests really run in
-    its thread pool); returns their base URLs. All are stopped at the end."""
+    its thread pool); returns their base URLs. All are stopped at the end. ``model`` replaces
+    the tiny model's predictor."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def _make(**overrides: Any) -> str:
-        app = create_app(make_settings(**overrides), predictor=predictor)
+    def _make(model: Any = None, **overrides: Any) -> str:
+        app = create_app(make_settings(**overrides), predictor=model or predictor)
         port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         server = uvicorn.Server(config)

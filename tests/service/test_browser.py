@@ -268,3 +268,47 @@ def test_field_images_in_chromium(make_server: Callable[..., str], tmp_path: Pat
         expect(page.locator("#detail-body .field-image")).to_have_count(0)
         assert not errors, errors
         browser.close()
+
+
+def test_a_shifted_sample_is_renormalised_in_chromium(
+    make_server: Callable[..., str], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """The warning of a sample unlike the training data offers to renormalise; done, the page
+    says by whom and on how many cells, and offers it no more."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from leukoscope.inference.predictor import Predictor
+    from tests.inference.tiny import build_batchnorm
+    from tests.service.conftest import FlagLowConfidence
+
+    source = build_batchnorm(tmp_path_factory.getbasetemp() / "batchnorm").model_dir
+    flag_all = FlagLowConfidence(Predictor.load(source, backend="torch"), 1.01)
+    url = make_server(flag_all, model_path=source, max_files=40, max_request_bytes=4_000_000)
+    images = []
+    for i in range(34):
+        images.append(tmp_path / f"cell_{i}.jpg")
+        images[-1].write_bytes(cell_jpeg(i))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(20_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.fill("#reviewer", "Dr. Browser")
+        page.fill("#sample-name", "Other lab")
+        page.get_by_role("button", name="Create").click()
+        expect(page.locator("#sample-title")).to_have_text("Other lab")
+        page.set_input_files("#file-input", images)
+        expect(page.locator("#upload-status")).to_contain_text(
+            "34 image(s) classified.", timeout=20_000
+        )
+        expect(page.locator("#differential-body .shift-warning")).to_contain_text("Renormalising")
+        page.get_by_role("button", name="Renormalise on this sample's cells").click()
+        expect(page.locator("#differential-body .renormalised")).to_contain_text(
+            "Renormalised by Dr. Browser", timeout=20_000
+        )
+        expect(page.locator("#differential-body .renormalised")).to_contain_text("on 34 of")
+        expect(page.locator("#renormalise-button")).to_have_count(0)
+        assert not errors, errors
+        browser.close()

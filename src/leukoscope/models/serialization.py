@@ -20,13 +20,22 @@ def save_model(out_dir: str | Path, model: TransferModel, card: ModelCard) -> Pa
     """Write the weights, then the card with their sha256, each atomically; return the weights
     path. A crash between the two leaves a card whose sha256 no longer matches, never a silent
     mix of old and new."""
-    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    data = safetensors.torch.save(state)
+    data = _weights_bytes(model)
     out = Path(out_dir)
     weights_path = out / WEIGHTS_NAME
     atomic_write_bytes(weights_path, data)
     save_card(card.replace(sha256=hashlib.sha256(data).hexdigest()), out / CARD_NAME)
     return weights_path
+
+
+def _weights_bytes(model: TransferModel) -> bytes:
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    return safetensors.torch.save(state)
+
+
+def weights_sha256(model: TransferModel) -> str:
+    """The sha256 :func:`save_model` would record for ``model``: for a model kept in memory."""
+    return hashlib.sha256(_weights_bytes(model)).hexdigest()
 
 
 def load_model(path: str | Path) -> tuple[TransferModel, ModelCard]:

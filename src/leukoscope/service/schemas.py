@@ -128,6 +128,10 @@ class ModelInfo(BaseModel):
     card: dict[str, Any] = Field(description="The full model card.")
     limits: Limits
     exclusions: dict[str, str] = Field(description="Exclusion category -> description.")
+    renormalisable: bool = Field(
+        description="The model can be renormalised on a shifted sample's cells "
+        "(``POST /api/samples/{id}/renormalise``)."
+    )
 
 
 class Identity(BaseModel):
@@ -150,6 +154,9 @@ class PredictionOut(BaseModel):
     runner_up: str | None
     runner_up_probability: float
     uncertain: bool
+    renormalisation_id: int | None = Field(
+        None, description="Set when the call is the model's renormalised on the sample's cells."
+    )
 
 
 class ImagePrediction(PredictionOut):
@@ -254,6 +261,19 @@ class AmendmentOut(BaseModel):
     differential: Differential = Field(description="The differential after this amendment.")
 
 
+class RenormalisationOut(BaseModel):
+    """A renormalisation of the sample: its cells classified again by the model whose
+    normalisation statistics were re-estimated on them."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    reviewer: str
+    created_at: datetime
+    model_sha256: str = Field(description="The renormalised model's weights.")
+    cells: int = Field(description="How many cells the statistics were re-estimated on.")
+
+
 class SignOffOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -281,6 +301,11 @@ class SampleDetail(SampleSummary):
     comments: list[CommentOut]
     amendments: list[AmendmentOut]
     fields: list[FieldOut] = Field(description="The field images the cells were found in.")
+    renormalisations: list[RenormalisationOut]
+    classified_since_renormalised: int = Field(
+        description="Cells added after the latest renormalisation, which the model as loaded "
+        "classified: renormalising again classifies them too."
+    )
 
 
 class UploadResponse(BaseModel):
@@ -316,7 +341,9 @@ class RelabelResponse(BaseModel):
     differential: Differential
 
 
-class SignOffRequest(BaseModel):
+class ReviewerRequest(BaseModel):
+    """A change that needs only who makes it: a sign-off or a renormalisation."""
+
     reviewer: Reviewer = None
 
 

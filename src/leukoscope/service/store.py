@@ -10,9 +10,10 @@ schema is created and upgraded by the Alembic migrations in ``migrations/``, nev
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -150,6 +151,21 @@ class Sample(Base):
     fields: Mapped[list[Field]] = relationship(
         order_by="Field.position", cascade="all, delete-orphan", lazy="selectin"
     )
+    renormalisations: Mapped[list[Renormalisation]] = relationship(
+        order_by="Renormalisation.id", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def latest_renormalisation(self) -> Renormalisation | None:
+        return self.renormalisations[-1] if self.renormalisations else None
+
+    @property
+    def classified_since_renormalised(self) -> list[Cell]:
+        """Cells added after the latest renormalisation: the model as loaded classified them."""
+        latest = self.latest_renormalisation
+        if latest is None:
+            return []
+        return [c for c in self.cells if c.prediction.renormalisation_id != latest.id]
 
     @property
     def unidentified(self) -> list[Cell]:
@@ -201,10 +217,19 @@ class Cell(Upload, Base):
     looks like this one: it starts unidentified, for a person to decide."""
     sample: Mapped[Sample] = relationship(back_populates="cells")
     image: Mapped[CellImage] = relationship(cascade="all, delete-orphan", lazy="raise")
-    prediction: Mapped[Prediction] = relationship(cascade="all, delete-orphan", lazy="joined")
+    predictions: Mapped[list[Prediction]] = relationship(
+        order_by="Prediction.id", cascade="all, delete-orphan", lazy="selectin"
+    )
+    """What the model said, oldest first: the upload's call, then one per renormalisation."""
     corrections: Mapped[list[Correction]] = relationship(
         order_by="Correction.id", cascade="all, delete-orphan", lazy="selectin"
     )
+
+    @property
+    def prediction(self) -> Prediction:
+        """The model's latest call on the cell (after a renormalisation, the renormalised
+        model's)."""
+        return self.predictions[-1]
 
     @property
     def initial_call(self) -> str | None:
@@ -269,21 +294,44 @@ class CellImage(Base):
 
 
 class Prediction(Base):
-    """What the model said about a cell, with the model's sha256 for provenance."""
+    """What the model said about a cell, with the model's sha256 for provenance. Rows are only
+    ever added: a renormalisation adds one per cell and keeps the earlier ones."""
 
     __tablename__ = "predictions"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    cell_id: Mapped[str] = mapped_column(
-        ForeignKey("cells.id", ondelete="CASCADE"), unique=True, index=True
-    )
+    cell_id: Mapped[str] = mapped_column(ForeignKey("cells.id", ondelete="CASCADE"), index=True)
     model_sha256: Mapped[str] = mapped_column(String(64))
+    renormalisation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("renormalisations.id", ondelete="CASCADE"), index=True
+    )
+    """Set when the call is that of the model renormalised on the sample's cells."""
     label: Mapped[str | None] = mapped_column(String(64))
     confidence: Mapped[float]
     probabilities: Mapped[dict[str, Any]]
     runner_up: Mapped[str | None] = mapped_column(String(64))
     runner_up_probability: Mapped[float]
     uncertain: Mapped[bool]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    renormalisation: Mapped[Renormalisation | None] = relationship(lazy="raise")
+
+
+class Renormalisation(Base):
+    """A reviewer's renormalisation of a sample: the model's normalisation statistics
+    re-estimated on the sample's own cells (see :mod:`leukoscope.training.adapt`) and every
+    cell classified again; those calls are added beside the earlier ones."""
+
+    __tablename__ = "renormalisations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[str] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), index=True)
+    reviewer: Mapped[str] = mapped_column(String(200))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    """The renormalised model's weights."""
+    cells: Mapped[int]
+    """How many of the sample's cells the statistics were re-estimated on."""
+    adaptation: Mapped[dict[str, Any]]
+    """The renormalised model card's adaptation record (source, cells and their sha256)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -431,6 +479,25 @@ def writer(engine: Engine) -> sessionmaker[Session]:
 
 
 @dataclass(frozen=True)
+class NewPrediction:
+    """The model's call on a cell, ready to be stored."""
+
+    label: str | None
+    confidence: float
+    probabilities: dict[str, float]
+    runner_up: str | None
+    runner_up_probability: float
+    uncertain: bool
+
+    def row(self, model_sha256: str, renormalisation: Renormalisation | None = None) -> Prediction:
+        return Prediction(
+            model_sha256=model_sha256,
+            renormalisation=renormalisation,
+            **dataclasses.asdict(self),
+        )
+
+
+@dataclass(frozen=True)
 class NewCell:
     """A decoded upload and the model's call on it, ready to be stored."""
 
@@ -440,12 +507,7 @@ class NewCell:
     sha256: str
     width: int
     height: int
-    label: str | None
-    confidence: float
-    probabilities: dict[str, float]
-    runner_up: str | None
-    runner_up_probability: float
-    uncertain: bool
+    prediction: NewPrediction
     box: tuple[int, int, int, int] | None = None
     """For a cell found in a field: its box there ``(x_min, y_min, x_max, y_max)``."""
     edge: bool | None = None
@@ -597,15 +659,7 @@ def add_cells(
             edge=new.edge,
             possible_duplicate_of=new.possible_duplicate_of,
             image=CellImage(data=new.data),
-            prediction=Prediction(
-                model_sha256=sample.model_sha256,
-                label=new.label,
-                confidence=new.confidence,
-                probabilities=new.probabilities,
-                runner_up=new.runner_up,
-                runner_up_probability=new.runner_up_probability,
-                uncertain=new.uncertain,
-            ),
+            predictions=[new.prediction.row(sample.model_sha256)],
         )
         first_with.setdefault(new.sha256, cell.id)
         sample.cells.append(cell)
@@ -644,6 +698,46 @@ def add_field(
     sample.fields.append(field)
     session.flush()
     return field, add_cells(session, sample, new_cells, model_sha256, field)
+
+
+def add_renormalisation(
+    session: Session,
+    sample_id: str,
+    reviewer: str,
+    after: int | None,
+    model_sha256: str,
+    cells: int,
+    adaptation: dict[str, Any],
+    predictions: Mapping[str, NewPrediction],
+) -> Sample:
+    """Record a renormalisation of the open sample: the model ``model_sha256`` renormalised on
+    ``cells`` of its cells (its card's ``adaptation``), and its call on each cell
+    (``predictions``, by cell id) beside the earlier calls. Reviewers' corrections stand; an
+    uncorrected cell's call becomes the new one. Refused when the sample changed since its
+    cells were read: cells added, or another renormalisation than ``after`` (the latest then,
+    by id) recorded."""
+    sample = lock_open_sample(session, sample_id)
+    latest = sample.latest_renormalisation
+    if (None if latest is None else latest.id) != after:
+        raise ConflictError(
+            f"sample {sample.name!r} was renormalised by another request meanwhile: reload it"
+        )
+    if {cell.id for cell in sample.cells} != set(predictions):
+        raise ConflictError(
+            f"cells were added to sample {sample.name!r} while it was being renormalised: "
+            "renormalise it again"
+        )
+    renormalisation = Renormalisation(
+        reviewer=reviewer,
+        model_sha256=model_sha256,
+        cells=cells,
+        adaptation=adaptation,
+    )
+    sample.renormalisations.append(renormalisation)
+    for cell in sample.cells:
+        cell.predictions.append(predictions[cell.id].row(model_sha256, renormalisation))
+    session.flush()
+    return sample
 
 
 def check_call(sample: Sample, call: str) -> None:

@@ -86,6 +86,7 @@ from leukoscope.inference.predictor import Predictor
 from leukoscope.inference.runtime import ONNX_NAME
 from leukoscope.models import ModelCard, TransferModel, load_model, save_model
 from leukoscope.models.card import Adaptation, Calibration
+from leukoscope.models.serialization import weights_sha256
 from leukoscope.training.chain import ModelChain
 from leukoscope.training.optim import build_scheduler, param_groups
 from leukoscope.training.profiles import LAB_ROBUST, Phase
@@ -637,6 +638,61 @@ def renormalised_for_fields(predictor: Predictor, fields: Sequence[str | Path]) 
     )
 
 
+def renormalised_for_images(
+    predictor: Predictor,
+    images: Sequence[Image.Image],
+    factors: Sequence[float],
+    files: Sequence[tuple[str, str]],
+    *,
+    data: str,
+    command: str,
+) -> Predictor:
+    """:func:`renormalised_for_sample` for images already decoded (the web app's stored cells):
+    ``predictor``'s model renormalised on up to :data:`SAMPLE_CELLS` of them, spread evenly.
+
+    Parameters
+    ----------
+    predictor
+        The loaded model (:func:`can_renormalise` must hold).
+    images
+        The sample's cells.
+    factors
+        By how much each image is rescaled to the training images' magnification: the
+        sample's :class:`~leukoscope.data.preprocess.ScaleEstimate` factor for a cell image, 1
+        for a cell cut from a field (already at that magnification).
+    files
+        Each image's name and sha256, recorded in the card's adaptation.
+    data, command
+        Where the images come from and what renormalised them, for the card.
+
+    Returns
+    -------
+    Predictor
+        As :func:`renormalised_for_sample`; the card's magnification is the largest factor.
+    """
+    if not len(images) == len(factors) == len(files):
+        raise ValueError(f"{len(images)} images, {len(factors)} factors and {len(files)} files")
+    config = predictor.card.preprocessing
+    chosen = list(spread(range(len(images)), SAMPLE_CELLS))
+    size = config.input_size
+    pixels = (
+        torch.from_numpy(
+            np.stack([to_noted_pixels(images[i], config, factors[i])[0] for i in chosen])
+        )
+        if chosen
+        else torch.empty((0, size, size, 3), dtype=torch.uint8)
+    )
+    return _renormalised_on(
+        predictor,
+        pixels,
+        dict(files[i] for i in chosen),
+        data=data,
+        skipped=0,
+        magnification=max((factors[i] for i in chosen), default=1.0),
+        command=command,
+    )
+
+
 def _renormalised(
     predictor: Predictor,
     pixels: torch.Tensor,
@@ -646,9 +702,32 @@ def _renormalised(
     magnification: float,
     command: str,
 ) -> Predictor:
+    """:func:`_renormalised_on` for cells from ``files``."""
+    return _renormalised_on(
+        predictor,
+        pixels,
+        {str(p): sha256_file(p) for p in dict.fromkeys(files)},
+        data=os.path.commonpath([p.resolve() for p in files]) if files else "",
+        skipped=skipped,
+        magnification=magnification,
+        command=command,
+    )
+
+
+def _renormalised_on(
+    predictor: Predictor,
+    pixels: torch.Tensor,
+    files: dict[str, str],
+    *,
+    data: str,
+    skipped: int,
+    magnification: float,
+    command: str,
+) -> Predictor:
     """``predictor``'s model renormalised on ``pixels`` (cells as the predictor sees them),
-    from ``files``: the predictor of :func:`renormalised_for_sample` and
-    :func:`renormalised_for_fields`."""
+    from ``files`` (name -> sha256) in ``data``: the predictor of
+    :func:`renormalised_for_sample`, :func:`renormalised_for_fields` and
+    :func:`renormalised_for_images`."""
     card, weights = predictor.card, predictor.weights
     if not can_renormalise(predictor) or weights is None:
         raise LeukoscopeError(
@@ -659,9 +738,9 @@ def _renormalised(
     adaptation = Adaptation(
         source=card.release.name if card.release else weights.parent.name,
         source_sha256=card.sha256,
-        data=os.path.commonpath([p.resolve() for p in files]) if files else "",
+        data=data,
         cells={},
-        files={str(p): sha256_file(p) for p in dict.fromkeys(files)},
+        files=files,
         skipped=skipped,
         steps=0,
         batch_size=0,
@@ -678,9 +757,10 @@ def _renormalised(
         renormalised_abstention=None, test_metrics=None, release=None, adaptation=adaptation
     )
     if predictor.backend == "torch":
-        return Predictor.from_model(
-            tuned, renormalised_card.replace(abstention=card.renormalised_abstention), abstainer
+        in_memory = renormalised_card.replace(
+            abstention=card.renormalised_abstention, sha256=weights_sha256(tuned)
         )
+        return Predictor.from_model(tuned, in_memory, abstainer)
     # Written as `adapt` writes a model, to run in the source's engine (the renormalised
     # tecom sample took 56 s in PyTorch); the folder lives as long as the predictor.
     folder = Path(tempfile.mkdtemp(prefix="leukoscope-renormalised-"))

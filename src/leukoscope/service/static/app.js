@@ -642,6 +642,7 @@ function renderDifferential(differential) {
   if (differential.shift && differential.shift.shifted) {
     body.append(element("p", { class: "shift-warning", role: "alert", text: `Warning: ${differential.shift.message}` }));
   }
+  body.append(...renormalisation(differential));
   const head = ["Class", "Count", "%", "95% CI", "Reference", "Status"].map((text, i) =>
     element("th", { scope: "col", class: i && i < 5 ? "number" : "", text }),
   );
@@ -699,6 +700,50 @@ function renderDifferential(differential) {
   }
   if (!differential.flags.length && !withheld) flags.append(element("li", { class: "muted", text: "No flags." }));
   body.append(element("h4", { text: "Flags" }), flags, element("p", { class: "disclaimer", text: differential.disclaimer }));
+}
+
+// What renormalising did to the sample, and the button that does it (for a shifted sample, or
+// again for one renormalised before that has cells added since).
+function renormalisation(differential) {
+  const sample = state.sample;
+  const lines = sample.renormalisations.map((r) =>
+    element("p", {
+      class: "muted renormalised",
+      text: `Renormalised by ${r.reviewer}, ${new Date(r.created_at).toLocaleString()}: the model's normalisation statistics were re-estimated on ${r.cells} of this sample's cells, and every cell was classified again.`,
+    }),
+  );
+  const since = sample.classified_since_renormalised;
+  if (since) lines.push(element("p", { class: "muted", text: `${since} cell(s) added since were classified by the model as loaded.` }));
+  const shifted = Boolean(differential.shift && differential.shift.shifted);
+  const again = sample.renormalisations.length > 0;
+  if (state.model.renormalisable && !sample.signoff && (again ? since > 0 : shifted)) {
+    lines.push(
+      element("button", {
+        type: "button",
+        id: "renormalise-button",
+        text: again ? "Renormalise again" : "Renormalise on this sample's cells",
+        onclick: () => guarded(renormalise),
+      }),
+    );
+  }
+  return lines;
+}
+
+async function renormalise() {
+  if (!requireReviewer()) return;
+  const button = $("#renormalise-button");
+  button.disabled = true;
+  button.textContent = "Renormalising… (up to half a minute)";
+  try {
+    state.sample = await apiJson(`/api/samples/${state.sample.id}/renormalise`, {
+      method: "POST",
+      json: { reviewer: reviewer() },
+    });
+  } finally {
+    button.disabled = false;
+  }
+  renderSample();
+  syncSummary();
 }
 
 function renderSignoff() {
