@@ -10,6 +10,11 @@ PBC test split (when its manifest is at ``--manifests``), with ``--renormalise``
 and scores the calls against the folders' labels: accuracy, share flagged uncertain, accuracy of
 the cells kept, whether the sample was called shifted, the cells renormalised on, and seconds.
 
+With ``--web`` each external set is uploaded instead to the web app (in this process, on a
+temporary SQLite database) as one sample of cell images, and scored as uploaded and after a
+reviewer's ``POST /api/samples/{id}/renormalise`` (which refuses a sample that does not look
+shifted, such as the PBC test split), with the seconds each took.
+
 With ``--fields`` each image is taken as a field image instead (``predict --fields``: its
 white cells located, cut out at the training magnification and classified, and a shifted
 sample renormalised on those cells), on the external sets only (locating every PBC test image
@@ -19,13 +24,14 @@ its centre gets its folder's class; an image with no cell found counts as wrong.
 The external sets measure; they never train a released model.
 
 Run: .venv/bin/python benchmarks/samples.py [--models models/a models/b ...]
-       [--external ../shared/data/external] [--manifests runs/manifests] [--fields]
+       [--external ../shared/data/external] [--manifests runs/manifests] [--fields | --web]
        [--out benchmarks/results/samples.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -54,12 +60,8 @@ def scored(
     truth = {str(s.path): predictor.classes[s.label] for s in samples}
     found = central_calls(result) if fields else result.predictions
     calls = [(p.label == truth[p.source], p.uncertain) for p in found if p.label]
-    kept = [right for right, uncertain in calls if not uncertain]
     scores = {
-        "n_images": len(samples),
-        "accuracy": round(sum(right for right, _ in calls) / len(samples), 4),
-        "uncertain_share": round(1 - len(kept) / len(samples), 4),
-        "accuracy_kept": round(sum(kept) / len(kept), 4) if kept else None,
+        **_scores(calls, len(samples)),
         "shifted": None if result.shift is None else result.shift.shifted,
         "renormalised_cells": result.renormalised,
         "magnification": None if result.magnification is None else result.magnification.factor,
@@ -68,6 +70,74 @@ def scored(
     if fields:
         scores["images_without_cells"] = result.fields_without_cells
     return scores
+
+
+def _scores(calls: list[tuple[bool, bool]], n_images: int) -> dict[str, Any]:
+    """Accuracy, share flagged and accuracy of the kept cells, from ``(right, uncertain)`` of
+    each call; an image without a call counts as wrong and flagged."""
+    kept = [right for right, uncertain in calls if not uncertain]
+    return {
+        "n_images": n_images,
+        "accuracy": round(sum(right for right, _ in calls) / n_images, 4),
+        "uncertain_share": round(1 - len(kept) / n_images, 4),
+        "accuracy_kept": round(sum(kept) / len(kept), 4) if kept else None,
+    }
+
+
+def scored_in_web_app(model: Path, samples: list[Sample], classes: list[str]) -> dict[str, Any]:
+    """``samples`` uploaded to the web app as one sample, scored as uploaded and renormalised
+    by the reviewer's action (see the module docstring)."""
+    from fastapi.testclient import TestClient
+
+    from leukoscope.service.app import create_app
+    from leukoscope.service.settings import Settings
+
+    truth = {f"{k}{s.path.suffix}": classes[s.label] for k, s in enumerate(samples)}
+
+    def score(detail: dict[str, Any], seconds: float) -> dict[str, Any]:
+        cells = detail["cells"]
+        calls = [
+            (c["prediction"]["label"] == truth[c["original_name"]], c["prediction"]["uncertain"])
+            for c in cells
+        ]
+        shift = detail["differential"]["shift"]
+        return {
+            **_scores(calls, len(samples)),
+            "shifted": shift and shift["shifted"],
+            "seconds": round(seconds, 1),
+        }
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings.model_validate({"model_path": model, "data_dir": Path(tmp)})
+        with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
+            sample_id = client.post("/api/samples", json={"name": "benchmark"}).json()["id"]
+            named = list(zip(truth, samples, strict=True))
+            start = time.perf_counter()
+            for first in range(0, len(named), settings.max_files):
+                files = [
+                    ("files", (name, sample.path.read_bytes(), "application/octet-stream"))
+                    for name, sample in named[first : first + settings.max_files]
+                ]
+                response = client.post(f"/api/samples/{sample_id}/cells", files=files)
+                response.raise_for_status()
+            uploaded = score(
+                client.get(f"/api/samples/{sample_id}").json(), time.perf_counter() - start
+            )
+            start = time.perf_counter()
+            response = client.post(
+                f"/api/samples/{sample_id}/renormalise", json={"reviewer": "benchmark"}
+            )
+            seconds = time.perf_counter() - start
+            if response.status_code != 200:
+                return {
+                    "as_uploaded": uploaded,
+                    "renormalised": {"refused": response.json()["error"]},
+                }
+            detail = response.json()
+            renormalised = score(detail, seconds) | {
+                "renormalised_cells": detail["renormalisations"][-1]["cells"]
+            }
+    return {"as_uploaded": uploaded, "renormalised": renormalised}
 
 
 def central_calls(result: Classified) -> list[Prediction]:
@@ -91,13 +161,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     add_model_options(parser)
-    parser.add_argument("--fields", action="store_true", help="each image as a field image")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--fields", action="store_true", help="each image as a field image")
+    modes.add_argument("--web", action="store_true", help="each set as a web-app sample")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/samples.json"))
     args = parser.parse_args()
     models = models_or_released(args.models)
     results: dict[str, Any] = {}
     for model in models:
         predictor = Predictor.load(model)
+        row: dict[str, Any] = {}
         sets: dict[str, list[Sample] | str] = {
             folder.parent.name: samples_in(folder, predictor.classes)
             for folder in sorted(args.external.glob("*/images"))
@@ -111,18 +184,20 @@ def main() -> None:
                 if isinstance(manifest, str)
                 else read_manifest(manifest, "test", predictor.classes)[0]
             )
-        row: dict[str, Any] = {}
         for name, samples in sets.items():
             if isinstance(samples, str):
                 row[name] = {"skipped": samples}
                 continue
-            row[name] = {
-                "renormalised_if_shifted": scored(predictor, samples, True, args.fields),
-                "as_trained": scored(predictor, samples, False, args.fields),
-            }
+            if args.web:
+                row[name] = scored_in_web_app(model, samples, list(predictor.classes))
+            else:
+                row[name] = {
+                    "renormalised_if_shifted": scored(predictor, samples, True, args.fields),
+                    "as_trained": scored(predictor, samples, False, args.fields),
+                }
             print(model, name, row[name], flush=True)
         results[str(model)] = row
-        write_results(args.out, "samples", fields=args.fields, results=results)
+        write_results(args.out, "samples", fields=args.fields, web=args.web, results=results)
 
 
 if __name__ == "__main__":

@@ -530,7 +530,7 @@ def renormalise(
     reviewers' corrections stand. Cells added later are classified by the model as loaded:
     renormalising again takes them in. Refused (409) for another model's sample, a model
     without normalisation statistics, a sample that does not look shifted or has fewer than
-    32 cells. It took 9-21 s for samples of 100-300 cells on a 2-core Xeon
+    32 cells. It took 10-20 s for samples of 100-300 cells on a 2-core Xeon
     (``benchmarks/samples.py --web``), during which other classifications wait."""
     reviewer = reviewer_name(service, caller, body.reviewer)
     with service.sessions.begin() as session:

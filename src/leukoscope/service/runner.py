@@ -167,7 +167,7 @@ class ModelRunner:
 
         Uploaded cell images are rescaled by the magnification estimated on all of them (each
         upload request estimated its own), cells cut from fields are not rescaled, and cells
-        on a field's edge stay flagged. The model lock is held throughout: 9-21 s for samples of
+        on a field's edge stay flagged. The model lock is held throughout: 10-20 s for samples of
         100-300 cells on a 2-core Xeon, during which other requests wait.
 
         Raises
