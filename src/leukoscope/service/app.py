@@ -704,6 +704,8 @@ def cell_heatmap(
         str | None, Query(description="Class to explain; default: predicted.")
     ] = None,
 ) -> Response:
+    """Where the model as loaded looks for ``target``: for a renormalised sample, the model
+    before renormalising (the renormalised one is not kept)."""
     service.check_class(target)
     with service.sessions.begin() as session:
         data = store.cell_bytes(session, cell_id)

@@ -427,7 +427,9 @@ function renderDetail() {
   setImage(image, cellImage(cell));
   const pictures = element("div", { class: "pictures" }, element("figure", {}, image, element("figcaption", { text: "Cell" })));
   if (state.showHeatmap) {
-    setImage(heatmap, `/api/cells/${cell.id}/heatmap`);
+    // The class the caption names (after a renormalisation, not necessarily the loaded model's call).
+    const target = cell.prediction.label ? `?target=${encodeURIComponent(cell.prediction.label)}` : "";
+    setImage(heatmap, `/api/cells/${cell.id}/heatmap${target}`);
     pictures.append(element("figure", {}, heatmap, element("figcaption", { text: `Grad-CAM: ${cell.prediction.label}` })));
   }
   const field = cell.field_id && state.sample.fields.find((f) => f.id === cell.field_id);
