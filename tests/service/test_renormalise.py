@@ -4,6 +4,7 @@ a history beside the earlier ones."""
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -131,6 +132,8 @@ def test_a_shifted_sample_is_classified_again_by_the_model_renormalised_on_its_c
         assert len(recorded.adaptation["files"]) == CELLS + 2
         assert recorded.adaptation["data"] == f"sample 'smear' ({sample_id})"
     engine.dispose()
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/api/samples/{sample_id}/cells.csv").text)))
+    assert {row["predicted_by_sha256"] for row in rows} == {done["model_sha256"]}
     report = client.get(f"/api/samples/{sample_id}/report.html").text
     assert "Renormalised by Dr. A" in report and f"re-estimated on {CELLS + 2}" in report
 
