@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner, Result
 
+from leukoscope.cells import crops
 from leukoscope.cells.crops import field_cells
 from leukoscope.cli import console as console_module
 from leukoscope.cli.app import app
@@ -462,7 +463,10 @@ def test_a_shifted_sample_is_classified_again_by_the_model_renormalised_on_it(
 
 
 def test_shifted_field_images_are_classified_again_by_the_model_renormalised_on_their_cells(
-    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, shifted_samples: None
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shifted_samples: None,
 ) -> None:
     source = build_batchnorm(tmp_path_factory.getbasetemp() / "batchnorm").model_dir
     folder = tmp_path / "fields"
@@ -473,8 +477,12 @@ def test_shifted_field_images_are_classified_again_by_the_model_renormalised_on_
         Image.fromarray(field).save(folder / f"{seed}.png")
     (folder / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "p.json"
+    located: list[object] = []
+    real = crops.locate_field
+    monkeypatch.setattr(crops, "locate_field", lambda rgb: located.append(rgb) or real(rgb))
     result = invoke("predict", folder, "--fields", "--model", source, "--out", out)
     assert result.exit_code == 0, result.output
+    assert len(located) == 5  # each field once: the second pass cuts the cells where they were
     said = " ".join(result.output.split())
     assert "Renormalising: 40 of 40 cells are flagged uncertain" in said
     assert "statistics on 40 of the sample's cells" in said

@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from leukoscope.cells import crops
 from leukoscope.cells.crops import field_cells
 from leukoscope.inference.fields import (
     EDGE_NOTE,
     FieldPrediction,
     classify_cells,
     classify_field_paths,
+    field_cuts,
     field_shift,
 )
 from leukoscope.inference.predictor import Prediction, Predictor
@@ -42,6 +45,33 @@ def test_every_cell_is_classified_with_its_field_and_box(tmp_path: Path, untrain
     assert sum(r.box.edge for r in cells if r.box) == 1
     (broken,) = [r for r in results if r.prediction.error]
     assert broken.box is None and broken.prediction.source == str(paths[2])
+
+
+def test_a_second_pass_at_the_first_ones_cuts_classifies_the_same_cells_without_locating(
+    tmp_path: Path, untrained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    predictor = Predictor.load(untrained)
+    Image.fromarray(smear((1000, 560), CELLS, red_cells=40, red_diameter=60)).save(
+        tmp_path / "a.png"
+    )
+    Image.fromarray(smear((640, 400), CELLS[:1], red_cells=20)).save(tmp_path / "b.png")
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    first = classify_field_paths(predictor, paths)
+    cuts = field_cuts(first)
+    assert {name: len(c.boxes) for name, c in cuts.items()} == {str(paths[0]): 3, str(paths[1]): 1}
+    assert all(c.side > 0 for c in cuts.values())
+
+    located: list[object] = []
+    real = crops.locate_field
+    monkeypatch.setattr(crops, "locate_field", lambda rgb: located.append(rgb) or real(rgb))
+    again = classify_field_paths(predictor, [*paths, tmp_path / "a.png"], cuts=cuts)
+    assert located == []
+    assert [(r.box, r.side, r.prediction.probabilities) for r in again[:4]] == [
+        (r.box, r.side, r.prediction.probabilities) for r in first
+    ]
+    Image.fromarray(smear((640, 400), CELLS[:1], red_cells=20)).save(tmp_path / "new.png")
+    classify_field_paths(predictor, [tmp_path / "new.png"], cuts=cuts)  # not in cuts: located
+    assert len(located) == 1
 
 
 def test_a_cell_classified_from_its_crop_gets_the_same_call_as_the_crop_itself(

@@ -116,6 +116,41 @@ def field_background(rgb: np.ndarray) -> np.ndarray:
     return background_colour(rgb[::BACKGROUND_STRIDE, ::BACKGROUND_STRIDE])
 
 
+@dataclass(frozen=True)
+class Cuts:
+    """Where a field's white cells are, and the side of the square a PBC crop covers at its
+    magnification: what :func:`cut_cells` needs to cut them out again without locating them
+    (locating is most of the time a field takes).
+
+    Attributes
+    ----------
+    boxes : list of CellBox
+        In :func:`~leukoscope.cells.fields.locate_cells`' order (best score first).
+    side : int
+        :func:`crop_side` of the field (0 when it holds no white cell).
+    """
+
+    boxes: list[CellBox]
+    side: int
+
+
+def locate_cuts(rgb: np.ndarray) -> Cuts:
+    """The :class:`Cuts` of a field image: its white cells located, its magnification measured."""
+    located = locate_field(rgb)
+    if not located.boxes:
+        return Cuts([], 0)
+    return Cuts(located.boxes, crop_side(located.boxes, located.red_cell_diameter))
+
+
+def cut_cells(rgb: np.ndarray, cuts: Cuts) -> list[FieldCell]:
+    """The white cells of the field ``rgb`` at ``cuts``, cut out as a PBC image of each would
+    be (the field's background colour beyond its edges)."""
+    if not cuts.boxes:
+        return []
+    fill = field_background(rgb)
+    return [FieldCell(box, crop_cell(rgb, box, cuts.side, fill)) for box in cuts.boxes]
+
+
 def field_cells(rgb: np.ndarray) -> list[FieldCell]:
     """Every white cell of a field image, located and cut out as a PBC image of it would be.
 
@@ -130,9 +165,4 @@ def field_cells(rgb: np.ndarray) -> list[FieldCell]:
         In :func:`~leukoscope.cells.fields.locate_cells`' order (best score first); empty when
         the field holds no white cell.
     """
-    located = locate_field(rgb)
-    if not located.boxes:
-        return []
-    side = crop_side(located.boxes, located.red_cell_diameter)
-    fill = field_background(rgb)
-    return [FieldCell(box, crop_cell(rgb, box, side, fill)) for box in located.boxes]
+    return cut_cells(rgb, locate_cuts(rgb))

@@ -29,6 +29,7 @@ from leukoscope.errors import LeukoscopeError
 from leukoscope.progress import Tracker
 
 if TYPE_CHECKING:
+    from leukoscope.cells.crops import Cuts
     from leukoscope.cells.fields import CellBox
     from leukoscope.data.preprocess import ScaleEstimate
     from leukoscope.inference.predictor import Prediction, Predictor
@@ -196,6 +197,8 @@ class Classified:
     magnification: ScaleEstimate | None = None
     """How cell images were rescaled (field cells are cut out at the field's own scale)."""
     boxes: list[CellBox | None] | None = None
+    cuts: dict[str, Cuts] | None = None
+    """Where the fields' cells were cut (by path), so that a second pass need not locate them."""
     fields_without_cells: int = 0
     renormalised: int = 0
     """Cells of this sample the model was renormalised on (0: used as loaded)."""
@@ -230,17 +233,24 @@ def classify_inputs(
 
 
 def classified(
-    predictor: Predictor, paths: Sequence[Path], batch_size: int, workers: int, *, fields: bool
+    predictor: Predictor,
+    paths: Sequence[Path],
+    batch_size: int,
+    workers: int,
+    *,
+    fields: bool,
+    cuts: dict[str, Cuts] | None = None,
 ) -> Classified:
     """The cell images ``paths``, or the white cells of the field images ``paths``, classified
-    once by ``predictor`` as one sample, with its shift check."""
+    once by ``predictor`` as one sample, with its shift check (fields with ``cuts`` are not
+    located again)."""
     if not fields:
         predictions, magnification = classify(predictor, paths, batch_size, workers)
         return Classified(predictor, predictions, predictor.check_shift(predictions), magnification)
-    from leukoscope.inference.fields import classify_field_paths, field_shift
+    from leukoscope.inference.fields import classify_field_paths, field_cuts, field_shift
 
     with progress_bar("Locating and classifying", total=len(paths)) as tracker:
-        cells = classify_field_paths(predictor, paths, on_progress=tracker.advance)
+        cells = classify_field_paths(predictor, paths, on_progress=tracker.advance, cuts=cuts)
     predictions = [cell.prediction for cell in cells]
     require_some_read(predictions)
     with_cells = {p.source for p in predictions}
@@ -249,6 +259,7 @@ def classified(
         predictions,
         field_shift(predictor, cells),
         boxes=[cell.box for cell in cells],
+        cuts=field_cuts(cells),
         fields_without_cells=sum(str(path) not in with_cells for path in paths),
     )
 
@@ -289,7 +300,7 @@ def renormalised_classification(
 
     def make() -> Predictor:
         if fields:
-            return renormalised_for_fields(predictor, readable)
+            return renormalised_for_fields(predictor, readable, first.cuts)
         return renormalised_for_sample(predictor, readable, scale)
 
     renormalised = renormalised_or_why(predictor, len(read), make, announce)
@@ -297,7 +308,7 @@ def renormalised_classification(
         console.print(f"[bold]Not renormalised:[/] {renormalised}.", highlight=False)
         return first
     try:
-        again = classified(renormalised, paths, batch_size, workers, fields=fields)
+        again = classified(renormalised, paths, batch_size, workers, fields=fields, cuts=first.cuts)
     except LeukoscopeError as exc:  # e.g. the files went away since: keep the first calls
         console.print(
             f"[bold]Not renormalised:[/] classifying again failed: {exc}.", highlight=False

@@ -10,14 +10,14 @@ entry and never stops the others.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from leukoscope.cells.crops import FieldCell, field_cells
+from leukoscope.cells.crops import Cuts, FieldCell, cut_cells, locate_cuts
 from leukoscope.cells.fields import CellBox
 from leukoscope.data.images import decode_rgb
 from leukoscope.data.preprocess import UNSCALED
@@ -42,13 +42,17 @@ class FieldPrediction:
 
     prediction: Prediction
     box: CellBox | None = None
+    side: int = 0
+    """The side of the squares its field's cells were cut out as (:class:`~leukoscope.cells.
+    crops.Cuts`; 0 when not known)."""
 
 
 def classify_cells(
-    predictor: Predictor, cells: Sequence[FieldCell], source: str
+    predictor: Predictor, cells: Sequence[FieldCell], source: str, side: int = 0
 ) -> list[FieldPrediction]:
-    """The model's call on each cut-out cell of the field ``source``; cells on the field's edge
-    are flagged uncertain with :data:`EDGE_NOTE`."""
+    """The model's call on each cut-out cell of the field ``source`` (cut as squares of
+    ``side``, when known); cells on the field's edge are flagged uncertain with
+    :data:`EDGE_NOTE`."""
     if not cells:
         return []
     images = [Image.fromarray(cell.rgb) for cell in cells]
@@ -56,23 +60,32 @@ def classify_cells(
     # cells): the sample rescaling of cell images must not measure and rescale them again.
     predictions = predictor.predict_images(images, [source] * len(cells), UNSCALED)
     return [
-        FieldPrediction(_flag_edge(prediction) if cell.box.edge else prediction, cell.box)
+        FieldPrediction(_flag_edge(prediction) if cell.box.edge else prediction, cell.box, side)
         for cell, prediction in zip(cells, predictions, strict=True)
     ]
 
 
-def classify_field(predictor: Predictor, rgb: np.ndarray, source: str) -> list[FieldPrediction]:
-    """Locate, cut out and classify every white cell of one decoded field."""
-    return classify_cells(predictor, field_cells(rgb), source)
+def classify_field(
+    predictor: Predictor, rgb: np.ndarray, source: str, cuts: Cuts | None = None
+) -> list[FieldPrediction]:
+    """Locate, cut out and classify every white cell of one decoded field; given its
+    ``cuts``, cut there without locating."""
+    cuts = locate_cuts(rgb) if cuts is None else cuts
+    return classify_cells(predictor, cut_cells(rgb, cuts), source, cuts.side)
 
 
 def classify_field_paths(
     predictor: Predictor,
     paths: Sequence[str | Path],
     on_progress: Callable[[int], None] | None = None,
+    cuts: Mapping[str, Cuts] | None = None,
 ) -> list[FieldPrediction]:
     """Every white cell of every field file, in input order; an unreadable file gives one entry
-    with its error. ``on_progress(1)`` after each file."""
+    with its error. ``on_progress(1)`` after each file.
+
+    ``cuts`` (by path, see :func:`field_cuts`) gives the cells of fields located before, as a
+    second pass over a sample does: those are cut out again without locating them.
+    """
     results: list[FieldPrediction] = []
     for path in paths:
         try:
@@ -80,10 +93,22 @@ def classify_field_paths(
         except ImageDecodeError as exc:
             results.append(FieldPrediction(predictor.error_prediction(str(path), str(exc))))
         else:
-            results.extend(classify_field(predictor, rgb, str(path)))
+            known = None if cuts is None else cuts.get(str(path))
+            results.extend(classify_field(predictor, rgb, str(path), known))
         if on_progress is not None:
             on_progress(1)
     return results
+
+
+def field_cuts(cells: Sequence[FieldPrediction]) -> dict[str, Cuts]:
+    """The :class:`~leukoscope.cells.crops.Cuts` of each field with cells among ``cells`` (by
+    its path), to cut them out again without locating them."""
+    cuts: dict[str, Cuts] = {}
+    for cell in cells:
+        if cell.box is not None and cell.side:
+            source = cell.prediction.source
+            cuts.setdefault(source, Cuts([], cell.side)).boxes.append(cell.box)
+    return cuts
 
 
 def field_shift(predictor: Predictor, cells: Sequence[FieldPrediction]) -> ShiftCheck | None:

@@ -52,11 +52,11 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -90,6 +90,9 @@ from leukoscope.models.serialization import weights_sha256
 from leukoscope.training.chain import ModelChain
 from leukoscope.training.optim import build_scheduler, param_groups
 from leukoscope.training.profiles import LAB_ROBUST, Phase
+
+if TYPE_CHECKING:
+    from leukoscope.cells.crops import Cuts
 
 
 @dataclass(frozen=True)
@@ -594,18 +597,21 @@ def renormalised_for_sample(
     )
 
 
-def renormalised_for_fields(predictor: Predictor, fields: Sequence[str | Path]) -> Predictor:
+def renormalised_for_fields(
+    predictor: Predictor, fields: Sequence[str | Path], cuts: Mapping[str, Cuts] | None = None
+) -> Predictor:
     """:func:`renormalised_for_sample` for a sample of field images: ``predictor``'s model
     renormalised on up to :data:`SAMPLE_CELLS` of their white cells, cut out as ``predict
     --fields`` cuts them (:func:`~leukoscope.cells.crops.field_cells`, already at the training
-    images' magnification) from fields spread evenly through ``fields``.
+    images' magnification) from fields spread evenly through ``fields``; at ``cuts`` (by
+    path), where the fields were located before, without locating them again.
 
     Raises
     ------
     LeukoscopeError
         As :func:`renormalised_for_sample`; a field that can no longer be read is passed over.
     """
-    from leukoscope.cells.crops import field_cells
+    from leukoscope.cells.crops import cut_cells, locate_cuts
 
     config = predictor.card.preprocessing
     pixels: list[np.ndarray] = []
@@ -617,7 +623,9 @@ def renormalised_for_fields(predictor: Predictor, fields: Sequence[str | Path]) 
         except ImageDecodeError:
             skipped += 1
             continue
-        cut = field_cells(rgb)[: SAMPLE_CELLS - len(pixels)]
+        known = None if cuts is None else cuts.get(str(field))
+        cut = cut_cells(rgb, locate_cuts(rgb) if known is None else known)
+        cut = cut[: SAMPLE_CELLS - len(pixels)]
         pixels += [to_noted_pixels(Image.fromarray(cell.rgb), config)[0] for cell in cut]
         used += [field] if cut else []
         if len(pixels) == SAMPLE_CELLS:
