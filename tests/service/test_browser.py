@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.service.conftest import N_CELLS, cell_jpeg
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -68,6 +73,24 @@ IN_VIEW = """(selector) => {
 """The element's top is on screen and not scrolled out of the top of its side panel."""
 
 
+@contextmanager
+def chromium_page(url: str) -> Iterator[Page]:
+    """A page of headless Chromium at ``url`` (1400x1100, 20 s timeouts); the test fails if a
+    script on it raised an error."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(20_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        yield page
+        browser.close()
+    assert errors == [], errors
+
+
 @pytest.fixture
 def server_url(make_server: Callable[..., str]) -> str:
     """Three files per request so the page sends batches."""
@@ -75,20 +98,14 @@ def server_url(make_server: Callable[..., str]) -> str:
 
 
 def test_upload_review_and_sign_off_in_chromium(server_url: str, tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     images = []
     for i in range(N_CELLS):
         images.append(tmp_path / f"cell_{i}.jpg")
         images[-1].write_bytes(cell_jpeg(i))
     (tmp_path / "notes.jpg").write_text("not an image")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.set_default_timeout(20_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(server_url)
+    with chromium_page(server_url) as page:
         expect(page.locator("#model-info")).to_contain_text("squeezenet1_1")
 
         page.fill("#reviewer", "Dr. Browser")
@@ -220,8 +237,7 @@ def test_upload_review_and_sign_off_in_chromium(server_url: str, tmp_path: Path)
             overflow = page.evaluate(OVERFLOW)
             assert overflow == {"scroll": 0, "wide": []}, f"{width} px: {overflow}"
             page.screenshot(path=str(tmp_path / f"review-{width}.png"), full_page=True)
-        browser.close()
-    assert errors == []
+
     shots = [tmp_path / f"review-{width}.png" for width in WIDTHS]
     assert all(shot.stat().st_size > 10_000 for shot in shots)
     if os.environ.get("LEUKOSCOPE_SCREENSHOTS"):
@@ -232,20 +248,14 @@ def test_upload_review_and_sign_off_in_chromium(server_url: str, tmp_path: Path)
 def test_field_images_in_chromium(make_server: Callable[..., str], tmp_path: Path) -> None:
     """Field images: every cell found is in the gallery with its crop, and shows in its field
     with its box drawn."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from tests.service.test_fields import LEFT, jpeg
 
     url = make_server(max_file_bytes=2_000_000, max_request_bytes=8_000_000)
     field = tmp_path / "left.jpg"
     field.write_bytes(jpeg(LEFT))
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.set_default_timeout(20_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(url)
+    with chromium_page(url) as page:
         page.fill("#sample-name", "Fields")
         page.get_by_role("button", name="Create").click()
         expect(page.locator("#sample-title")).to_have_text("Fields")
@@ -266,8 +276,6 @@ def test_field_images_in_chromium(make_server: Callable[..., str], tmp_path: Pat
         assert 0 < box["width"] < shown["width"] / 4 and box["x"] >= shown["x"]
         page.get_by_role("button", name="Hide field (F)").click()
         expect(page.locator("#detail-body .field-image")).to_have_count(0)
-        assert not errors, errors
-        browser.close()
 
 
 def test_a_shifted_sample_is_renormalised_in_chromium(
@@ -275,7 +283,7 @@ def test_a_shifted_sample_is_renormalised_in_chromium(
 ) -> None:
     """The warning of a sample unlike the training data offers to renormalise; done, the page
     says by whom and on how many cells, and offers it no more."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from leukoscope.inference.predictor import Predictor
     from tests.inference.tiny import build_batchnorm
@@ -288,13 +296,7 @@ def test_a_shifted_sample_is_renormalised_in_chromium(
     for i in range(34):
         images.append(tmp_path / f"cell_{i}.jpg")
         images[-1].write_bytes(cell_jpeg(i))
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.set_default_timeout(20_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(url)
+    with chromium_page(url) as page:
         page.fill("#reviewer", "Dr. Browser")
         page.fill("#sample-name", "Other lab")
         page.get_by_role("button", name="Create").click()
@@ -310,5 +312,3 @@ def test_a_shifted_sample_is_renormalised_in_chromium(
         )
         expect(page.locator("#differential-body .renormalised")).to_contain_text("on 34 of")
         expect(page.locator("#renormalise-button")).to_have_count(0)
-        assert not errors, errors
-        browser.close()

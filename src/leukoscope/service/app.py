@@ -757,26 +757,23 @@ def _new_prediction(prediction: Prediction) -> store.NewPrediction:
 
 
 def _new_cell(upload: Upload, prediction: Prediction) -> store.NewCell:
-    return store.NewCell(
-        original_name=upload.name,
-        data=upload.data,
-        image_format=upload.image_format,
-        sha256=upload.sha256,
-        width=upload.width,
-        height=upload.height,
-        prediction=_new_prediction(prediction),
-    )
+    return store.NewCell(**_upload_columns(upload), prediction=_new_prediction(prediction))
 
 
 def _new_field(upload: Upload) -> store.NewField:
-    return store.NewField(
-        original_name=upload.name,
-        data=upload.data,
-        image_format=upload.image_format,
-        sha256=upload.sha256,
-        width=upload.width,
-        height=upload.height,
-    )
+    return store.NewField(**_upload_columns(upload))
+
+
+def _upload_columns(upload: Upload) -> dict[str, Any]:
+    """What a stored cell and a stored field keep of their upload."""
+    return {
+        "original_name": upload.name,
+        "data": upload.data,
+        "image_format": upload.image_format,
+        "sha256": upload.sha256,
+        "width": upload.width,
+        "height": upload.height,
+    }
 
 
 def _field_cell(
