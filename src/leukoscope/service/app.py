@@ -238,18 +238,13 @@ class Service:
             )
 
     def stored_cells(self, session: Session, sample: store.Sample) -> list[StoredCell]:
-        """The sample's cells, decoded from their stored bytes, to be classified again."""
-        max_pixels = self.settings.max_pixels
+        """The sample's cells with their stored bytes, to be classified again."""
         return [
             StoredCell(
                 id=cell.id,
                 name=cell.original_name,
                 sha256=cell.sha256,
-                image=decode_bounded(
-                    store.cell_bytes(session, cell.id),
-                    name=cell.original_name,
-                    max_pixels=max_pixels,
-                ),
+                data=store.cell_bytes(session, cell.id),
                 box=_cell_box(cell) if cell.field_id is not None else None,
                 counted=cell.exclusion is None,
             )
@@ -539,7 +534,9 @@ def renormalise(
         name = sample.name
         latest = sample.latest_renormalisation
         cells = service.stored_cells(session, sample)
-    result = service.runner.renormalise(cells, data=f"sample {name!r} ({sample_id})")
+    result = service.runner.renormalise(
+        cells, f"sample {name!r} ({sample_id})", max_pixels=service.settings.max_pixels
+    )
     if isinstance(result, str):
         raise store.ConflictError(f"sample {name!r} was not renormalised: {result}")
     predictions = {key: _new_prediction(p) for key, p in result.predictions.items()}

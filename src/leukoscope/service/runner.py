@@ -22,14 +22,14 @@ from PIL import Image
 
 from leukoscope.cells.crops import FieldCell, field_cells
 from leukoscope.cells.fields import CellBox
-from leukoscope.data.preprocess import UNSCALED, ScaleEstimate
+from leukoscope.data.preprocess import SCALE_CELLS, ScaleEstimate, spread
 from leukoscope.errors import LeukoscopeError
 from leukoscope.inference.explain import gradcam_overlay
 from leukoscope.inference.fields import classify_cells
 from leukoscope.inference.predictor import Prediction, Predictor
 from leukoscope.models import ModelCard
 from leukoscope.service.schemas import RejectedFile
-from leukoscope.service.uploads import Upload, read_upload
+from leukoscope.service.uploads import Upload, decode_bounded, read_upload
 
 BATCH = 32
 BATCH_PIXELS = 64_000_000
@@ -45,7 +45,7 @@ class StoredCell:
     ----------
     id, name, sha256 : str
         The cell's id, its name as shown, and its image's sha256.
-    image : PIL.Image.Image
+    data : bytes
         The stored image: an uploaded cell image, or the crop cut from a field.
     box : CellBox or None
         Where a cell cut from a field is in it (None: uploaded as a cell image).
@@ -57,7 +57,7 @@ class StoredCell:
     id: str
     name: str
     sha256: str
-    image: Image.Image
+    data: bytes
     box: CellBox | None
     counted: bool
 
@@ -160,49 +160,70 @@ class ModelRunner:
             results = classify_cells(self.predictor, cells, name)
         return [(cell, result.prediction) for cell, result in zip(cells, results, strict=True)]
 
-    def renormalise(self, cells: Sequence[StoredCell], data: str) -> Renormalised | str:
+    def renormalise(
+        self, cells: Sequence[StoredCell], data: str, *, max_pixels: int
+    ) -> Renormalised | str:
         """The sample ``cells`` classified again by the model renormalised on them, as
         ``predict`` renormalises a shifted sample (see
         :func:`~leukoscope.training.adapt.renormalised_or_why`); or why not.
 
         Uploaded cell images are rescaled by the magnification estimated on all of them (each
         upload request estimated its own), cells cut from fields are not rescaled, and cells
-        on a field's edge stay flagged. The model lock is held throughout: 10-20 s for samples of
-        100-300 cells on a 2-core Xeon, during which other requests wait.
+        on a field's edge stay flagged. Images are decoded when they are needed, at most
+        :data:`BATCH` at a time to classify them, so that a large sample never sits decoded in
+        memory. The model lock is held throughout: 10-20 s for samples of 100-300 cells on a
+        2-core Xeon, during which other requests wait.
 
         Raises
         ------
         LeukoscopeError
-            A stored cell could not be classified again.
+            A stored cell could not be decoded or classified again.
         """
-        from leukoscope.training.adapt import renormalised_for_images, renormalised_or_why
+        from leukoscope.training.adapt import (
+            SAMPLE_CELLS,
+            renormalised_for_images,
+            renormalised_or_why,
+        )
+
+        def decoded(chosen: Sequence[StoredCell]) -> list[Image.Image]:
+            return [decode_bounded(c.data, name=c.name, max_pixels=max_pixels) for c in chosen]
 
         images = [cell for cell in cells if cell.box is None]
-        found = [cell for cell in cells if cell.box is not None]
         counted = [cell for cell in cells if cell.counted]
+        chosen = spread(counted, SAMPLE_CELLS)
         with self._lock:
             predictor = self.predictor
-            scale = predictor.scale_of_images([c.image for c in images]) if images else UNSCALED
+            scale = predictor.scale_of_images(decoded(spread(images, SCALE_CELLS)))
             renormalised = renormalised_or_why(
                 predictor,
                 len(counted),
                 lambda: renormalised_for_images(
                     predictor,
-                    [cell.image for cell in counted],
-                    [scale.factor if cell.box is None else 1.0 for cell in counted],
-                    [(cell.name, cell.sha256) for cell in counted],
+                    decoded(chosen),
+                    [scale.factor if cell.box is None else 1.0 for cell in chosen],
+                    [(cell.name, cell.sha256) for cell in chosen],
                     data=data,
                     command="renormalised on a sample's cells in the web app (leukoscope serve)",
                 ),
             )
             if isinstance(renormalised, str):
                 return renormalised
-            calls = renormalised.predict_images(
-                [c.image for c in images], [c.name for c in images], scale
-            )
-            cut = [FieldCell(c.box, np.asarray(c.image.convert("RGB"))) for c in found if c.box]
-            calls += [r.prediction for r in classify_cells(renormalised, cut, data)]
-        predictions = dict(zip([c.id for c in images + found], calls, strict=True))
+            predictions: dict[str, Prediction] = {}
+            for start in range(0, len(cells), BATCH):
+                batch = cells[start : start + BATCH]
+                crops = [cell for cell in batch if cell.box is None]
+                calls = renormalised.predict_images(
+                    decoded(crops), [cell.name for cell in crops], scale
+                )
+                found = [cell for cell in batch if cell.box is not None]
+                cut = [
+                    FieldCell(box, np.asarray(image))
+                    for box, image in zip(
+                        [c.box for c in found if c.box], decoded(found), strict=True
+                    )
+                ]
+                calls += [r.prediction for r in classify_cells(renormalised, cut, data)]
+                predictions.update(zip([c.id for c in crops + found], calls, strict=True))
         failed = [(c.name, predictions[c.id].error) for c in cells if predictions[c.id].error]
         if failed:
             name, error = failed[0]
