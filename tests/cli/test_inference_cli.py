@@ -73,7 +73,7 @@ def test_predict_lists_a_bad_file_and_carries_on(tmp_path: Path, untrained: Path
     assert result.exit_code == 0, result.output
     assert "1 unreadable file(s) skipped" in result.output
     assert "broken.jpg" in result.output
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.read_text().splitlines()))
     assert len(rows) == 7
     broken = next(r for r in rows if r["source"].endswith("broken.jpg"))
     assert broken["label"] == "" and "broken.jpg" in broken["error"]
@@ -126,7 +126,7 @@ def test_differential_writes_the_report(tmp_path: Path, tiny: Tiny, fmt: str) ->
     assert counted == 32
     assert [u["source"] for u in differential["unreadable"]] == [str(sample / "empty.jpg")]
     assert "not a diagnosis" in (out / f"differential.{fmt}").read_text()
-    assert len(list(csv.DictReader((out / "cells.csv").open()))) == 33
+    assert len(list(csv.DictReader((out / "cells.csv").read_text().splitlines()))) == 33
 
 
 @pytest.mark.parametrize("command", ["predict", "differential", "explain"])
@@ -158,7 +158,7 @@ def test_skipped_links_are_reported_and_gif_is_read(tmp_path: Path, untrained: P
     assert "dangling.jpg: link to" in text and "leads nowhere" in text
     assert "loop.jpg: link to" in text
     assert "linked: link to a folder, not followed" in text
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.read_text().splitlines()))
     assert sorted(Path(r["source"]).name for r in rows) == [
         "cell_0.jpg",
         "cell_1.jpg",
@@ -370,7 +370,7 @@ def test_predict_fields_gives_each_cell_its_box(
     assert result.exit_code == 0, result.output
     assert "Field images without a white cell: 1" in result.output
     if suffix == "csv":
-        rows = list(csv.DictReader(out.open()))
+        rows = list(csv.DictReader(out.read_text().splitlines()))
     else:
         rows = [p | (p["box"] or {}) for p in json.loads(out.read_text())["predictions"]]
     cells = [r for r in rows if r["source"].endswith("a.png")]
@@ -391,7 +391,7 @@ def test_differential_fields_counts_the_cells_of_the_fields(
     assert result.exit_code == 0, result.output
     differential = json.loads((out / "differential.json").read_text())
     assert differential["white_cells_counted"] == 2 and differential["for_review"]["total"] == 1
-    rows = list(csv.DictReader((out / "cells.csv").open()))
+    rows = list(csv.DictReader((out / "cells.csv").read_text().splitlines()))
     assert len(rows) == 4 and {"x_min", "edge"} <= set(rows[0])
 
 

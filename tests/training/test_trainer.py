@@ -57,7 +57,7 @@ def test_run_directory_holds_config_log_history_checkpoint_and_best_model(
     config = json.loads((run / "config.json").read_text())
     assert config["settings"]["arch"] == "squeezenet1_1"
     assert config["settings"]["profile"]["image_size"] == 48
-    rows = list(csv.DictReader((run / "history.csv").open()))
+    rows = list(csv.DictReader((run / "history.csv").read_text().splitlines()))
     assert tuple(rows[0]) == HISTORY_COLUMNS
     assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
     assert {r["phase"] for r in rows} == {"head", "finetune"}
