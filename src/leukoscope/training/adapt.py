@@ -36,8 +36,9 @@ cellavision, whose colours are close to PBC's, it changed little (71% to 72%, an
 the one its source carries for that purpose (:func:`fit_renormalised_reference`). ``predict``
 and ``differential`` renormalise by themselves, on the sample they classify, when it looks
 unlike the training data as a whole (:func:`renormalised_for_sample`; field images:
-:func:`renormalised_for_fields`): that gate keeps the
-training lab's samples, where it would cost the point, as they were.
+:func:`renormalised_for_fields`; the web app does it when a reviewer asks,
+:func:`renormalised_for_images`): that gate keeps the training lab's samples, where it would
+cost the point, as they were.
 
 Recalibration (see :func:`recalibrate`) never uses predictions of cells a model trained on
 unless the card says so: with enough cells the temperature and the abstention threshold are
@@ -630,20 +631,22 @@ def renormalised_for_fields(
         used += [field] if cut else []
         if len(pixels) == SAMPLE_CELLS:
             break
-    size = config.input_size
-    stacked = (
-        torch.from_numpy(np.stack(pixels))
-        if pixels
-        else torch.empty((0, size, size, 3), dtype=torch.uint8)
-    )
     return _renormalised(
         predictor,
-        stacked,
+        _stacked(pixels, config.input_size),
         used,
         skipped=skipped,
         magnification=1.0,
         command="renormalised on the field images it classifies (leukoscope predict --fields)",
     )
+
+
+def _stacked(pixels: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """Cells' uint8 pixels as one (N, size, size, 3) tensor, N = 0 without any (which
+    :func:`renormalise` refuses with its reason)."""
+    if not pixels:
+        return torch.empty((0, size, size, 3), dtype=torch.uint8)
+    return torch.from_numpy(np.stack(pixels))
 
 
 def renormalised_for_images(
@@ -682,17 +685,10 @@ def renormalised_for_images(
         raise ValueError(f"{len(images)} images, {len(factors)} factors and {len(files)} files")
     config = predictor.card.preprocessing
     chosen = list(spread(range(len(images)), SAMPLE_CELLS))
-    size = config.input_size
-    pixels = (
-        torch.from_numpy(
-            np.stack([to_noted_pixels(images[i], config, factors[i])[0] for i in chosen])
-        )
-        if chosen
-        else torch.empty((0, size, size, 3), dtype=torch.uint8)
-    )
+    pixels = [to_noted_pixels(images[i], config, factors[i])[0] for i in chosen]
     return _renormalised_on(
         predictor,
-        pixels,
+        _stacked(pixels, config.input_size),
         dict(files[i] for i in chosen),
         data=data,
         skipped=0,
