@@ -22,6 +22,7 @@ from leukoscope.inference.predictor import Predictor
 from leukoscope.models.serialization import weights_sha256
 from leukoscope.service import store
 from leukoscope.service.app import create_app
+from leukoscope.service.schemas import PredictionOut
 from leukoscope.service.settings import Settings
 from leukoscope.training.adapt import renormalise
 from tests.inference.tiny import build_batchnorm
@@ -194,12 +195,15 @@ def _down_and_up(url: str) -> None:
 
     engine = store.make_engine(url)
     store.upgrade(engine)
-    call = store.NewPrediction("basophil", 0.9, {"basophil": 0.9}, None, 0.1, False)
+    call = PredictionOut(
+        label="basophil", confidence=0.9, probabilities={"basophil": 0.9}, runner_up=None,
+        runner_up_probability=0.1, uncertain=False,
+    )  # fmt: skip
     new = store.NewCell("a.jpg", b"x", "JPEG", "0" * 64, 1, 1, call)
     with store.writer(engine).begin() as session:
         sample = store.create_sample(session, "s", ["basophil", "monocyte"], "1" * 64)
         (cell,) = store.add_cells(session, sample, [new], "1" * 64)
-        renormalised = {cell.id: store.NewPrediction("monocyte", 0.8, {}, None, 0.2, False)}
+        renormalised = {cell.id: call.model_copy(update={"label": "monocyte"})}
         store.add_renormalisation(session, sample.id, "Dr. A", None, "2" * 64, 40, {}, renormalised)
         assert cell.label == "monocyte" and len(cell.predictions) == 2
         with pytest.raises(store.ConflictError, match="renormalised by another request"):

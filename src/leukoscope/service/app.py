@@ -539,7 +539,7 @@ def renormalise(
     )
     if isinstance(result, str):
         raise store.ConflictError(f"sample {name!r} was not renormalised: {result}")
-    predictions = {key: _new_prediction(p) for key, p in result.predictions.items()}
+    predictions = {key: PredictionOut.model_validate(p) for key, p in result.predictions.items()}
     with service.writes.begin() as session:
         sample = store.add_renormalisation(
             session,
@@ -742,19 +742,10 @@ def _image_prediction(upload: Upload, prediction: Prediction) -> ImagePrediction
     return ImagePrediction(name=upload.name, **fields)
 
 
-def _new_prediction(prediction: Prediction) -> store.NewPrediction:
-    return store.NewPrediction(
-        label=prediction.label,
-        confidence=prediction.confidence,
-        probabilities=prediction.probabilities,
-        runner_up=prediction.runner_up,
-        runner_up_probability=prediction.runner_up_probability,
-        uncertain=prediction.uncertain,
-    )
-
-
 def _new_cell(upload: Upload, prediction: Prediction) -> store.NewCell:
-    return store.NewCell(**_upload_columns(upload), prediction=_new_prediction(prediction))
+    return store.NewCell(
+        **_upload_columns(upload), prediction=PredictionOut.model_validate(prediction)
+    )
 
 
 def _new_field(upload: Upload) -> store.NewField:
@@ -788,7 +779,7 @@ def _field_cell(
         sha256=hashlib.sha256(data).hexdigest(),
         width=cell.rgb.shape[1],
         height=cell.rgb.shape[0],
-        prediction=_new_prediction(prediction),
+        prediction=PredictionOut.model_validate(prediction),
         box=(box.x_min, box.y_min, box.x_max, box.y_max),
         edge=box.edge,
         duplicate_of=earlier if kind == "same" else None,

@@ -10,7 +10,6 @@ schema is created and upgraded by the Alembic migrations in ``migrations/``, nev
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,6 +48,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.types import TypeDecorator
 
 from leukoscope.errors import LeukoscopeError
+from leukoscope.service.schemas import PredictionOut
 
 
 class NotFoundError(LeukoscopeError):
@@ -478,23 +478,16 @@ def writer(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine.execution_options(**{WRITE_LOCK: True}), expire_on_commit=False)
 
 
-@dataclass(frozen=True)
-class NewPrediction:
-    """The model's call on a cell, ready to be stored."""
-
-    label: str | None
-    confidence: float
-    probabilities: dict[str, float]
-    runner_up: str | None
-    runner_up_probability: float
-    uncertain: bool
-
-    def row(self, model_sha256: str, renormalisation: Renormalisation | None = None) -> Prediction:
-        return Prediction(
-            model_sha256=model_sha256,
-            renormalisation=renormalisation,
-            **dataclasses.asdict(self),
-        )
+def prediction_row(
+    call: PredictionOut, model_sha256: str, renormalisation: Renormalisation | None = None
+) -> Prediction:
+    """The row of the model ``model_sha256``'s ``call`` on a cell (made on ``renormalisation``,
+    when given)."""
+    return Prediction(
+        model_sha256=model_sha256,
+        renormalisation=renormalisation,
+        **call.model_dump(exclude={"renormalisation_id"}),
+    )
 
 
 @dataclass(frozen=True)
@@ -507,7 +500,7 @@ class NewCell:
     sha256: str
     width: int
     height: int
-    prediction: NewPrediction
+    prediction: PredictionOut
     box: tuple[int, int, int, int] | None = None
     """For a cell found in a field: its box there ``(x_min, y_min, x_max, y_max)``."""
     edge: bool | None = None
@@ -659,7 +652,7 @@ def add_cells(
             edge=new.edge,
             possible_duplicate_of=new.possible_duplicate_of,
             image=CellImage(data=new.data),
-            predictions=[new.prediction.row(sample.model_sha256)],
+            predictions=[prediction_row(new.prediction, sample.model_sha256)],
         )
         first_with.setdefault(new.sha256, cell.id)
         sample.cells.append(cell)
@@ -708,7 +701,7 @@ def add_renormalisation(
     model_sha256: str,
     cells: int,
     adaptation: dict[str, Any],
-    predictions: Mapping[str, NewPrediction],
+    predictions: Mapping[str, PredictionOut],
 ) -> Sample:
     """Record a renormalisation of the open sample: the model ``model_sha256`` renormalised on
     ``cells`` of its cells (its card's ``adaptation``), and its call on each cell
@@ -735,7 +728,7 @@ def add_renormalisation(
     )
     sample.renormalisations.append(renormalisation)
     for cell in sample.cells:
-        cell.predictions.append(predictions[cell.id].row(model_sha256, renormalisation))
+        cell.predictions.append(prediction_row(predictions[cell.id], model_sha256, renormalisation))
     session.flush()
     return sample
 
