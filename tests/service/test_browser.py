@@ -281,7 +281,8 @@ def test_field_images_in_chromium(make_server: Callable[..., str], tmp_path: Pat
 def test_a_shifted_sample_is_renormalised_in_chromium(
     make_server: Callable[..., str], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    """The warning of a sample unlike the training data offers to renormalise; done, the page
+    """The warning of a sample unlike the training data offers to renormalise; refused (too
+    few cells left once three are excluded), the page says why and offers it again; done, it
     says by whom and on how many cells, and offers it no more."""
     from playwright.sync_api import expect
 
@@ -293,7 +294,7 @@ def test_a_shifted_sample_is_renormalised_in_chromium(
     flag_all = FlagLowConfidence(Predictor.load(source, backend="torch"), 1.01)
     url = make_server(flag_all, model_path=source, max_files=40, max_request_bytes=4_000_000)
     images = []
-    for i in range(34):
+    for i in range(35):
         images.append(tmp_path / f"cell_{i}.jpg")
         images[-1].write_bytes(cell_jpeg(i))
     with chromium_page(url) as page:
@@ -301,14 +302,25 @@ def test_a_shifted_sample_is_renormalised_in_chromium(
         page.fill("#sample-name", "Other lab")
         page.get_by_role("button", name="Create").click()
         expect(page.locator("#sample-title")).to_have_text("Other lab")
-        page.set_input_files("#file-input", images)
+        page.set_input_files("#file-input", images[:34])
         expect(page.locator("#upload-status")).to_contain_text(
             "34 image(s) classified.", timeout=20_000
         )
         expect(page.locator("#differential-body .shift-warning")).to_contain_text("Renormalising")
-        page.get_by_role("button", name="Renormalise on this sample's cells").click()
+        for excluded in range(1, 4):  # 31 cells left to renormalise on
+            page.locator('[data-group="unidentified"] button.cell').first.click()
+            page.keyboard.press("x")
+            expect(page.locator('[data-group="excluded"] button.cell')).to_have_count(excluded)
+        button = page.get_by_role("button", name="Renormalise on this sample's cells")
+        button.click()
+        expect(page.locator("#message")).to_contain_text("fewer than 32 readable cells")
+        expect(button).to_be_enabled()
+
+        page.set_input_files("#file-input", images[34:])
+        expect(page.locator("#upload-status")).to_contain_text("1 image(s) classified.")
+        button.click()
         expect(page.locator("#differential-body .renormalised")).to_contain_text(
             "Renormalised by Dr. Browser", timeout=20_000
         )
-        expect(page.locator("#differential-body .renormalised")).to_contain_text("on 34 of")
+        expect(page.locator("#differential-body .renormalised")).to_contain_text("on 32 of")
         expect(page.locator("#renormalise-button")).to_have_count(0)

@@ -742,9 +742,8 @@ async function renormalise() {
       json: { reviewer: reviewer() },
     });
   } finally {
-    button.disabled = false;
+    renderSample(); // the new calls, or (refused) the button as it was
   }
-  renderSample();
   syncSummary();
 }
 
