@@ -103,12 +103,11 @@ def classify_field_paths(
 def field_cuts(cells: Sequence[FieldPrediction]) -> dict[str, Cuts]:
     """The :class:`~leukoscope.cells.crops.Cuts` of each field with cells among ``cells`` (by
     its path), to cut them out again without locating them."""
-    cuts: dict[str, Cuts] = {}
+    found: dict[str, tuple[int, list[CellBox]]] = {}
     for cell in cells:
         if cell.box is not None and cell.side:
-            source = cell.prediction.source
-            cuts.setdefault(source, Cuts([], cell.side)).boxes.append(cell.box)
-    return cuts
+            found.setdefault(cell.prediction.source, (cell.side, []))[1].append(cell.box)
+    return {source: Cuts(boxes, side) for source, (side, boxes) in found.items()}
 
 
 def field_shift(predictor: Predictor, cells: Sequence[FieldPrediction]) -> ShiftCheck | None:
