@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,25 @@ class FlagLowConfidence:
         for prediction in predictions:
             prediction.uncertain = prediction.uncertain or prediction.confidence < self.threshold
         return predictions
+
+
+@dataclass
+class ExpectingFivePercent:
+    """A predictor whose card's abstention rule flags 5% of in-domain cells: wrapping the test
+    predictor (half its cells flagged), its samples look shifted."""
+
+    inner: Any
+    shift_advice = "Try this model's own adaptation."
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @property
+    def card(self) -> Any:
+        from leukoscope.models.card import Abstention
+
+        rule = Abstention("msp", threshold=0.5, target_coverage=0.95, stats_sha256="0" * 64)
+        return replace(self.inner.card, abstention=rule)
 
 
 @pytest.fixture(scope="session")

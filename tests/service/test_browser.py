@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -324,3 +324,49 @@ def test_a_shifted_sample_is_renormalised_in_chromium(
         )
         expect(page.locator("#differential-body .renormalised")).to_contain_text("on 32 of")
         expect(page.locator("#renormalise-button")).to_have_count(0)
+
+
+def test_a_shifted_samples_cells_are_confirmed_one_by_one_in_chromium(
+    make_server: Callable[..., str], predictor: Any, tmp_path: Path
+) -> None:
+    """On a sample unlike the training data even the model's confident calls must be
+    confirmed (Enter) or corrected before its flags are released and it can be signed off."""
+    from playwright.sync_api import expect
+
+    from tests.service.conftest import ExpectingFivePercent
+
+    url = make_server(ExpectingFivePercent(predictor))
+    images = []
+    for i in range(N_CELLS):
+        images.append(tmp_path / f"cell_{i}.jpg")
+        images[-1].write_bytes(cell_jpeg(i))
+    with chromium_page(url) as page:
+        page.fill("#reviewer", "Dr. Browser")
+        page.fill("#sample-name", "Other lab")
+        page.get_by_role("button", name="Create").click()
+        page.set_input_files("#file-input", images)
+        expect(page.locator("#upload-status")).to_contain_text(f"{N_CELLS} image(s) classified.")
+        expect(page.locator("#differential-body .shift-warning")).to_be_visible()
+        unidentified = page.locator('[data-group="unidentified"] button.cell')
+        flagged = unidentified.count()
+        assert 0 < flagged < N_CELLS
+        for left in reversed(range(flagged)):
+            unidentified.first.click()
+            page.keyboard.press("Enter")
+            expect(unidentified).to_have_count(left)
+        to_confirm = page.locator("#gallery button.cell.to-confirm")
+        confident = N_CELLS - flagged
+        expect(to_confirm).to_have_count(confident)
+        expect(page.locator("#signoff-button")).to_be_disabled()
+        expect(page.locator("#signoff-state")).to_contain_text(
+            f"{confident} cell(s) have only the model's call"
+        )
+        expect(page.locator("#differential-body .flags .withheld")).to_be_visible()
+        for left in reversed(range(confident)):
+            to_confirm.first.click()
+            expect(page.locator("#detail-body")).to_contain_text("Confirm")
+            page.keyboard.press("Enter")
+            expect(page.locator("#upload-status")).to_contain_text("Cell confirmed as")
+            expect(to_confirm).to_have_count(left)
+        expect(page.locator("#signoff-button")).to_be_enabled()
+        expect(page.locator("#differential-body .flags .withheld")).to_have_count(0)

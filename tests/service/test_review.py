@@ -20,7 +20,7 @@ from leukoscope.cli import app as cli_app
 from leukoscope.data.scan import find_class_folders
 from leukoscope.service import store
 from leukoscope.service.settings import Settings
-from tests.service.conftest import N_CELLS, cell_jpeg, cells, files
+from tests.service.conftest import N_CELLS, ExpectingFivePercent, cell_jpeg, cells, files
 from tests.service.test_api import assert_error
 
 
@@ -96,6 +96,7 @@ def test_relabel_records_the_correction_and_updates_the_differential(client: Tes
     assert after[cell["label"]] == before[cell["label"]] - 1
     unchanged = relabel(client, cell["id"], target)
     assert len(unchanged["cell"]["corrections"]) == 1, "same label again adds no correction"
+    assert unchanged["differential"]["to_confirm"] == 0, "a sample like the training data"
     assert_error(
         client.post(f"/api/cells/{cell['id']}/label", json={"label": "dragon", "reviewer": "x"}),
         422,
@@ -106,6 +107,21 @@ def test_relabel_records_the_correction_and_updates_the_differential(client: Tes
         422,
     )
     assert_error(client.post("/api/cells/0000/label", json={"label": target, "reviewer": "x"}), 404)
+
+
+def test_a_first_call_that_keeps_the_models_label_confirms_it(client: TestClient) -> None:
+    sample = new_sample(client)
+    cell = next(c for c in sample["cells"] if c["label"] is not None)
+    assert cell["corrections"] == []
+    confirmed = relabel(client, cell["id"], cell["label"], reviewer="Dr. C")
+    calls = [
+        (c["from_label"], c["to_label"], c["reviewer"]) for c in confirmed["cell"]["corrections"]
+    ]
+    assert calls == [(cell["label"], cell["label"], "Dr. C")]
+    assert confirmed["cell"]["label"] == cell["label"]
+    # A person vouched for it: it is among the reviewed cells.
+    names = zipfile.ZipFile(io.BytesIO(client.get("/api/reviewed.zip").content)).namelist()
+    assert names == [f"{cell['label']}/{cell['id']}.jpg"]
 
 
 def test_sign_off_needs_every_cell_identified_then_locks(client: TestClient) -> None:
@@ -447,33 +463,14 @@ def test_database_is_private(make_client: Callable[..., TestClient], tmp_path: P
         assert (data_dir / name).stat().st_mode & 0o777 == 0o600, name
 
 
-def test_a_sample_unlike_the_training_data_warns_and_withholds_flags_until_reviewed(
+def test_a_sample_unlike_the_training_data_withholds_flags_until_every_cell_is_confirmed(
     make_settings: Callable[..., Settings], predictor: Any
 ) -> None:
-    from dataclasses import dataclass, replace
-
     from fastapi import FastAPI
 
-    from leukoscope.models.card import Abstention
     from leukoscope.service.app import create_app
 
-    @dataclass
-    class Expecting5Percent:
-        """The test predictor (half its cells flagged) with a card whose abstention rule
-        flags 5% of in-domain cells, so that the sample looks shifted."""
-
-        inner: Any
-        shift_advice = "Try this model's own adaptation."
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.inner, name)
-
-        @property
-        def card(self) -> Any:
-            rule = Abstention("msp", threshold=0.5, target_coverage=0.95, stats_sha256="0" * 64)
-            return replace(self.inner.card, abstention=rule)
-
-    app: FastAPI = create_app(make_settings(), predictor=Expecting5Percent(predictor))
+    app: FastAPI = create_app(make_settings(), predictor=ExpectingFivePercent(predictor))
     with TestClient(app, base_url="http://127.0.0.1") as client:
         sample = new_sample(client)
         differential = sample["differential"]
@@ -484,6 +481,26 @@ def test_a_sample_unlike_the_training_data_warns_and_withholds_flags_until_revie
         withheld = differential["withheld_flags"]
         report = client.get(f"/api/samples/{sample['id']}/report.html").text
         assert "look unlike the model" in report
-        reviewed = resolve_all(client, sample)["differential"]
+        confident = [c for c in sample["cells"] if c["label"] is not None]
+        assert differential["to_confirm"] == N_CELLS and confident
+        identified = resolve_all(client, sample)["differential"]
+        # The model's confident calls on such a sample are no safer than its flagged ones.
+        assert identified["to_confirm"] == len(confident)
+        assert identified["flags"] == [] and identified["withheld_flags"]
+        signoff = client.post(f"/api/samples/{sample['id']}/signoff", json={"reviewer": "Dr. A"})
+        assert_error(signoff, 409, f"{len(confident)} cell(s) have only the model's call")
+        report = client.get(f"/api/samples/{sample['id']}/report.html").text
+        assert f"{len(confident)} cell(s) with only the model's call to confirm" in report
+        for cell in confident:
+            confirmed = relabel(client, cell["id"], cell["label"])
+            correction = confirmed["cell"]["corrections"][-1]
+            assert correction["from_label"] == correction["to_label"] == cell["label"]
+        again = relabel(client, confident[0]["id"], confident[0]["label"])
+        assert len(again["cell"]["corrections"]) == 1, "a second confirmation adds nothing"
+        reviewed = again["differential"]
+        assert reviewed["to_confirm"] == 0
         assert reviewed["withheld_flags"] == [] and reviewed["shift"]["shifted"] is True
         assert len(reviewed["flags"]) >= len(withheld)
+        signed = client.post(f"/api/samples/{sample['id']}/signoff", json={"reviewer": "Dr. A"})
+        assert signed.status_code == 200, signed.text
+        assert signed.json()["signoff"]["differential"]["to_confirm"] == 0

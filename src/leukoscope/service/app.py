@@ -261,7 +261,7 @@ class Service:
         else:
             differential = self.differential(sample)
         page = render_html(differential)
-        return page.replace("</h1>", "</h1>" + _report_blocks(sample), 1)
+        return page.replace("</h1>", "</h1>" + _report_blocks(sample, differential), 1)
 
     def check_class(self, label: str | None) -> None:
         if label is not None and label not in self.runner.classes:
@@ -834,8 +834,11 @@ def _differential(
 
     With ``expected_uncertain``, the share of cells the model flags on images like its
     training data, the model's own flags are checked for a shifted sample (see
-    :mod:`leukoscope.inference.shift`), whose flags are withheld until no cell is left
-    unidentified; ``advice`` ends the warning (the adaptation left to try)."""
+    :mod:`leukoscope.inference.shift`), whose flags are withheld until a person has confirmed
+    or corrected every counted cell (``to_confirm`` says how many are left): on such a sample
+    the model's confident calls are no safer than its flagged ones (the released 128-px
+    SqueezeNet kept a quarter of another lab's cells, 5% of them right); ``advice`` ends the
+    warning (the adaptation left to try)."""
     counted = [cell for cell in sample.cells if cell.exclusion is None]
     calls = [
         CellCall(cell.label or str(cell.prediction.label), uncertain=cell.label is None)
@@ -846,8 +849,9 @@ def _differential(
         # A cell flagged for being cut by its field's edge says nothing about the images.
         flags = [cell.prediction.uncertain for cell in counted if not cell.edge]
         shift = check_shift(flags, expected_uncertain, advice)
+    to_confirm = len(sample.unconfirmed) if shift is not None and shift.shifted else 0
     differential = compute_differential(
-        calls, sample.classes, shift, reviewed=not sample.unidentified
+        calls, sample.classes, shift, reviewed=not sample.unidentified and not to_confirm
     )
     excluded = Counter(cell.exclusion for cell in sample.excluded)
     return {
@@ -855,6 +859,7 @@ def _differential(
         "sample": sample.name,
         "model": model,
         "excluded": {category: excluded[category] for category in store.EXCLUSIONS},
+        "to_confirm": to_confirm,
     }
 
 
@@ -875,14 +880,17 @@ def _when(moment: datetime) -> str:
     return f"{moment:%Y-%m-%d %H:%M} UTC"
 
 
-def _report_blocks(sample: store.Sample) -> str:
-    """HTML paragraphs on the sample's state, amendments, exclusions and comments."""
+def _report_blocks(sample: store.Sample, differential: dict[str, Any]) -> str:
+    """HTML paragraphs on the sample's state (with ``differential``, as the report shows it,
+    the cells left to confirm), amendments, exclusions and comments."""
     e = html.escape
     signoff = sample.signoff
+    to_confirm = differential.get("to_confirm", 0)
+    left = f"; {to_confirm} cell(s) with only the model's call to confirm" if to_confirm else ""
     status = (
         f"Signed off by {e(signoff.reviewer)} on {_when(signoff.signed_at)}"
         if signoff
-        else f"Not signed off: preliminary ({len(sample.unidentified)} unidentified cell(s))"
+        else f"Not signed off: preliminary ({len(sample.unidentified)} unidentified cell(s){left})"
     )
     blocks = [f"<p><strong>{status}</strong></p>"]
     blocks.append(f"<p>{len(sample.cells)} cells, created {_when(sample.created_at)}</p>")

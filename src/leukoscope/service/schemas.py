@@ -86,7 +86,8 @@ class Differential(BaseModel):
     flags: list[DifferentialFlag]
     withheld_flags: list[DifferentialFlag] = Field(
         default_factory=list,
-        description="Flags of a shifted sample, held back until every cell is identified.",
+        description="Flags of a shifted sample, held back until a person has confirmed or "
+        "corrected every counted cell.",
     )
     shift: Shift | None = None
     notes: list[str]
@@ -94,6 +95,12 @@ class Differential(BaseModel):
     excluded: dict[str, int] = Field(
         default_factory=dict,
         description="Cells left out of the differential, per exclusion category.",
+    )
+    to_confirm: int = Field(
+        default=0,
+        description="Counted cells of a shifted sample with only the model's call: each must "
+        "be confirmed or corrected before the flags are released and the sample signed off "
+        "(0 when the sample does not look shifted).",
     )
 
 

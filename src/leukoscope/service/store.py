@@ -172,6 +172,13 @@ class Sample(Base):
         return [cell for cell in self.cells if cell.call is None]
 
     @property
+    def unconfirmed(self) -> list[Cell]:
+        """Cells counted on the model's word alone: not excluded, and no person's call yet
+        (the unidentified among them). On a sample that looks unlike the model's training
+        data each must be confirmed or corrected before sign-off."""
+        return [cell for cell in self.cells if not cell.corrections and cell.exclusion is None]
+
+    @property
     def excluded(self) -> list[Cell]:
         return [cell for cell in self.cells if cell.exclusion is not None]
 
@@ -336,8 +343,9 @@ class Renormalisation(Base):
 
 
 class Correction(Base):
-    """A reviewer's reclassification: who, when, from which label (``None``: unidentified) to
-    which. Rows are only ever added, so the history of a cell is complete."""
+    """A reviewer's call on a cell: who, when, from which label (``None``: unidentified) to
+    which; a first call that keeps the model's label confirms it. Rows are only ever added, so
+    the history of a cell is complete."""
 
     __tablename__ = "corrections"
 
@@ -746,9 +754,10 @@ def check_call(sample: Sample, call: str) -> None:
 
 
 def _correct(cell: Cell, call: str, reviewer: str, amendment: Amendment | None = None) -> bool:
-    """Add a correction to ``call`` unless the cell already has it; True when one was added."""
+    """Add a correction to ``call`` unless the cell already has it from a person (a first call
+    that keeps the model's label is recorded: it confirms it); True when one was added."""
     check_call(cell.sample, call)
-    if cell.call == call:
+    if cell.call == call and (cell.corrections or amendment is not None):
         return False
     correction = Correction(reviewer=reviewer, from_label=cell.call, to_label=call)
     cell.corrections.append(correction)
@@ -759,8 +768,8 @@ def _correct(cell: Cell, call: str, reviewer: str, amendment: Amendment | None =
 
 def relabel(session: Session, cell_id: str, call: str, reviewer: str) -> Cell:
     """Record the reviewer's call on a cell (a class or ``excluded:<category>``); calling it
-    what it already is changes nothing. Its ``from_label`` is the call the cell had under the
-    sample's lock."""
+    what a person already called it changes nothing. Its ``from_label`` is the call the cell
+    had under the sample's lock."""
     cell = lock_cell(session, cell_id)
     require_open(cell.sample)
     if _correct(cell, call, reviewer):
@@ -775,13 +784,23 @@ def sign_off(
     differential: Callable[[Sample], dict[str, Any]],
 ) -> Sample:
     """Release the sample with ``differential(sample)`` frozen as it stands under the lock;
-    refused while any cell is unidentified."""
+    refused while any cell is unidentified, and, when the differential's shift check found the
+    sample unlike the model's training data, while any counted cell has only the model's
+    call (:attr:`Sample.unconfirmed`)."""
     sample = lock_open_sample(session, sample_id)
     if sample.unidentified:
         raise ConflictError(
             f"{len(sample.unidentified)} unidentified cell(s) must be classified before sign-off"
         )
-    sample.signoff = SignOff(reviewer=reviewer, differential=differential(sample))
+    frozen = differential(sample)
+    shift = frozen.get("shift")
+    if shift and shift["shifted"] and sample.unconfirmed:
+        raise ConflictError(
+            f"{len(sample.unconfirmed)} cell(s) have only the model's call: the sample looks "
+            "unlike the model's training data, so each call must be confirmed or corrected "
+            "before sign-off"
+        )
+    sample.signoff = SignOff(reviewer=reviewer, differential=frozen)
     session.flush()
     return sample
 
@@ -837,7 +856,8 @@ def reviewed_cells(
     session: Session, *, signed_off: bool = False
 ) -> Iterator[tuple[Cell, str | None, str | None]]:
     """Cells whose call a person has vouched for, with that ``(label, exclusion)``: every
-    corrected cell and, with ``signed_off``, every cell of a signed-off sample."""
+    cell a person called (corrected or confirmed) and, with ``signed_off``, every cell of a
+    signed-off sample."""
     query = select(Cell).order_by(Cell.created_at, Cell.position)
     if signed_off:
         query = query.where(Cell.corrections.any() | Cell.sample.has(Sample.signoff.has()))

@@ -157,7 +157,7 @@ async function loadModel() {
   $("#shortcuts").innerHTML = "";
   $("#shortcuts").append(
     element("strong", { text: "Keys: " }),
-    `← → select a cell · ${keys} · Enter accept the suggestion · X artefact · H heatmap · F field (for cells of field images)`,
+    `← → select a cell · ${keys} · Enter accept the model's call · X artefact · H heatmap · F field (for cells of field images)`,
   );
 }
 
@@ -327,6 +327,10 @@ async function uploadFiles(fileList) {
 
 const labelOf = (cell) => cell.label ?? (cell.exclusion ? "excluded" : "unidentified");
 const callOf = (cell) => (cell.exclusion ? EXCLUDED + cell.exclusion : cell.label);
+// A classified cell of a shifted sample that has only the model's call: a person must confirm
+// or correct it before sign-off (the server's differential counts them as to_confirm).
+const toConfirm = (cell) =>
+  Boolean(state.sample.differential.to_confirm && cell.label && !cell.corrections.length);
 
 function groups(sample) {
   const order = ["unidentified", ...sample.classes, "excluded"];
@@ -348,12 +352,13 @@ function renderGallery() {
         : group.name === "excluded"
           ? "Excluded — not counted"
           : group.name;
+    const confirm = group.cells.filter(toConfirm).length;
     const list = element("ul", { class: "cells" });
     for (const cell of group.cells) {
       const img = element("img", { alt: "", loading: "lazy", width: 72, height: 72 });
       setImage(img, cellImage(cell));
       const guess = cell.label || cell.exclusion ? "" : ` (model: ${cell.prediction.label} ${percent(cell.prediction.confidence)})`;
-      const why = cell.exclusion ? ` (${exclusionName(cell.exclusion)})` : "";
+      const why = cell.exclusion ? ` (${exclusionName(cell.exclusion)})` : toConfirm(cell) ? " (the model's call, to confirm)" : "";
       list.append(
         element(
           "li",
@@ -362,7 +367,7 @@ function renderGallery() {
             "button",
             {
               type: "button",
-              class: `cell${cell.corrections.length ? " corrected" : ""}`,
+              class: `cell${cell.corrections.length ? " corrected" : ""}${toConfirm(cell) ? " to-confirm" : ""}`,
               "data-cell": cell.id,
               "aria-pressed": String(cell.id === state.selected),
               "aria-label": `${cell.original_name}: ${labelOf(cell)}${why}${guess}`,
@@ -379,7 +384,7 @@ function renderGallery() {
       element(
         "section",
         { class: `group group-${group.name}`, "data-group": group.name },
-        element("h4", { text: `${heading} (${group.cells.length})` }),
+        element("h4", { text: `${heading} (${group.cells.length}${confirm ? `, ${confirm} to confirm` : ""})` }),
         list,
       ),
     );
@@ -467,6 +472,9 @@ function renderDetail() {
       }),
     );
   }
+  const confirm = toConfirm(cell) && !readOnly
+    ? [element("button", { type: "button", "aria-keyshortcuts": "Enter", text: `Confirm ${cell.label} (Enter)`, onclick: () => guarded(() => relabel(cell.id, { label: cell.label })) })]
+    : [];
   const history = element("ul", { class: "history" });
   for (const c of cell.corrections) {
     const when = new Date(c.created_at).toLocaleString();
@@ -504,6 +512,7 @@ function renderDetail() {
     ...notes,
     pictures,
     element("p", {}, element("strong", { text: cell.exclusion ? `excluded: ${exclusionName(cell.exclusion)}` : labelOf(cell) }), ` · model: ${probabilities}`),
+    ...confirm,
     element(
       "button",
       { type: "button", class: "secondary", "aria-keyshortcuts": "H", onclick: toggleHeatmap },
@@ -582,6 +591,7 @@ async function relabel(cellId, call) {
   if (!requireReviewer()) return;
   const before = galleryOrder(state.sample);
   const index = before.findIndex((cell) => cell.id === cellId);
+  const confirming = Boolean(call.label) && before[index]?.label === call.label;
   const result = await apiJson(`/api/cells/${cellId}/label`, {
     method: "POST",
     json: { ...call, reviewer: reviewer() },
@@ -597,7 +607,11 @@ async function relabel(cellId, call) {
   renderSample();
   select(state.selected);
   syncSummary();
-  $("#upload-status").textContent = call.label ? `Cell reclassified as ${call.label}.` : `Cell excluded (${exclusionName(call.exclude)}).`;
+  $("#upload-status").textContent = confirming
+    ? `Cell confirmed as ${call.label}.`
+    : call.label
+      ? `Cell reclassified as ${call.label}.`
+      : `Cell excluded (${exclusionName(call.exclude)}).`;
 }
 
 async function addComment(text, cellId = null) {
@@ -629,6 +643,8 @@ function onKey(event) {
     guarded(() => relabel(cell.id, { exclude: "artefact" }));
   } else if (editable && event.key === "Enter" && !cell.label && !cell.exclusion && onCell) {
     guarded(() => relabel(cell.id, { label: cell.prediction.label }));
+  } else if (editable && event.key === "Enter" && toConfirm(cell) && onCell) {
+    guarded(() => relabel(cell.id, { label: cell.label }));
   } else return;
   event.preventDefault();
 }
@@ -698,7 +714,7 @@ function renderDifferential(differential) {
   }
   const withheld = (differential.withheld_flags || []).length;
   if (withheld) {
-    flags.append(element("li", { class: "withheld", text: `${withheld} flag(s) withheld until every cell is identified.` }));
+    flags.append(element("li", { class: "withheld", text: `${withheld} flag(s) withheld until a person has confirmed or corrected every cell.` }));
   }
   if (!differential.flags.length && !withheld) flags.append(element("li", { class: "muted", text: "No flags." }));
   body.append(element("h4", { text: "Flags" }), flags, element("p", { class: "disclaimer", text: differential.disclaimer }));
@@ -780,10 +796,13 @@ function renderSignoff() {
   amendForm.hidden = true;
   button.hidden = false;
   const left = sample.unidentified_count;
-  button.disabled = left > 0 || sample.cells.length === 0;
+  const confirm = sample.differential.to_confirm;
+  button.disabled = left > 0 || confirm > 0 || sample.cells.length === 0;
   stateText.textContent = left
     ? `${left} unidentified cell(s) must be classified or excluded first.`
-    : sample.cells.length
+    : confirm
+      ? `${confirm} cell(s) have only the model's call: on a sample unlike the training data, confirm (Enter) or correct each first.`
+      : sample.cells.length
       ? "All cells are classified or excluded."
       : "Add images first.";
 }
