@@ -289,9 +289,16 @@ class MixedClient:
         response = self.call("read", "GET", f"/api/samples/{self.sample}")
         if response is None:
             return
-        for cell in response.json()["cells"]:
-            if cell["label"] is None and cell["exclusion"] is None:
-                self.relabel(cell["id"], {"label": cell["prediction"]["label"]}, ledger)
+        sample = response.json()
+        # A sample unlike the training data needs every counted cell confirmed, not only the
+        # unidentified ones classified.
+        confirm = sample["differential"]["to_confirm"] > 0
+        for cell in sample["cells"]:
+            if cell["exclusion"] is None and (
+                cell["label"] is None or (confirm and not cell["corrections"])
+            ):
+                call = cell["label"] or cell["prediction"]["label"]
+                self.relabel(cell["id"], {"label": call}, ledger)
         body = {"reviewer": f"client {self.k}"}
         if self.call("signoff", "POST", f"/api/samples/{self.sample}/signoff", json=body):
             with ledger.lock:
