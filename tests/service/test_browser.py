@@ -344,6 +344,7 @@ def test_a_shifted_samples_cells_are_confirmed_one_by_one_in_chromium(
         page.fill("#reviewer", "Dr. Browser")
         page.fill("#sample-name", "Other lab")
         page.get_by_role("button", name="Create").click()
+        expect(page.locator("#sample-title")).to_have_text("Other lab")
         page.set_input_files("#file-input", images)
         expect(page.locator("#upload-status")).to_contain_text(f"{N_CELLS} image(s) classified.")
         expect(page.locator("#differential-body .shift-warning")).to_be_visible()
@@ -361,6 +362,7 @@ def test_a_shifted_samples_cells_are_confirmed_one_by_one_in_chromium(
         expect(page.locator("#signoff-state")).to_contain_text(
             f"{confident} cell(s) have only the model's call"
         )
+        expect(page.locator("#sample-status")).to_contain_text(f"{confident} to confirm")
         expect(page.locator("#differential-body .flags .withheld")).to_be_visible()
         for left in reversed(range(confident)):
             to_confirm.first.click()

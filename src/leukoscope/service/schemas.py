@@ -98,9 +98,10 @@ class Differential(BaseModel):
     )
     to_confirm: int = Field(
         default=0,
-        description="Counted cells of a shifted sample with only the model's call: each must "
-        "be confirmed or corrected before the flags are released and the sample signed off "
-        "(0 when the sample does not look shifted).",
+        description="Cells of a shifted sample classified by the model's confident call "
+        "alone, with no person's call yet: each must be confirmed or corrected before the "
+        "flags are released and the sample signed off (0 when the sample does not look "
+        "shifted).",
     )
 
 

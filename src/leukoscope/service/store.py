@@ -173,10 +173,10 @@ class Sample(Base):
 
     @property
     def unconfirmed(self) -> list[Cell]:
-        """Cells counted on the model's word alone: not excluded, and no person's call yet
-        (the unidentified among them). On a sample that looks unlike the model's training
-        data each must be confirmed or corrected before sign-off."""
-        return [cell for cell in self.cells if not cell.corrections and cell.exclusion is None]
+        """Cells counted on the model's word alone: classified by its confident call, and no
+        person's call yet. On a sample that looks unlike the model's training data each must
+        be confirmed or corrected before sign-off."""
+        return [cell for cell in self.cells if not cell.corrections and cell.label is not None]
 
     @property
     def excluded(self) -> list[Cell]:

@@ -331,6 +331,7 @@ const callOf = (cell) => (cell.exclusion ? EXCLUDED + cell.exclusion : cell.labe
 // or correct it before sign-off (the server's differential counts them as to_confirm).
 const toConfirm = (cell) =>
   Boolean(state.sample.differential.to_confirm && cell.label && !cell.corrections.length);
+const toConfirmText = (sample) => (sample.differential.to_confirm ? ` · ${sample.differential.to_confirm} to confirm` : "");
 
 function groups(sample) {
   const order = ["unidentified", ...sample.classes, "excluded"];
@@ -867,7 +868,7 @@ function renderSample() {
   const amended = sample.amendment_count ? ` · amended ${sample.amendment_count}×` : "";
   const status = sample.signoff
     ? `Signed off by ${sample.signoff.reviewer} — read-only${amended}`
-    : `${sample.cells.length} cells · ${sample.unidentified_count} unidentified${excluded}`;
+    : `${sample.cells.length} cells · ${sample.unidentified_count} unidentified${excluded}${toConfirmText(sample)}`;
   $("#sample-status").textContent = status;
   $("#upload").hidden = Boolean(sample.signoff);
   renderGallery();
