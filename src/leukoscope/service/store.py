@@ -784,19 +784,18 @@ def sign_off(
     differential: Callable[[Sample], dict[str, Any]],
 ) -> Sample:
     """Release the sample with ``differential(sample)`` frozen as it stands under the lock;
-    refused while any cell is unidentified, and, when the differential's shift check found the
-    sample unlike the model's training data, while any counted cell has only the model's
-    call (:attr:`Sample.unconfirmed`)."""
+    refused while any cell is unidentified, or while the differential counts cells
+    ``to_confirm`` (on a sample unlike the model's training data, those with only the model's
+    call: :attr:`Sample.unconfirmed`)."""
     sample = lock_open_sample(session, sample_id)
     if sample.unidentified:
         raise ConflictError(
             f"{len(sample.unidentified)} unidentified cell(s) must be classified before sign-off"
         )
     frozen = differential(sample)
-    shift = frozen.get("shift")
-    if shift and shift["shifted"] and sample.unconfirmed:
+    if frozen.get("to_confirm"):
         raise ConflictError(
-            f"{len(sample.unconfirmed)} cell(s) have only the model's call: the sample looks "
+            f"{frozen['to_confirm']} cell(s) have only the model's call: the sample looks "
             "unlike the model's training data, so each call must be confirmed or corrected "
             "before sign-off"
         )

@@ -330,7 +330,7 @@ const callOf = (cell) => (cell.exclusion ? EXCLUDED + cell.exclusion : cell.labe
 // A classified cell of a shifted sample that has only the model's call: a person must confirm
 // or correct it before sign-off (the server's differential counts them as to_confirm).
 const toConfirm = (cell) =>
-  Boolean(state.sample.differential.to_confirm && cell.label && !cell.corrections.length);
+  Boolean(state.sample.differential.to_confirm && !state.sample.signoff && cell.label && !cell.corrections.length);
 const toConfirmText = (sample) => (sample.differential.to_confirm ? ` · ${sample.differential.to_confirm} to confirm` : "");
 
 function groups(sample) {
@@ -804,8 +804,8 @@ function renderSignoff() {
     : confirm
       ? `${confirm} cell(s) have only the model's call: on a sample unlike the training data, confirm (Enter) or correct each first.`
       : sample.cells.length
-      ? "All cells are classified or excluded."
-      : "Add images first.";
+        ? "All cells are classified or excluded."
+        : "Add images first.";
 }
 
 function renderComments() {
