@@ -60,7 +60,8 @@ def classify_sample(
     predictions = predictor.predict_paths(
         [s.path for s in picked], batch_size=64, workers=2, on_progress=on_progress
     )
-    atomic_write_text(out / "predictions.csv", predictions_csv(predictions, classes))
+    shift = predictor.check_shift(predictions)
+    atomic_write_text(out / "predictions.csv", predictions_csv(predictions, classes, shift=shift))
     read = [(s, p) for s, p in zip(picked, predictions, strict=True) if p.error is None]
     sure = [(s, p) for s, p in read if not p.uncertain]
     correct = sum(p.label == classes[s.label] for s, p in sure)
@@ -83,7 +84,6 @@ def classify_sample(
         good = sum(p.label == label for _, p in mine)
         lines.append(f"| {label} | {sum(s.label == index for s in picked)} | {good}/{len(mine)} |")
     cells = [CellCall(p.label, p.uncertain) for _, p in read if p.label is not None]
-    shift = predictor.check_shift([p for _, p in read])
     differential = compute_differential(cells, classes, shift)
     atomic_write_json(out / "differential.json", differential)
     lines += ["", "## The sample read as one smear", "", render_markdown(differential)]

@@ -417,6 +417,11 @@ def test_a_shifted_sample_is_classified_again_by_the_model_renormalised_on_it(
     result = invoke("predict", cells, "--model", source, "--out", out, "--no-renormalise")
     assert result.exit_code == 0 and "Renormalising" not in result.output
     assert json.loads(out.read_text())["renormalised_cells"] == 0
+    table = tmp_path / "p.csv"
+    result = invoke("predict", cells, "--model", source, "--out", table, "--no-renormalise")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(table.read_text().splitlines()))
+    assert len(rows) == 40 and {row["sample_shifted"] for row in rows} == {"true"}
 
     report = tmp_path / "report"
     result = invoke("differential", cells, "--model", source, "--out", report)

@@ -11,6 +11,7 @@ import pytest
 from leukoscope.cells.fields import CellBox
 from leukoscope.errors import LeukoscopeError
 from leukoscope.inference.predictor import Prediction
+from leukoscope.inference.shift import ShiftCheck, check_shift
 from leukoscope.reports.predictions import check_output_suffix, predictions_csv, summarise
 
 CLASSES = ("eosinophil", "neutrophil")
@@ -65,3 +66,13 @@ def test_field_cells_add_their_box_and_an_unreadable_field_leaves_it_empty() -> 
     assert [r["edge"] for r in rows] == ["0", "1", ""]
     assert rows[0]["y_max"] == "40" and rows[2]["error"] == "c.jpg: empty file"
     assert "x_min" not in next(csv.DictReader(io.StringIO(predictions_csv(PREDICTIONS, CLASSES))))
+
+
+def test_every_read_row_says_whether_the_sample_looks_shifted() -> None:
+    def column(shift: ShiftCheck | None) -> list[str]:
+        text = predictions_csv(PREDICTIONS, CLASSES, shift=shift)
+        return [r["sample_shifted"] for r in csv.DictReader(io.StringIO(text))]
+
+    assert column(check_shift([True] * 20, 0.05)) == ["true", "true", ""]
+    assert column(check_shift([False] * 20, 0.05)) == ["false", "false", ""]
+    assert column(None) == ["", "", ""], "a model without an abstention rule checks nothing"

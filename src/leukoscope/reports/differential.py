@@ -457,7 +457,7 @@ def write_sample_report(
         "magnification": None if magnification is None else magnification.to_dict(),
         "renormalised_cells": renormalised,
     }
-    atomic_write_text(out / "cells.csv", predictions_csv(predictions, classes, boxes))
+    atomic_write_text(out / "cells.csv", predictions_csv(predictions, classes, boxes, shift))
     atomic_write_json(out / "differential.json", report)
     report_path = out / f"differential.{fmt}"
     atomic_write_text(report_path, RENDERERS[fmt](report))
