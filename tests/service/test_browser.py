@@ -364,8 +364,9 @@ def test_a_shifted_samples_cells_are_confirmed_one_by_one_in_chromium(
         )
         expect(page.locator("#sample-status")).to_contain_text(f"{confident} to confirm")
         expect(page.locator("#differential-body .flags .withheld")).to_be_visible()
+        to_confirm.last.click()
         for left in reversed(range(confident)):
-            to_confirm.first.click()
+            # Each confirmation moves on to the next cell waiting for one, from the top again.
             expect(page.locator("#detail-body")).to_contain_text("Confirm")
             page.keyboard.press("Enter")
             expect(page.locator("#upload-status")).to_contain_text("Cell confirmed as")

@@ -602,8 +602,14 @@ async function relabel(cellId, call) {
   sample.unidentified_count = result.unidentified_count;
   sample.excluded_count = result.excluded_count;
   sample.differential = result.differential;
-  // Stay in the reviewer's flow: move on to the cell that followed this one.
-  const following = before.slice(index + 1).find((cell) => cell.id !== cellId);
+  // Stay in the reviewer's flow: move on to the cell that followed this one or, while cells
+  // of a shifted sample wait to be confirmed, to the next one waiting for a person's call
+  // (from the top again after the last).
+  const rest = before.slice(index + 1).filter((cell) => cell.id !== cellId);
+  const waiting = sample.differential.to_confirm
+    ? [...rest, ...before.slice(0, index)].find((cell) => toConfirm(cell) || (!cell.label && !cell.exclusion))
+    : undefined;
+  const following = waiting ?? rest[0];
   state.selected = following ? following.id : cellId;
   renderSample();
   select(state.selected);
