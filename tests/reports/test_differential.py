@@ -158,7 +158,7 @@ def test_a_shifted_sample_withholds_its_flags_and_every_rendering_warns() -> Non
     assert shifted["shift"]["shifted"] is True
     for text in (render_markdown(shifted), render_html(shifted)):
         assert "look unlike the model" in text
-        assert "withheld until the cells are reviewed" in text
+        assert "withheld until a person has reviewed every cell" in text
     assert "unlike" not in render_markdown(plain)
     reviewed = compute_differential(cells, classes, shift, reviewed=True)
     assert reviewed["flags"] == plain["flags"] and reviewed["withheld_flags"] == []

@@ -272,10 +272,11 @@ def flag_lines(differential: dict[str, Any]) -> list[str]:
     weak flag never reads as a definite one. Flags withheld from a shifted sample are
     counted, not listed."""
     withheld = len(differential.get("withheld_flags") or [])
+    held = [f"{withheld} flag(s) withheld until a person has reviewed every cell"]
     return [
         f"{flag['text']}" + ("" if flag["definite"] else " (interval overlaps the reference)")
         for flag in differential["flags"]
-    ] + ([f"{withheld} flag(s) withheld until the cells are reviewed"] if withheld else [])
+    ] + (held if withheld else [])
 
 
 def shift_warning(differential: dict[str, Any]) -> str | None:
