@@ -365,6 +365,7 @@ def test_a_shifted_samples_cells_are_confirmed_one_by_one_in_chromium(
         expect(page.locator("#sample-status")).to_contain_text(f"{confident} to confirm")
         expect(page.locator("#differential-body .flags .withheld")).to_be_visible()
         to_confirm.last.click()
+        first = page.locator('#gallery button.cell[aria-pressed="true"]').get_attribute("data-cell")
         for left in reversed(range(confident)):
             # Each confirmation moves on to the next cell waiting for one, from the top again.
             expect(page.locator("#detail-body")).to_contain_text("Confirm")
@@ -373,3 +374,5 @@ def test_a_shifted_samples_cells_are_confirmed_one_by_one_in_chromium(
             expect(to_confirm).to_have_count(left)
         expect(page.locator("#signoff-button")).to_be_enabled()
         expect(page.locator("#differential-body .flags .withheld")).to_have_count(0)
+        page.locator(f'#gallery [data-cell="{first}"]').click()
+        expect(page.locator("#detail-body .history")).to_contain_text("Confirmed ")

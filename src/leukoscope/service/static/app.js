@@ -480,7 +480,8 @@ function renderDetail() {
   for (const c of cell.corrections) {
     const when = new Date(c.created_at).toLocaleString();
     const amended = c.amendment_id ? " (amendment)" : "";
-    history.append(element("li", { text: `${callText(c.from_label)} → ${callText(c.to_label)} by ${c.reviewer}, ${when}${amended}` }));
+    const change = c.from_label === c.to_label ? `Confirmed ${callText(c.to_label)}` : `${callText(c.from_label)} → ${callText(c.to_label)}`;
+    history.append(element("li", { text: `${change} by ${c.reviewer}, ${when}${amended}` }));
   }
   for (const c of state.sample.comments.filter((comment) => comment.cell_id === cell.id)) {
     history.append(element("li", { text: `“${c.text}” — ${c.reviewer}, ${new Date(c.created_at).toLocaleString()}` }));
