@@ -91,6 +91,25 @@ def chromium_page(url: str) -> Iterator[Page]:
     assert errors == [], errors
 
 
+def cell_files(folder: Path, count: int) -> list[Path]:
+    """``count`` synthetic cell images written to ``folder`` as ``cell_<i>.jpg``."""
+    paths = [folder / f"cell_{i}.jpg" for i in range(count)]
+    for i, path in enumerate(paths):
+        path.write_bytes(cell_jpeg(i))
+    return paths
+
+
+def create_sample(page: Page, name: str, reviewer: str | None = "Dr. Browser") -> None:
+    """Create the sample ``name`` on the page (as ``reviewer``) and wait until it is open."""
+    from playwright.sync_api import expect
+
+    if reviewer is not None:
+        page.fill("#reviewer", reviewer)
+    page.fill("#sample-name", name)
+    page.get_by_role("button", name="Create").click()
+    expect(page.locator("#sample-title")).to_have_text(name)
+
+
 @pytest.fixture
 def server_url(make_server: Callable[..., str]) -> str:
     """Three files per request so the page sends batches."""
@@ -100,18 +119,12 @@ def server_url(make_server: Callable[..., str]) -> str:
 def test_upload_review_and_sign_off_in_chromium(server_url: str, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
-    images = []
-    for i in range(N_CELLS):
-        images.append(tmp_path / f"cell_{i}.jpg")
-        images[-1].write_bytes(cell_jpeg(i))
+    images = cell_files(tmp_path, N_CELLS)
     (tmp_path / "notes.jpg").write_text("not an image")
     with chromium_page(server_url) as page:
         expect(page.locator("#model-info")).to_contain_text("squeezenet1_1")
 
-        page.fill("#reviewer", "Dr. Browser")
-        page.fill("#sample-name", "Smear 42")
-        page.get_by_role("button", name="Create").click()
-        expect(page.locator("#sample-title")).to_have_text("Smear 42")
+        create_sample(page, "Smear 42")
 
         # Half the images dropped on the drop zone, the rest through the file picker.
         half = N_CELLS // 2
@@ -256,9 +269,7 @@ def test_field_images_in_chromium(make_server: Callable[..., str], tmp_path: Pat
     field = tmp_path / "left.jpg"
     field.write_bytes(jpeg(LEFT))
     with chromium_page(url) as page:
-        page.fill("#sample-name", "Fields")
-        page.get_by_role("button", name="Create").click()
-        expect(page.locator("#sample-title")).to_have_text("Fields")
+        create_sample(page, "Fields", reviewer=None)
         page.check("#fields-mode")
         page.set_input_files("#file-input", [field])
         expect(page.locator("#upload-status")).to_contain_text(
@@ -293,15 +304,9 @@ def test_a_shifted_sample_is_renormalised_in_chromium(
     source = build_batchnorm(tmp_path_factory.getbasetemp() / "batchnorm").model_dir
     flag_all = FlagLowConfidence(Predictor.load(source, backend="torch"), 1.01)
     url = make_server(flag_all, model_path=source, max_files=40, max_request_bytes=4_000_000)
-    images = []
-    for i in range(35):
-        images.append(tmp_path / f"cell_{i}.jpg")
-        images[-1].write_bytes(cell_jpeg(i))
+    images = cell_files(tmp_path, 35)
     with chromium_page(url) as page:
-        page.fill("#reviewer", "Dr. Browser")
-        page.fill("#sample-name", "Other lab")
-        page.get_by_role("button", name="Create").click()
-        expect(page.locator("#sample-title")).to_have_text("Other lab")
+        create_sample(page, "Other lab")
         page.set_input_files("#file-input", images[:34])
         expect(page.locator("#upload-status")).to_contain_text(
             "34 image(s) classified.", timeout=20_000
@@ -336,15 +341,9 @@ def test_a_shifted_samples_cells_are_confirmed_one_by_one_in_chromium(
     from tests.service.conftest import ExpectingFivePercent
 
     url = make_server(ExpectingFivePercent(predictor))
-    images = []
-    for i in range(N_CELLS):
-        images.append(tmp_path / f"cell_{i}.jpg")
-        images[-1].write_bytes(cell_jpeg(i))
+    images = cell_files(tmp_path, N_CELLS)
     with chromium_page(url) as page:
-        page.fill("#reviewer", "Dr. Browser")
-        page.fill("#sample-name", "Other lab")
-        page.get_by_role("button", name="Create").click()
-        expect(page.locator("#sample-title")).to_have_text("Other lab")
+        create_sample(page, "Other lab")
         page.set_input_files("#file-input", images)
         expect(page.locator("#upload-status")).to_contain_text(f"{N_CELLS} image(s) classified.")
         expect(page.locator("#differential-body .shift-warning")).to_be_visible()
