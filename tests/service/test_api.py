@@ -216,6 +216,7 @@ def test_openapi_describes_every_endpoint(client: TestClient) -> None:
         ("/api/samples/{sample_id}/cells", "post"),
         ("/api/samples/{sample_id}/fields", "post"),
         ("/api/samples/{sample_id}/signoff", "post"),
+        ("/api/samples/{sample_id}/confirmations", "post"),
         ("/api/samples/{sample_id}/renormalise", "post"),
         ("/api/samples/{sample_id}/amendments", "post"),
         ("/api/samples/{sample_id}/comments", "post"),

@@ -331,11 +331,12 @@ def test_a_shifted_sample_is_renormalised_in_chromium(
         expect(page.locator("#renormalise-button")).to_have_count(0)
 
 
-def test_a_shifted_samples_cells_are_confirmed_one_by_one_in_chromium(
+def test_a_shifted_samples_cells_are_confirmed_in_chromium(
     make_server: Callable[..., str], predictor: Any, tmp_path: Path
 ) -> None:
     """On a sample unlike the training data even the model's confident calls must be
-    confirmed (Enter) or corrected before its flags are released and it can be signed off."""
+    confirmed (Enter, or a class group's button) or corrected before its flags are released
+    and it can be signed off."""
     from playwright.sync_api import expect
 
     from tests.service.conftest import ExpectingFivePercent
@@ -365,12 +366,16 @@ def test_a_shifted_samples_cells_are_confirmed_one_by_one_in_chromium(
         expect(page.locator("#differential-body .flags .withheld")).to_be_visible()
         to_confirm.last.click()
         first = page.locator('#gallery button.cell[aria-pressed="true"]').get_attribute("data-cell")
-        for left in reversed(range(confident)):
+        for left in reversed(range(1, confident)):
             # Each confirmation moves on to the next cell waiting for one, from the top again.
             expect(page.locator("#detail-body")).to_contain_text("Confirm")
             page.keyboard.press("Enter")
             expect(page.locator("#upload-status")).to_contain_text("Cell confirmed as")
             expect(to_confirm).to_have_count(left)
+        expect(page.locator("#signoff-button")).to_be_disabled()
+        page.locator("#gallery .confirm-group").click()  # the last one, by its group's button
+        expect(page.locator("#upload-status")).to_contain_text("1 cell(s) confirmed.")
+        expect(to_confirm).to_have_count(0)
         expect(page.locator("#signoff-button")).to_be_enabled()
         expect(page.locator("#differential-body .flags .withheld")).to_have_count(0)
         page.locator(f'#gallery [data-cell="{first}"]').click()

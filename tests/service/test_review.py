@@ -124,6 +124,34 @@ def test_a_first_call_that_keeps_the_models_label_confirms_it(client: TestClient
     assert names == [f"{cell['label']}/{cell['id']}.jpg"]
 
 
+def test_a_class_group_is_confirmed_in_one_request(client: TestClient) -> None:
+    sample = new_sample(client)
+    sid = sample["id"]
+    classified = [c for c in sample["cells"] if c["label"] is not None]
+    unidentified = next(c for c in sample["cells"] if c["label"] is None)
+    corrected = relabel(client, classified[0]["id"], "basophil", reviewer="Dr. B")["cell"]
+
+    def confirm(ids: list[str]) -> Any:
+        return client.post(
+            f"/api/samples/{sid}/confirmations", json={"cell_ids": ids, "reviewer": "Dr. C"}
+        )
+
+    assert_error(confirm([unidentified["id"]]), 409, "no class to confirm")
+    assert_error(confirm(["0000"]), 404, "no cell")
+    response = confirm([c["id"] for c in classified] + [classified[1]["id"]])
+    assert response.status_code == 200, response.text
+    cells = {c["id"]: c for c in response.json()["cells"]}
+    # The cell Dr. B corrected keeps that call; each other one is confirmed once, by Dr. C.
+    assert cells[corrected["id"]]["corrections"] == corrected["corrections"]
+    for cell in classified[1:]:
+        (confirmation,) = cells[cell["id"]]["corrections"]
+        assert confirmation["from_label"] == confirmation["to_label"] == cell["label"]
+        assert confirmation["reviewer"] == "Dr. C"
+    assert cells[unidentified["id"]]["corrections"] == []
+    again = confirm([c["id"] for c in classified])
+    assert again.json()["cells"] == response.json()["cells"], "confirming twice adds nothing"
+
+
 def test_sign_off_needs_every_cell_identified_then_locks(client: TestClient) -> None:
     sample = new_sample(client)
     sid = sample["id"]
@@ -139,6 +167,10 @@ def test_sign_off_needs_every_cell_identified_then_locks(client: TestClient) -> 
     assert_error(locked, 409, "read-only")
     assert_error(client.post(f"/api/samples/{sid}/cells", files=cells(1)), 409, "read-only")
     assert_error(client.post(f"/api/samples/{sid}/signoff", json={"reviewer": "x"}), 409)
+    confirmed = client.post(
+        f"/api/samples/{sid}/confirmations", json={"cell_ids": [cell_id], "reviewer": "x"}
+    )
+    assert_error(confirmed, 409, "read-only")
     listed = client.get("/api/samples").json()
     assert listed[0]["id"] == sid and listed[0]["signoff"]["reviewer"] == "Dr. A"
 

@@ -55,6 +55,7 @@ from leukoscope.service.schemas import (
     ClassifyResponse,
     CommentOut,
     CommentRequest,
+    ConfirmRequest,
     Differential,
     DifferentialRequest,
     ErrorOut,
@@ -570,6 +571,23 @@ def relabel(
             excluded_count=len(sample.excluded),
             differential=Differential.model_validate(service.differential(sample)),
         )
+
+
+@api.post(
+    "/samples/{sample_id}/confirmations",
+    tags=["review"],
+    summary="Confirm the model's call on cells (a shifted sample needs it on every cell)",
+)
+def confirm(
+    sample_id: str, body: ConfirmRequest, service: ServiceDep, caller: CallerDep
+) -> SampleDetail:
+    """Record the reviewer's confirmation of each listed cell's class, as a correction from
+    and to that class, for the cells no person has called yet (the others keep their call).
+    The page sends the cells of one class group that it showed: a reviewer confirms a group
+    after looking it over, as in a gallery review, and corrects the odd ones out first."""
+    reviewer = reviewer_name(service, caller, body.reviewer)
+    with service.writes.begin() as session:
+        return service.detail(store.confirm(session, sample_id, reviewer, body.cell_ids))
 
 
 @api.post("/samples/{sample_id}/signoff", tags=["review"], summary="Sign off (then read-only)")

@@ -355,6 +355,15 @@ class ReviewerRequest(BaseModel):
     reviewer: Reviewer = None
 
 
+class ConfirmRequest(BaseModel):
+    cell_ids: list[str] = Field(
+        min_length=1,
+        max_length=10_000,
+        description="The cells whose current class the reviewer confirms (those shown to them).",
+    )
+    reviewer: Reviewer = None
+
+
 class AmendChange(CallIn):
     cell_id: str
 

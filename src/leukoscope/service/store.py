@@ -777,6 +777,34 @@ def relabel(session: Session, cell_id: str, call: str, reviewer: str) -> Cell:
     return cell
 
 
+def confirm(session: Session, sample_id: str, reviewer: str, cell_ids: Sequence[str]) -> Sample:
+    """Record the reviewer's confirmation of the model's call on each of ``cell_ids`` (the
+    cells a page showed them, never others added meanwhile) that has no person's call yet;
+    cells a person already called keep it.
+
+    Raises
+    ------
+    NotFoundError
+        A cell is not in the sample.
+    ConflictError
+        The sample is signed off, or a cell has no class to confirm (unidentified or excluded).
+    """
+    sample = lock_open_sample(session, sample_id)
+    by_id = {cell.id: cell for cell in sample.cells}
+    for cell_id in cell_ids:
+        cell = by_id.get(cell_id)
+        if cell is None:
+            raise NotFoundError(f"no cell {cell_id!r} in sample {sample.name!r}")
+        if cell.label is None:
+            raise ConflictError(
+                f"cell {cell.original_name!r} has no class to confirm: classify it instead"
+            )
+    for cell_id in dict.fromkeys(cell_ids):
+        _correct(by_id[cell_id], str(by_id[cell_id].label), reviewer)
+    session.flush()
+    return sample
+
+
 def sign_off(
     session: Session,
     sample_id: str,

@@ -387,6 +387,16 @@ function renderGallery() {
         { class: `group group-${group.name}`, "data-group": group.name },
         element("h4", { text: `${heading} (${group.cells.length}${confirm ? `, ${confirm} to confirm` : ""})` }),
         list,
+        ...(confirm
+          ? [
+              element("button", {
+                type: "button",
+                class: "secondary confirm-group",
+                text: `Confirm the ${confirm} shown as ${group.name}`,
+                onclick: () => guarded(() => confirmCells(group.cells.filter(toConfirm))),
+              }),
+            ]
+          : []),
       ),
     );
   }
@@ -620,6 +630,19 @@ async function relabel(cellId, call) {
     : call.label
       ? `Cell reclassified as ${call.label}.`
       : `Cell excluded (${exclusionName(call.exclude)}).`;
+}
+
+// A class group looked over and confirmed at once (correct the odd ones out first): only the
+// cells shown are sent, never any added meanwhile.
+async function confirmCells(cells) {
+  if (!requireReviewer()) return;
+  state.sample = await apiJson(`/api/samples/${state.sample.id}/confirmations`, {
+    method: "POST",
+    json: { cell_ids: cells.map((cell) => cell.id), reviewer: reviewer() },
+  });
+  renderSample();
+  syncSummary();
+  $("#upload-status").textContent = `${cells.length} cell(s) confirmed.`;
 }
 
 async function addComment(text, cellId = null) {
