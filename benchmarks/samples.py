@@ -13,7 +13,10 @@ the cells kept, whether the sample was called shifted, the cells renormalised on
 With ``--web`` each external set is uploaded instead to the web app (in this process, on a
 temporary SQLite database) as one sample of cell images, and scored as uploaded and after a
 reviewer's ``POST /api/samples/{id}/renormalise`` (which refuses a sample that does not look
-shifted, such as the PBC test split), with the seconds each took.
+shifted, such as the PBC test split), with the seconds each took. Each also says how many
+cells a person must call before sign-off (``to_review``: the unidentified ones and, on a
+shifted sample, every other one too) and how many would be signed on the model's word alone
+(``unreviewed``), with how many of those are wrong (``unreviewed_wrong``).
 
 With ``--fields`` each image is taken as a field image instead (``predict --fields``: its
 white cells located, cut out at the training magnification and classified, and a shifted
@@ -100,10 +103,17 @@ def scored_in_web_app(model: Path, samples: list[Sample], classes: list[str]) ->
             (c["prediction"]["label"] == truth[c["original_name"]], c["prediction"]["uncertain"])
             for c in cells
         ]
-        shift = detail["differential"]["shift"]
+        differential = detail["differential"]
+        shift = differential["shift"]
+        # What a sign-off would count on the model's word alone: the confident calls, unless
+        # the sample looks shifted (then a person must confirm or correct every one of them).
+        unreviewed = [] if differential["to_confirm"] else [c for c in cells if c["label"]]
         return {
             **_scores(calls, len(samples)),
             "shifted": shift and shift["shifted"],
+            "to_review": detail["unidentified_count"] + differential["to_confirm"],
+            "unreviewed": len(unreviewed),
+            "unreviewed_wrong": sum(c["label"] != truth[c["original_name"]] for c in unreviewed),
             "seconds": round(seconds, 1),
         }
 
