@@ -536,3 +536,49 @@ def test_a_sample_unlike_the_training_data_withholds_flags_until_every_cell_is_c
         signed = client.post(f"/api/samples/{sample['id']}/signoff", json={"reviewer": "Dr. A"})
         assert signed.status_code == 200, signed.text
         assert signed.json()["signoff"]["differential"]["to_confirm"] == 0
+
+
+def test_a_samples_uploads_are_all_rescaled_by_the_magnification_its_first_one_measured(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """One sample, one magnification, as ``predict`` has it: an upload too small to measure
+    its own (three cells) is rescaled by the one the sample's first upload measured."""
+    import dataclasses
+
+    import torch
+    from PIL import Image
+
+    from leukoscope.data.preprocess import SampleScale, ScaleEstimate
+    from leukoscope.inference.predictor import Predictor
+    from leukoscope.models import create_model, save_model
+    from leukoscope.service.app import create_app
+    from tests.service.conftest import tiny_card
+
+    # Training cells a third of the frame: the synthetic cells (about 0.6 of it) are rescaled.
+    card = tiny_card()
+    scaled = dataclasses.replace(card.preprocessing, sample_scale=SampleScale(0.3, cells=100))
+    torch.manual_seed(0)
+    model = create_model("squeezenet1_1", len(WBC5), weights="none")
+    save_model(tmp_path / "model", model, dataclasses.replace(card, preprocessing=scaled))
+    predictor = Predictor.load(tmp_path / "model", backend="torch")
+    later = [10, 11, 12]
+    with TestClient(
+        create_app(make_settings(), predictor=predictor), base_url="http://127.0.0.1"
+    ) as client:
+        sample = new_sample(client)
+        measured = sample["magnification"]
+        assert measured["factor"] > 1.5 and measured["cells"] == N_CELLS
+        upload = files(*((f"cell_{i}.jpg", cell_jpeg(i)) for i in later))
+        response = client.post(f"/api/samples/{sample['id']}/cells", files=upload)
+        assert response.status_code == 200, response.text
+        detail = client.get(f"/api/samples/{sample['id']}").json()
+        report = client.get(f"/api/samples/{sample['id']}/report.html").text
+    assert detail["magnification"] == measured
+    assert "Magnification: this sample&#x27;s cells are" in report
+    images = [Image.open(io.BytesIO(cell_jpeg(i))).convert("RGB") for i in later]
+    names = [f"cell_{i}.jpg" for i in later]
+    alike = predictor.predict_images(images, names, ScaleEstimate.from_dict(measured))
+    alone = predictor.predict_images(images, names)  # three cells: too few to measure
+    stored = [cell["prediction"]["probabilities"] for cell in detail["cells"][N_CELLS:]]
+    assert stored == [pytest.approx(p.probabilities, abs=1e-6) for p in alike]
+    assert stored != [pytest.approx(p.probabilities, abs=1e-6) for p in alone]

@@ -28,7 +28,7 @@ cell centred, so the aspect change is under 2% and no part of the cell is lost.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +188,16 @@ class ScaleEstimate:
     def to_dict(self) -> dict[str, Any]:
         """As reports record it, with :attr:`message`."""
         return {**dataclasses.asdict(self), "message": self.message}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> ScaleEstimate:
+        """The estimate :meth:`to_dict` recorded (its message aside)."""
+        measured = record["measured"]
+        return cls(
+            factor=float(record["factor"]),
+            measured=None if measured is None else float(measured),
+            cells=int(record["cells"]),
+        )
 
     @property
     def message(self) -> str:

@@ -105,17 +105,23 @@ class ModelRunner:
         return self.card.sha256
 
     def classify(
-        self, files: Sequence[UploadFile], *, max_bytes: int, max_pixels: int
-    ) -> tuple[list[tuple[Upload, Prediction]], list[RejectedFile]]:
+        self,
+        files: Sequence[UploadFile],
+        *,
+        max_bytes: int,
+        max_pixels: int,
+        scale: ScaleEstimate | None = None,
+    ) -> tuple[list[tuple[Upload, Prediction]], list[RejectedFile], ScaleEstimate | None]:
         """Decode and classify ``files`` in batches; unusable files come back as rejected.
 
-        The files are taken as one sample: the first batch's magnification (see
-        :meth:`~leukoscope.inference.predictor.Predictor.scale_of_images`) rescales them all.
+        The files are taken as one sample, rescaled by ``scale`` (the sample's, when an earlier
+        upload measured it), else by the first batch's magnification (see
+        :meth:`~leukoscope.inference.predictor.Predictor.scale_of_images`); the scale used is
+        returned with them (None when no file was usable).
         """
         done: list[tuple[Upload, Prediction]] = []
         rejected: list[RejectedFile] = []
         batch: list[tuple[Upload, Image.Image]] = []
-        scale: ScaleEstimate | None = None
         for index, file in enumerate(files):
             result = read_upload(file, index, max_bytes=max_bytes, max_pixels=max_pixels)
             if isinstance(result, RejectedFile):
@@ -126,8 +132,14 @@ class ModelRunner:
                 scale = self._predict(batch, rejected, done, scale)
                 batch = []
         if batch:
-            self._predict(batch, rejected, done, scale)
-        return done, rejected
+            scale = self._predict(batch, rejected, done, scale)
+        return done, rejected, scale
+
+    def settles(self, scale: ScaleEstimate) -> bool:
+        """Whether ``scale`` was measured on enough cells to stand for a sample's later
+        uploads (always, for a model that rescales nothing)."""
+        sample_scale = self.card.preprocessing.sample_scale
+        return sample_scale is None or scale.cells >= sample_scale.min_cells
 
     def _predict(
         self,

@@ -301,9 +301,25 @@ class SampleSummary(BaseModel):
     amendment_count: int
 
 
+class Magnification(BaseModel):
+    """How a sample's uploaded cell images are rescaled to the training images' magnification
+    (leukoscope.data.preprocess.ScaleEstimate)."""
+
+    factor: float = Field(description="What the images are rescaled by (1: as they are).")
+    measured: float | None = Field(description="What the cells gave, applied or not.")
+    cells: int = Field(description="How many cells were measured.")
+    message: str
+
+
 class SampleDetail(SampleSummary):
     classes: list[str]
     model_sha256: str
+    magnification: Magnification | None = Field(
+        None,
+        description="Measured on the sample's first upload with enough cells and used for "
+        "every later one; None before that (cells cut from fields are at the training "
+        "magnification already).",
+    )
     cells: list[CellOut]
     differential: Differential = Field(description="From the cells' current calls.")
     comments: list[CommentOut]

@@ -136,6 +136,11 @@ class Sample(Base):
     """The class list of the model that classified the cells (the reviewer's choices)."""
     model_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    magnification: Mapped[dict[str, Any] | None]
+    """How the sample's uploaded cell images are rescaled to the training images'
+    magnification (:meth:`ScaleEstimate.to_dict
+    <leukoscope.data.preprocess.ScaleEstimate.to_dict>`): measured on the first upload with
+    enough cells, then used for every later one. None until then."""
     cells: Mapped[list[Cell]] = relationship(
         back_populates="sample", order_by="Cell.position", cascade="all, delete-orphan"
     )
