@@ -466,11 +466,11 @@ def add_cells(sample_id: str, files: UploadFiles, service: ServiceDep) -> Upload
     """Same limits and rejection rules as ``/api/classify``; the images are stored.
 
     A sample's cell images are all rescaled by one magnification, as ``predict`` rescales a
-    sample: the first upload with enough cells measures it, on its first 32 images, and the
-    sample keeps it for every later upload. Each upload measuring its own made one sample's
-    images differ: the 5-class 128-px SqueezeNet scored 95.0% on its PBC test split uploaded
-    200 files at a time in class order, against 98.6% through ``predict``
-    (``benchmarks/samples.py --web``)."""
+    sample: the first upload with enough cells measures it (:meth:`ModelRunner.measure`), and
+    the sample keeps it for every later upload. Each upload measuring its own, from its first
+    32 images, made one sample's images differ: the 5-class 128-px SqueezeNet scored 95.0% on
+    its PBC test split uploaded 200 files at a time in class order, against 98.6% through
+    ``predict`` and now in the app (``benchmarks/samples.py --web``)."""
     sha256 = service.runner.sha256
     with service.sessions.begin() as session:  # fail before the costly part when we can
         sample = store.get_sample(session, sample_id)
