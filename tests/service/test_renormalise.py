@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
-from leukoscope.data.preprocess import to_noted_pixels
+from leukoscope.data.preprocess import ScaleEstimate, to_noted_pixels
 from leukoscope.inference.predictor import Predictor
 from leukoscope.models.serialization import weights_sha256
 from leukoscope.service import store
@@ -78,6 +78,27 @@ def sample_with_cells(client: TestClient, n: int = CELLS, field: bool = True) ->
 
 def renormalise_sample(client: TestClient, sample_id: str, reviewer: str = "Dr. A") -> Any:
     return client.post(f"/api/samples/{sample_id}/renormalise", json={"reviewer": reviewer})
+
+
+def test_renormalising_rescales_the_uploads_by_the_samples_own_magnification(
+    make_app: Callable[[float], TestClient], source: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """The magnification the sample's uploads were rescaled by, not a new estimate."""
+    client = make_app(1.01)
+    sample_id = sample_with_cells(client, field=False)
+    kept = ScaleEstimate(factor=1.5, measured=1.5, cells=CELLS)
+    engine = store.make_engine(make_settings().database_url)
+    with store.writer(engine).begin() as session:
+        store.get_sample(session, sample_id).magnification = kept.to_dict()
+    engine.dispose()
+    response = renormalise_sample(client, sample_id)
+    assert response.status_code == 200, response.text
+    (done,) = response.json()["renormalisations"]
+    loaded = Predictor.load(source, backend="torch")
+    images = [Image.open(io.BytesIO(cell_jpeg(i))) for i in range(CELLS)]
+    pixels = np.stack([to_noted_pixels(i, loaded.card.preprocessing, 1.5)[0] for i in images])
+    expected = renormalise(loaded.model, loaded.card, torch.from_numpy(pixels))
+    assert done["model_sha256"] == weights_sha256(expected)
 
 
 def test_a_shifted_sample_is_classified_again_by_the_model_renormalised_on_its_cells(

@@ -475,8 +475,7 @@ def add_cells(sample_id: str, files: UploadFiles, service: ServiceDep) -> Upload
     with service.sessions.begin() as session:  # fail before the costly part when we can
         sample = store.get_sample(session, sample_id)
         store.add_cells(session, sample, [], sha256)
-        measured = sample.magnification
-        kept = None if measured is None else ScaleEstimate.from_dict(measured)
+        kept = sample_scale(sample)
     done, rejected, used = service.classify(files, kept)
     new_cells = [_new_cell(upload, prediction) for upload, prediction in done]
     with service.writes.begin() as session:
@@ -558,9 +557,10 @@ def renormalise(
         name = sample.name
         latest = sample.latest_renormalisation
         cells = service.stored_cells(session, sample)
-    result = service.runner.renormalise(
-        cells, f"sample {name!r} ({sample_id})", max_pixels=service.settings.max_pixels
-    )
+        kept = sample_scale(sample)
+    data = f"sample {name!r} ({sample_id})"
+    max_pixels = service.settings.max_pixels
+    result = service.runner.renormalise(cells, data, max_pixels=max_pixels, scale=kept)
     if isinstance(result, str):
         raise store.ConflictError(f"sample {name!r} was not renormalised: {result}")
     predictions = {key: PredictionOut.model_validate(p) for key, p in result.predictions.items()}
@@ -864,6 +864,13 @@ def _cell_box(cell: store.Cell) -> CellBox:
         1.0,
         bool(cell.edge),
     )
+
+
+def sample_scale(sample: store.Sample) -> ScaleEstimate | None:
+    """The magnification a sample's uploads are rescaled by, once its first upload with
+    enough cells measured it (see ``add_cells``)."""
+    measured = sample.magnification
+    return None if measured is None else ScaleEstimate.from_dict(measured)
 
 
 def _differential(

@@ -203,18 +203,23 @@ class ModelRunner:
         return [(cell, result.prediction) for cell, result in zip(cells, results, strict=True)]
 
     def renormalise(
-        self, cells: Sequence[StoredCell], data: str, *, max_pixels: int
+        self,
+        cells: Sequence[StoredCell],
+        data: str,
+        *,
+        max_pixels: int,
+        scale: ScaleEstimate | None = None,
     ) -> Renormalised | str:
         """The sample ``cells`` classified again by the model renormalised on them, as
         ``predict`` renormalises a shifted sample (see
         :func:`~leukoscope.training.adapt.renormalised_or_why`); or why not.
 
-        Uploaded cell images are rescaled by the magnification estimated on all of them (each
-        upload request estimated its own), cells cut from fields are not rescaled, and cells
-        on a field's edge stay flagged. Images are decoded when they are needed, at most
-        :data:`BATCH` at a time to classify them, so that a large sample never sits decoded in
-        memory. The model lock is held throughout: 10-20 s for samples of 100-300 cells on a
-        2-core Xeon, during which other requests wait.
+        Uploaded cell images are rescaled by the sample's magnification, ``scale`` (the one
+        its uploads were rescaled by), else by one estimated on all of them; cells cut from
+        fields are not rescaled, and cells on a field's edge stay flagged. Images are decoded
+        when they are needed, at most :data:`BATCH` at a time to classify them, so that a
+        large sample never sits decoded in memory. The model lock is held throughout: 10-20
+        s for samples of 100-300 cells on a 2-core Xeon, during which other requests wait.
 
         Raises
         ------
@@ -235,7 +240,7 @@ class ModelRunner:
         chosen = spread(counted, SAMPLE_CELLS)
         with self._lock:
             predictor = self.predictor
-            scale = predictor.scale_of_images(decoded(spread(images, SCALE_CELLS)))
+            scale = scale or predictor.scale_of_images(decoded(spread(images, SCALE_CELLS)))
             renormalised = renormalised_or_why(
                 predictor,
                 len(counted),
