@@ -80,25 +80,28 @@ def renormalise_sample(client: TestClient, sample_id: str, reviewer: str = "Dr. 
     return client.post(f"/api/samples/{sample_id}/renormalise", json={"reviewer": reviewer})
 
 
-def test_renormalising_rescales_the_uploads_by_the_samples_own_magnification(
+def test_renormalising_measures_the_magnification_on_every_upload_and_keeps_it(
     make_app: Callable[[float], TestClient], source: Path, make_settings: Callable[..., Settings]
 ) -> None:
-    """The magnification the sample's uploads were rescaled by, not a new estimate."""
+    """Every cell is classified again, at the magnification of all the uploads together,
+    which the sample keeps for later uploads (here the test model's, 1: it rescales nothing,
+    in place of a kept 1.5 that only the sample's first upload would have measured)."""
     client = make_app(1.01)
     sample_id = sample_with_cells(client, field=False)
-    kept = ScaleEstimate(factor=1.5, measured=1.5, cells=CELLS)
+    first = ScaleEstimate(factor=1.5, measured=1.5, cells=8)
     engine = store.make_engine(make_settings().database_url)
     with store.writer(engine).begin() as session:
-        store.get_sample(session, sample_id).magnification = kept.to_dict()
+        store.get_sample(session, sample_id).magnification = first.to_dict()
     engine.dispose()
     response = renormalise_sample(client, sample_id)
     assert response.status_code == 200, response.text
-    (done,) = response.json()["renormalisations"]
+    after = response.json()
+    assert after["magnification"]["factor"] == 1.0
     loaded = Predictor.load(source, backend="torch")
     images = [Image.open(io.BytesIO(cell_jpeg(i))) for i in range(CELLS)]
-    pixels = np.stack([to_noted_pixels(i, loaded.card.preprocessing, 1.5)[0] for i in images])
+    pixels = np.stack([to_noted_pixels(i, loaded.card.preprocessing)[0] for i in images])
     expected = renormalise(loaded.model, loaded.card, torch.from_numpy(pixels))
-    assert done["model_sha256"] == weights_sha256(expected)
+    assert after["renormalisations"][0]["model_sha256"] == weights_sha256(expected)
 
 
 def test_a_shifted_sample_is_classified_again_by_the_model_renormalised_on_its_cells(

@@ -475,7 +475,8 @@ def add_cells(sample_id: str, files: UploadFiles, service: ServiceDep) -> Upload
     with service.sessions.begin() as session:  # fail before the costly part when we can
         sample = store.get_sample(session, sample_id)
         store.add_cells(session, sample, [], sha256)
-        kept = sample_scale(sample)
+        measured = sample.magnification
+        kept = None if measured is None else ScaleEstimate.from_dict(measured)
     done, rejected, used = service.classify(files, kept)
     new_cells = [_new_cell(upload, prediction) for upload, prediction in done]
     with service.writes.begin() as session:
@@ -545,10 +546,11 @@ def renormalise(
     sample's cells (not excluded ones), and every cell is classified again, as ``leukoscope
     predict`` does by itself on a shifted sample (see ``leukoscope.training.adapt``). The new
     calls are added beside the earlier ones, with the reviewer, time and renormalised model;
-    reviewers' corrections stand. Cells added later are classified by the model as loaded:
-    renormalising again takes them in. Refused (409) for another model's sample, a model
-    without normalisation statistics, a sample that does not look shifted or has fewer than
-    32 cells. It took 10-20 s for samples of 100-300 cells on a 2-core Xeon
+    reviewers' corrections stand. The sample's magnification is measured again, on all its
+    uploaded cell images, and kept for later uploads. Cells added later are classified by the
+    model as loaded: renormalising again takes them in. Refused (409) for another model's
+    sample, a model without normalisation statistics, a sample that does not look shifted or
+    has fewer than 32 cells. It took 10-20 s for samples of 100-300 cells on a 2-core Xeon
     (``benchmarks/samples.py --web``), during which other classifications wait."""
     reviewer = reviewer_name(service, caller, body.reviewer)
     with service.sessions.begin() as session:
@@ -557,10 +559,8 @@ def renormalise(
         name = sample.name
         latest = sample.latest_renormalisation
         cells = service.stored_cells(session, sample)
-        kept = sample_scale(sample)
     data = f"sample {name!r} ({sample_id})"
-    max_pixels = service.settings.max_pixels
-    result = service.runner.renormalise(cells, data, max_pixels=max_pixels, scale=kept)
+    result = service.runner.renormalise(cells, data, max_pixels=service.settings.max_pixels)
     if isinstance(result, str):
         raise store.ConflictError(f"sample {name!r} was not renormalised: {result}")
     predictions = {key: PredictionOut.model_validate(p) for key, p in result.predictions.items()}
@@ -575,6 +575,8 @@ def renormalise(
             result.adaptation,
             predictions,
         )
+        if result.magnification is not None:  # every upload was rescaled by it just now
+            sample.magnification = result.magnification.to_dict()
         return service.detail(sample)
 
 
@@ -864,13 +866,6 @@ def _cell_box(cell: store.Cell) -> CellBox:
         1.0,
         bool(cell.edge),
     )
-
-
-def sample_scale(sample: store.Sample) -> ScaleEstimate | None:
-    """The magnification a sample's uploads are rescaled by, once its first upload with
-    enough cells measured it (see ``add_cells``)."""
-    measured = sample.magnification
-    return None if measured is None else ScaleEstimate.from_dict(measured)
 
 
 def _differential(

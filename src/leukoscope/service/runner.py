@@ -73,6 +73,9 @@ class Renormalised:
     """The renormalised model card's adaptation record."""
     predictions: dict[str, Prediction]
     """The renormalised model's call on each cell, by cell id."""
+    magnification: ScaleEstimate | None
+    """What the uploaded cell images were rescaled by, measured on all of them (None for a
+    sample of field cells only)."""
 
 
 class ModelRunner:
@@ -203,23 +206,20 @@ class ModelRunner:
         return [(cell, result.prediction) for cell, result in zip(cells, results, strict=True)]
 
     def renormalise(
-        self,
-        cells: Sequence[StoredCell],
-        data: str,
-        *,
-        max_pixels: int,
-        scale: ScaleEstimate | None = None,
+        self, cells: Sequence[StoredCell], data: str, *, max_pixels: int
     ) -> Renormalised | str:
         """The sample ``cells`` classified again by the model renormalised on them, as
         ``predict`` renormalises a shifted sample (see
         :func:`~leukoscope.training.adapt.renormalised_or_why`); or why not.
 
-        Uploaded cell images are rescaled by the sample's magnification, ``scale`` (the one
-        its uploads were rescaled by), else by one estimated on all of them; cells cut from
-        fields are not rescaled, and cells on a field's edge stay flagged. Images are decoded
-        when they are needed, at most :data:`BATCH` at a time to classify them, so that a
-        large sample never sits decoded in memory. The model lock is held throughout: 10-20
-        s for samples of 100-300 cells on a 2-core Xeon, during which other requests wait.
+        Uploaded cell images are rescaled by the magnification measured on all of them (the
+        sample keeps it for later uploads: every cell is classified again here, so the sample
+        stays at one magnification, measured on more cells than its first upload had); cells
+        cut from fields are not rescaled, and cells on a field's edge stay flagged. Images are
+        decoded when they are needed, at most :data:`BATCH` at a time to classify them, so
+        that a large sample never sits decoded in memory. The model lock is held throughout:
+        10-20 s for samples of 100-300 cells on a 2-core Xeon, during which other requests
+        wait.
 
         Raises
         ------
@@ -240,7 +240,7 @@ class ModelRunner:
         chosen = spread(counted, SAMPLE_CELLS)
         with self._lock:
             predictor = self.predictor
-            scale = scale or predictor.scale_of_images(decoded(spread(images, SCALE_CELLS)))
+            scale = predictor.scale_of_images(decoded(spread(images, SCALE_CELLS)))
             renormalised = renormalised_or_why(
                 predictor,
                 len(counted),
@@ -281,6 +281,7 @@ class ModelRunner:
             cells=adaptation.renormalised if adaptation else 0,
             adaptation=dataclasses.asdict(adaptation) if adaptation else {},
             predictions=predictions,
+            magnification=scale if images else None,
         )
 
     def heatmap_png(self, image: Image.Image, target: str | None) -> bytes:
