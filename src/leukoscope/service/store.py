@@ -140,7 +140,8 @@ class Sample(Base):
     """How the sample's uploaded cell images are rescaled to the training images'
     magnification (:meth:`ScaleEstimate.to_dict
     <leukoscope.data.preprocess.ScaleEstimate.to_dict>`): measured on the first upload with
-    enough cells, then used for every later one. None until then."""
+    enough cells, and again on all of them when the sample is renormalised; every later upload
+    is rescaled by it. None until then."""
     cells: Mapped[list[Cell]] = relationship(
         back_populates="sample", order_by="Cell.position", cascade="all, delete-orphan"
     )
