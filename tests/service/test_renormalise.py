@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
-from leukoscope.data.preprocess import ScaleEstimate, to_noted_pixels
+from leukoscope.data.preprocess import SampleScale, ScaleEstimate, to_noted_pixels
 from leukoscope.inference.predictor import Predictor
+from leukoscope.models.card import load_card, update_card
 from leukoscope.models.serialization import weights_sha256
 from leukoscope.service import store
 from leukoscope.service.app import create_app
@@ -81,25 +84,36 @@ def renormalise_sample(client: TestClient, sample_id: str, reviewer: str = "Dr. 
 
 
 def test_renormalising_measures_the_magnification_on_every_upload_and_keeps_it(
-    make_app: Callable[[float], TestClient], source: Path, make_settings: Callable[..., Settings]
+    make_settings: Callable[..., Settings], source: Path, tmp_path: Path
 ) -> None:
-    """Every cell is classified again, at the magnification of all the uploads together,
-    which the sample keeps for later uploads (here the test model's, 1: it rescales nothing,
-    in place of a kept 1.5 that only the sample's first upload would have measured)."""
-    client = make_app(1.01)
-    sample_id = sample_with_cells(client, field=False)
-    first = ScaleEstimate(factor=1.5, measured=1.5, cells=8)
-    engine = store.make_engine(make_settings().database_url)
-    with store.writer(engine).begin() as session:
-        store.get_sample(session, sample_id).magnification = first.to_dict()
-    engine.dispose()
-    response = renormalise_sample(client, sample_id)
+    """Every cell is classified again at the magnification of all the uploads together,
+    which the sample keeps for later uploads (in place of the one its first upload kept)."""
+    scaled = tmp_path / "scaled"
+    shutil.copytree(source, scaled)
+    card = load_card(scaled / "model_card.json")
+    sample_scale = SampleScale(0.3, cells=100)  # the synthetic cells fill about 0.6
+    update_card(scaled, preprocessing=replace(card.preprocessing, sample_scale=sample_scale))
+    loaded = Predictor.load(scaled, backend="torch")
+    settings = make_settings(
+        model_path=scaled, max_files=CELLS, max_request_bytes=4_000_000, max_file_bytes=2_000_000
+    )
+    app = create_app(settings, predictor=FlagLowConfidence(loaded, 1.01))
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        sample_id = sample_with_cells(client, field=False)
+        measured = client.get(f"/api/samples/{sample_id}").json()["magnification"]
+        assert measured["factor"] > 1.5 and measured["cells"] == CELLS
+        engine = store.make_engine(settings.database_url)
+        with store.writer(engine).begin() as session:  # as if the first upload had said 1.2
+            sample = store.get_sample(session, sample_id)
+            sample.magnification = ScaleEstimate(1.2, 1.2, 8).to_dict()
+        engine.dispose()
+        response = renormalise_sample(client, sample_id)
     assert response.status_code == 200, response.text
     after = response.json()
-    assert after["magnification"]["factor"] == 1.0
-    loaded = Predictor.load(source, backend="torch")
+    assert after["magnification"] == measured
     images = [Image.open(io.BytesIO(cell_jpeg(i))) for i in range(CELLS)]
-    pixels = np.stack([to_noted_pixels(i, loaded.card.preprocessing)[0] for i in images])
+    factor = measured["factor"]
+    pixels = np.stack([to_noted_pixels(i, loaded.card.preprocessing, factor)[0] for i in images])
     expected = renormalise(loaded.model, loaded.card, torch.from_numpy(pixels))
     assert after["renormalisations"][0]["model_sha256"] == weights_sha256(expected)
 

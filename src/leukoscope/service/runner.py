@@ -74,8 +74,8 @@ class Renormalised:
     predictions: dict[str, Prediction]
     """The renormalised model's call on each cell, by cell id."""
     magnification: ScaleEstimate | None
-    """What the uploaded cell images were rescaled by, measured on all of them (None for a
-    sample of field cells only)."""
+    """What the uploaded cell images were rescaled by, measured on all of them; None when it
+    measured too few cells to keep (:meth:`ModelRunner.settles`)."""
 
 
 class ModelRunner:
@@ -170,9 +170,9 @@ class ModelRunner:
 
     def settles(self, scale: ScaleEstimate) -> bool:
         """Whether ``scale`` was measured on enough cells to stand for a sample's later
-        uploads (always, for a model that rescales nothing)."""
+        uploads (never, for a model that rescales nothing: there is nothing to keep)."""
         sample_scale = self.card.preprocessing.sample_scale
-        return sample_scale is None or scale.cells >= sample_scale.min_cells
+        return sample_scale is not None and scale.cells >= sample_scale.min_cells
 
     def _predict(
         self,
@@ -281,7 +281,7 @@ class ModelRunner:
             cells=adaptation.renormalised if adaptation else 0,
             adaptation=dataclasses.asdict(adaptation) if adaptation else {},
             predictions=predictions,
-            magnification=scale if images else None,
+            magnification=scale if self.settles(scale) else None,
         )
 
     def heatmap_png(self, image: Image.Image, target: str | None) -> bytes:
