@@ -331,6 +331,9 @@ const callOf = (cell) => (cell.exclusion ? EXCLUDED + cell.exclusion : cell.labe
 // or correct it before sign-off (the server's differential counts them as to_confirm).
 const toConfirm = (cell) =>
   Boolean(state.sample.differential.to_confirm && !state.sample.signoff && cell.label && !cell.corrections.length);
+// A cell waiting for a person's call: unidentified, or one to confirm. Enter gives it the
+// model's call (its guess, or its confident class).
+const waitsForCall = (cell) => labelOf(cell) === "unidentified" || toConfirm(cell);
 const toConfirmText = (sample) => (sample.differential.to_confirm ? ` · ${sample.differential.to_confirm} to confirm` : "");
 
 function groups(sample) {
@@ -618,7 +621,7 @@ async function relabel(cellId, call) {
   // (from the top again after the last).
   const rest = before.slice(index + 1).filter((cell) => cell.id !== cellId);
   const waiting = sample.differential.to_confirm
-    ? [...rest, ...before.slice(0, index)].find((cell) => toConfirm(cell) || (!cell.label && !cell.exclusion))
+    ? [...rest, ...before.slice(0, index)].find(waitsForCall)
     : undefined;
   const following = waiting ?? rest[0];
   state.selected = following ? following.id : cellId;
@@ -672,10 +675,8 @@ function onKey(event) {
     guarded(() => relabel(cell.id, { label: state.sample.classes[digit - 1] }));
   } else if (editable && (event.key === "x" || event.key === "X")) {
     guarded(() => relabel(cell.id, { exclude: "artefact" }));
-  } else if (editable && event.key === "Enter" && !cell.label && !cell.exclusion && onCell) {
-    guarded(() => relabel(cell.id, { label: cell.prediction.label }));
-  } else if (editable && event.key === "Enter" && toConfirm(cell) && onCell) {
-    guarded(() => relabel(cell.id, { label: cell.label }));
+  } else if (editable && event.key === "Enter" && waitsForCall(cell) && onCell) {
+    guarded(() => relabel(cell.id, { label: cell.label ?? cell.prediction.label }));
   } else return;
   event.preventDefault();
 }
