@@ -56,10 +56,14 @@ class FieldCell:
         The cell's box in the field's pixels (``edge`` when it may be cut by the field's edge).
     rgb : ndarray of shape (S, S, 3), uint8
         The crop, at the field's resolution.
+    side : int
+        The side of the squares its field's cells were cut out as (:class:`Cuts`; a large cell's
+        crop is wider); 0 when not known.
     """
 
     box: CellBox
     rgb: np.ndarray
+    side: int = 0
 
 
 def cell_diameter(box: CellBox) -> float:
@@ -148,16 +152,19 @@ def cut_cells(rgb: np.ndarray, cuts: Cuts) -> list[FieldCell]:
     if not cuts.boxes:
         return []
     fill = field_background(rgb)
-    return [FieldCell(box, crop_cell(rgb, box, cuts.side, fill)) for box in cuts.boxes]
+    return [FieldCell(box, crop_cell(rgb, box, cuts.side, fill), cuts.side) for box in cuts.boxes]
 
 
-def field_cells(rgb: np.ndarray) -> list[FieldCell]:
+def field_cells(rgb: np.ndarray, cuts: Cuts | None = None) -> list[FieldCell]:
     """Every white cell of a field image, located and cut out as a PBC image of it would be.
 
     Parameters
     ----------
     rgb : ndarray of shape (H, W, 3), uint8
         The field.
+    cuts : Cuts, optional
+        Where the field's cells were located before (a second pass over a sample): they are
+        cut out there again without locating them.
 
     Returns
     -------
@@ -165,4 +172,4 @@ def field_cells(rgb: np.ndarray) -> list[FieldCell]:
         In :func:`~leukoscope.cells.fields.locate_cells`' order (best score first); empty when
         the field holds no white cell.
     """
-    return cut_cells(rgb, locate_cuts(rgb))
+    return cut_cells(rgb, locate_cuts(rgb) if cuts is None else cuts)

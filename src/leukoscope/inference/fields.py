@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from leukoscope.cells.crops import Cuts, FieldCell, cut_cells, locate_cuts
+from leukoscope.cells.crops import Cuts, FieldCell, field_cells
 from leukoscope.cells.fields import CellBox
 from leukoscope.data.images import decode_rgb
 from leukoscope.data.preprocess import UNSCALED
@@ -48,11 +48,10 @@ class FieldPrediction:
 
 
 def classify_cells(
-    predictor: Predictor, cells: Sequence[FieldCell], source: str, side: int = 0
+    predictor: Predictor, cells: Sequence[FieldCell], source: str
 ) -> list[FieldPrediction]:
-    """The model's call on each cut-out cell of the field ``source`` (cut as squares of
-    ``side``, when known); cells on the field's edge are flagged uncertain with
-    :data:`EDGE_NOTE`."""
+    """The model's call on each cut-out cell of the field ``source``; cells on the field's edge
+    are flagged uncertain with :data:`EDGE_NOTE`."""
     if not cells:
         return []
     images = [Image.fromarray(cell.rgb) for cell in cells]
@@ -60,7 +59,9 @@ def classify_cells(
     # cells): the sample rescaling of cell images must not measure and rescale them again.
     predictions = predictor.predict_images(images, [source] * len(cells), UNSCALED)
     return [
-        FieldPrediction(_flag_edge(prediction) if cell.box.edge else prediction, cell.box, side)
+        FieldPrediction(
+            _flag_edge(prediction) if cell.box.edge else prediction, cell.box, cell.side
+        )
         for cell, prediction in zip(cells, predictions, strict=True)
     ]
 
@@ -70,8 +71,7 @@ def classify_field(
 ) -> list[FieldPrediction]:
     """Locate, cut out and classify every white cell of one decoded field; given its
     ``cuts``, cut there without locating."""
-    cuts = locate_cuts(rgb) if cuts is None else cuts
-    return classify_cells(predictor, cut_cells(rgb, cuts), source, cuts.side)
+    return classify_cells(predictor, field_cells(rgb, cuts), source)
 
 
 def classify_field_paths(

@@ -612,7 +612,7 @@ def renormalised_for_fields(
     LeukoscopeError
         As :func:`renormalised_for_sample`; a field that can no longer be read is passed over.
     """
-    from leukoscope.cells.crops import cut_cells, locate_cuts
+    from leukoscope.cells.crops import field_cells
 
     config = predictor.card.preprocessing
     pixels: list[np.ndarray] = []
@@ -625,8 +625,7 @@ def renormalised_for_fields(
             skipped += 1
             continue
         known = None if cuts is None else cuts.get(str(field))
-        cut = cut_cells(rgb, locate_cuts(rgb) if known is None else known)
-        cut = cut[: SAMPLE_CELLS - len(pixels)]
+        cut = field_cells(rgb, known)[: SAMPLE_CELLS - len(pixels)]
         pixels += [to_noted_pixels(Image.fromarray(cell.rgb), config)[0] for cell in cut]
         used += [field] if cut else []
         if len(pixels) == SAMPLE_CELLS:
