@@ -658,14 +658,16 @@ def renormalised_for_images(
     command: str,
 ) -> Predictor:
     """:func:`renormalised_for_sample` for images already decoded (the web app's stored cells):
-    ``predictor``'s model renormalised on up to :data:`SAMPLE_CELLS` of them, spread evenly.
+    ``predictor``'s model renormalised on them. The caller picks them (up to
+    :data:`SAMPLE_CELLS`, spread through the sample) before decoding, so that a large sample is
+    never decoded whole.
 
     Parameters
     ----------
     predictor
         The loaded model (:func:`can_renormalise` must hold).
     images
-        The sample's cells.
+        The cells to renormalise on.
     factors
         By how much each image is rescaled to the training images' magnification: the
         sample's :class:`~leukoscope.data.preprocess.ScaleEstimate` factor for a cell image, 1
@@ -683,15 +685,17 @@ def renormalised_for_images(
     if not len(images) == len(factors) == len(files):
         raise ValueError(f"{len(images)} images, {len(factors)} factors and {len(files)} files")
     config = predictor.card.preprocessing
-    chosen = list(spread(range(len(images)), SAMPLE_CELLS))
-    pixels = [to_noted_pixels(images[i], config, factors[i])[0] for i in chosen]
+    pixels = [
+        to_noted_pixels(image, config, factor)[0]
+        for image, factor in zip(images, factors, strict=True)
+    ]
     return _renormalised_on(
         predictor,
         _stacked(pixels, config.input_size),
-        dict(files[i] for i in chosen),
+        dict(files),
         data=data,
         skipped=0,
-        magnification=max((factors[i] for i in chosen), default=1.0),
+        magnification=max(factors, default=1.0),
         command=command,
     )
 
