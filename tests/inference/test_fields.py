@@ -91,7 +91,12 @@ def test_the_shift_check_ignores_cells_flagged_only_for_the_edge(untrained: Path
     found = field_cells(smear((1000, 560), CELLS, red_cells=40, red_diameter=60))
     results = classify_cells(predictor, found, "field.png")
     seen: list[list[Prediction]] = []
-    predictor.check_shift = lambda predictions: seen.append(list(predictions))  # type: ignore[method-assign,assignment,func-returns-value]
+
+    def check(predictions: list[Prediction], on_edge: list[bool]) -> None:
+        seen.append([p for p, edge in zip(predictions, on_edge, strict=True) if not edge])
+
+    predictor.check_shift = check  # type: ignore[method-assign,assignment]
     field_shift(predictor, [*results, FieldPrediction(predictor.error_prediction("x", "bad"))])
+    # Two cells off the edge, and the unreadable field (Predictor.check_shift leaves it out).
     assert len(seen[0]) == 3 and not any(p.note == EDGE_NOTE for p in seen[0])
     assert np.isclose(sum(seen[0][0].probabilities.values()), 1)

@@ -44,6 +44,15 @@ def test_the_p_value_is_the_one_sided_binomial_test(flagged: int, cells: int) ->
     assert check_shift(uncertain, 0.05).p_value == pytest.approx(expected, rel=1e-9, abs=1e-300)
 
 
+def test_cells_on_a_fields_edge_are_left_out() -> None:
+    flags, edges = [True] * 30 + [False] * 70, [True] * 28 + [False] * 72
+    check = check_shift(flags, 0.05, on_edge=edges)
+    assert (check.cells, check.uncertain, check.shifted) == (72, 2, False)
+    assert check_shift(flags, 0.05).shifted
+    with pytest.raises(ValueError):
+        check_shift(flags, 0.05, on_edge=edges[:-1])
+
+
 def test_the_advice_names_the_adaptation_left_to_try() -> None:
     assert advice(renormalisable=False, renormalised=False) == ADAPT
     assert "adapt --unlabelled` on these images" in advice(renormalisable=True, renormalised=False)

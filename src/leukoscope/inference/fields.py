@@ -111,10 +111,11 @@ def field_cuts(cells: Sequence[FieldPrediction]) -> dict[str, Cuts]:
 
 
 def field_shift(predictor: Predictor, cells: Sequence[FieldPrediction]) -> ShiftCheck | None:
-    """The shift check (:meth:`Predictor.check_shift`) on the model's own flags: cells flagged
-    only for being cut by the edge say nothing about the images being unlike the training
-    data."""
-    return predictor.check_shift([c.prediction for c in cells if c.box is None or not c.box.edge])
+    """The shift check (:meth:`Predictor.check_shift`) on the fields' cells, leaving out those
+    on a field's edge."""
+    return predictor.check_shift(
+        [c.prediction for c in cells], [c.box is not None and c.box.edge for c in cells]
+    )
 
 
 def _flag_edge(prediction: Prediction) -> Prediction:

@@ -446,14 +446,24 @@ class Predictor:
             )
         return predictions
 
-    def check_shift(self, predictions: Sequence[Prediction]) -> ShiftCheck | None:
+    def check_shift(
+        self, predictions: Sequence[Prediction], on_edge: Sequence[bool] | None = None
+    ) -> ShiftCheck | None:
         """Whether these predictions, as one sample, look unlike the training data (see
-        :mod:`leukoscope.inference.shift`); None for a model without an abstention rule, which
-        flags nothing to compare."""
+        :func:`~leukoscope.inference.shift.check_shift`, which leaves out the cells
+        ``on_edge``); None for a model without an abstention rule, which flags nothing to
+        compare."""
         if self.card.abstention is None:
             return None
-        flags = [p.uncertain for p in predictions if p.error is None]
-        return check_shift(flags, 1 - self.card.abstention.target_coverage, self.shift_advice)
+        edges = [False] * len(predictions) if on_edge is None else on_edge
+        pairs = zip(predictions, edges, strict=True)
+        readable = [(p, edge) for p, edge in pairs if p.error is None]
+        return check_shift(
+            [p.uncertain for p, _ in readable],
+            1 - self.card.abstention.target_coverage,
+            self.shift_advice,
+            [edge for _, edge in readable],
+        )
 
     @property
     def shift_advice(self) -> str:

@@ -96,7 +96,10 @@ def advice(renormalisable: bool, renormalised: bool) -> str:
 
 
 def check_shift(
-    uncertain: Sequence[bool], expected_share: float, advice: str = ADAPT
+    uncertain: Sequence[bool],
+    expected_share: float,
+    advice: str = ADAPT,
+    on_edge: Sequence[bool] | None = None,
 ) -> ShiftCheck:
     """Test whether a sample's share of uncertain cells exceeds what the model expects.
 
@@ -109,6 +112,10 @@ def check_shift(
         abstention threshold).
     advice:
         The last sentence of the message of a shifted sample (:func:`advice`).
+    on_edge:
+        Whether each cell may be cut by its field's edge (:mod:`leukoscope.inference.fields`).
+        Those cells are left out: they are flagged for being cut, which says nothing about the
+        images being unlike the training data.
 
     Returns
     -------
@@ -118,6 +125,8 @@ def check_shift(
     """
     if not 0 < expected_share < 1:
         raise ValueError(f"expected_share must lie in (0, 1), not {expected_share}")
+    if on_edge is not None:
+        uncertain = [u for u, edge in zip(uncertain, on_edge, strict=True) if not edge]
     cells, flagged = len(uncertain), sum(bool(u) for u in uncertain)
     if not cells:
         return ShiftCheck(0, 0, expected_share, 1.0, False, advice)

@@ -889,9 +889,10 @@ def _differential(
     ]
     shift = None
     if expected_uncertain is not None:
-        # A cell flagged for being cut by its field's edge says nothing about the images.
-        flags = [cell.prediction.uncertain for cell in counted if not cell.edge]
-        shift = check_shift(flags, expected_uncertain, advice)
+        flags = [cell.prediction.uncertain for cell in counted]
+        shift = check_shift(
+            flags, expected_uncertain, advice, [bool(cell.edge) for cell in counted]
+        )
     to_confirm = len(sample.unconfirmed) if shift is not None and shift.shifted else 0
     differential = compute_differential(
         calls, sample.classes, shift, reviewed=not sample.unidentified and not to_confirm
