@@ -4,8 +4,9 @@ For each labelled set under ``--external`` (each folder's ``images/``), the mode
 k cells per class drawn at random (per seed) and scored on every other cell of that set: never
 on a cell it adapted on. A class with k or fewer cells adapts on all but one of them (a class
 with one cell adapts on none and is only scored). k = 0 is the model as released, on the
-whole set. Per set and k: mean, min and max over seeds of the accuracy and macro-F1, and the
-seconds one adaptation took.
+whole set. Per set and k: mean, min and max over seeds of the accuracy and macro-F1, the
+seconds one adaptation took, and the scored cells' confusion matrix summed over the seeds (true
+classes by row, predicted by column, in the model's class order).
 
 The adaptation is :func:`leukoscope.training.adapt.fine_tune` with ``adapt``'s default recipe
 (or ``--steps``, ``--stages``, ``--lr``), in memory: nothing is written, and the recalibration
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from results_file import write_results
-from sklearn.metrics import f1_score
+from sklearn.metrics import confusion_matrix, f1_score
 
 from leukoscope.data.datasets import Sample, samples_from_folder
 from leukoscope.models import ModelCard, TransferModel, load_model
@@ -69,7 +70,9 @@ def split(labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray
     return adapt_on, np.setdiff1d(np.arange(len(labels)), adapt_on)
 
 
-def score(model: TransferModel, card: ModelCard, cells: Cells) -> dict[str, float]:
+def score(model: TransferModel, card: ModelCard, cells: Cells) -> dict[str, Any]:
+    """Accuracy, macro-F1 (over the classes present) and the confusion matrix (true classes
+    by row, predicted by column, in the card's class order) of ``model`` on ``cells``."""
     logits, _ = outputs(model, card, cells.pixels)
     predicted, truth = logits.argmax(1), cells.labels
     return {
@@ -77,6 +80,7 @@ def score(model: TransferModel, card: ModelCard, cells: Cells) -> dict[str, floa
         "macro_f1": float(
             f1_score(truth, predicted, labels=np.unique(truth), average="macro", zero_division=0)
         ),
+        "confusion": confusion_matrix(truth, predicted, labels=range(len(card.classes))),
     }
 
 
@@ -103,9 +107,14 @@ def curve(
     adaptation starts from the model renormalised on its k cells per class."""
     labels = np.array([s.label for s in samples])
     whole = rescaled_cells(samples, card, model, labelled=False)
+    as_released = score(model, card, whole)
     rows: dict[str, Any] = {
-        "0": score(model, card, whole)
-        | {"n_scored": len(whole.labels), "magnification": round(whole.scale.factor, 3)}
+        "0": as_released
+        | {
+            "confusion": as_released["confusion"].tolist(),
+            "n_scored": len(whole.labels),
+            "magnification": round(whole.scale.factor, 3),
+        }
     }
     for k in ks:
         if renormalise_first and len(split(labels, k, 0)[0]) < MIN_RENORMALISE_CELLS:
@@ -135,7 +144,7 @@ def curve(
                     "magnification_scored": round(rest.scale.factor, 3),
                 }
             )
-            print(f"  k={k} seed={seed}: {runs[-1]}", flush=True)
+            print(f"  k={k} seed={seed}: {runs[-1] | {'confusion': '...'}}", flush=True)
         rows[str(k)] = {
             "accuracy": spread([r["accuracy"] for r in runs]),
             "macro_f1": spread([r["macro_f1"] for r in runs]),
@@ -144,6 +153,7 @@ def curve(
             "magnification_scored": spread([r["magnification_scored"] for r in runs], 3),
             "n_adapt": runs[0]["n_adapt"],
             "n_scored": runs[0]["n_scored"],
+            "confusion_over_seeds": sum(r["confusion"] for r in runs).tolist(),
         }
         save(rows)
     return rows
@@ -192,6 +202,7 @@ def main() -> None:
                 "adapt",
                 model=str(args.model),
                 model_sha256=card.sha256,
+                classes=list(card.classes),
                 seeds=args.seeds,
                 options={
                     "steps": options.steps,
