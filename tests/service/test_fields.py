@@ -6,14 +6,17 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from leukoscope.service.app import create_app
+from leukoscope.service.settings import Settings
 from tests.cells.drawing import smear
 from tests.cells.test_overlap import SMEAR
-from tests.service.conftest import files
+from tests.service.conftest import ExpectingFivePercent, FlagLowConfidence, files
 from tests.service.test_api import assert_error
 
 LEFT = SMEAR[:700, :1000]
@@ -99,3 +102,26 @@ def test_field_uploads_follow_the_upload_rules(make_client: Callable[..., TestCl
     body = client.post(url, files=files(("blank.jpg", jpeg(blank)))).json()
     assert len(body["fields"]) == 1 and body["added"] == []
     assert_error(client.post("/api/samples/nope/fields", files=files(("b.jpg", jpeg(blank)))), 404)
+
+
+def test_cells_on_a_fields_edge_are_left_out_of_the_shift_check(
+    make_settings: Callable[..., Settings], predictor: Any
+) -> None:
+    # A model that flags none of these cells on its own: only the edge flags them.
+    calm = ExpectingFivePercent(FlagLowConfidence(predictor.predictor, 0.0))
+    settings = make_settings(max_file_bytes=2_000_000, max_request_bytes=8_000_000)
+    with TestClient(create_app(settings, predictor=calm), base_url="http://127.0.0.1") as client:
+        sample = client.post("/api/samples", json={"name": "edges"}).json()
+        # Each field cuts through the drawn cells at its sides.
+        cut = [
+            ("a.jpg", jpeg(SMEAR[:600, 300:650])),
+            ("b.jpg", jpeg(SMEAR[:600, 1200:])),
+            ("c.jpg", jpeg(SMEAR[400:, 1100:1420])),
+        ]
+        response = client.post(f"/api/samples/{sample['id']}/fields", files=files(*cut))
+        assert response.status_code == 200, response.text
+        added = response.json()["added"]
+        assert len(added) >= 3 and all(c["edge"] for c in added), added
+        assert all(c["prediction"]["uncertain"] for c in added)
+        shift = client.get(f"/api/samples/{sample['id']}").json()["differential"]["shift"]
+        assert (shift["cells"], shift["shifted"]) == (0, False)
