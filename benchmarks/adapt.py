@@ -11,8 +11,9 @@ classes by row, predicted by column, in the model's class order).
 The adaptation is :func:`leukoscope.training.adapt.fine_tune` with ``adapt``'s default recipe
 (or ``--steps``, ``--stages``, ``--lr``), in memory: nothing is written, and the recalibration
 that ``adapt`` adds is left out (it changes confidences, not the predicted class; its
-out-of-fold refits cost ``folds`` more adaptations). The external sets are for measuring and
-adapting; no released model is trained on them.
+out-of-fold refits cost ``--folds`` more adaptations), unless ``--out-of-fold`` asks for the
+balanced accuracy of those out-of-fold predictions, to set beside the scored cells'. The
+external sets are for measuring and adapting; no released model is trained on them.
 
 Magnification, as the commands do it: the cells adapted on are rescaled by the factor their
 labels give (``adapt`` measures each against its own class and records it as the model's
@@ -23,8 +24,8 @@ the whole set. Both factors are recorded per run.
 
 Run: .venv/bin/python benchmarks/adapt.py [--model models/wbc5-squeezenet1_1-128]
        [--external ../shared/data/external] [--k 1 5 10 20] [--seeds 3] [--steps 150]
-       [--batch-size 32] [--stages 8] [--lr 5e-4] [--renormalise]
-       [--out benchmarks/results/adapt.json]
+       [--batch-size 32] [--stages 8] [--lr 5e-4] [--renormalise] [--out-of-fold]
+       [--folds 3] [--out benchmarks/results/adapt.json]
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 from results_file import write_results
-from sklearn.metrics import confusion_matrix, f1_score
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
 from leukoscope.data.datasets import Sample, samples_from_folder
 from leukoscope.models import ModelCard, TransferModel, load_model
@@ -50,6 +51,7 @@ from leukoscope.training.adapt import (
     fine_tune,
     lab_preprocessing,
     outputs,
+    recalibrate,
     renormalise,
     rescaled_cells,
 )
@@ -80,6 +82,7 @@ def score(model: TransferModel, card: ModelCard, cells: Cells) -> dict[str, Any]
         "macro_f1": float(
             f1_score(truth, predicted, labels=np.unique(truth), average="macro", zero_division=0)
         ),
+        "balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
         "confusion": confusion_matrix(truth, predicted, labels=range(len(card.classes))),
     }
 
@@ -101,10 +104,15 @@ def curve(
     options: AdaptOptions,
     save: Callable[[dict[str, Any]], None],
     renormalise_first: bool = False,
+    out_of_fold: bool = False,
 ) -> dict[str, Any]:
     """The k = 0 row and one row per k, averaged over ``seeds``; ``save`` is handed the rows
     so far after each (a long run keeps what it measured). With ``renormalise_first``, each
-    adaptation starts from the model renormalised on its k cells per class."""
+    adaptation starts from the model renormalised on its k cells per class. With
+    ``out_of_fold``, each run also records the balanced accuracy (mean recall) of the
+    out-of-fold predictions ``adapt`` makes of the cells it adapted on (None when a class has
+    too few cells for folds), to set against the scored cells' balanced accuracy: the adapted
+    cells are class-balanced, the scored ones are not."""
     labels = np.array([s.label for s in samples])
     whole = rescaled_cells(samples, card, model, labelled=False)
     as_released = score(model, card, whole)
@@ -128,14 +136,22 @@ def curve(
             source = model
             if renormalise_first:
                 source = renormalise(model, card, cells.pixels)
-            tuned = fine_tune(
-                source, card, cells.pixels, cells.labels, dataclasses.replace(options, seed=seed)
-            )
+            seeded = dataclasses.replace(options, seed=seed)
+            tuned = fine_tune(source, card, cells.pixels, cells.labels, seeded)
             seconds = time.perf_counter() - start
+            recall = (
+                recalibrate(tuned, source, card, cells, seeded, None).out_of_fold_recall
+                if out_of_fold
+                else {}
+            )
+            estimate = float(np.mean(list(recall.values()))) if recall else None
             lab_card = card.replace(preprocessing=lab_preprocessing(card, cells.scale))
             rest = rescaled_cells([samples[i] for i in scored], lab_card, tuned, labelled=False)
+            result = score(tuned, lab_card, rest)
+            same = [card.classes.index(c) for c in recall]
+            confusion = result["confusion"][same]
             runs.append(
-                score(tuned, lab_card, rest)
+                result
                 | {
                     "seconds": seconds,
                     "n_adapt": len(cells.labels),
@@ -143,6 +159,19 @@ def curve(
                     "magnification_adapted": round(cells.scale.factor, 3),
                     "magnification_scored": round(rest.scale.factor, 3),
                 }
+                | (
+                    {
+                        "out_of_fold_balanced_accuracy": estimate,
+                        # the scored cells' mean recall over the classes adapted on
+                        "balanced_accuracy_same_classes": float(
+                            np.mean(confusion[np.arange(len(same)), same] / confusion.sum(axis=1))
+                        )
+                        if same
+                        else None,
+                    }
+                    if out_of_fold
+                    else {}
+                )
             )
             print(f"  k={k} seed={seed}: {runs[-1] | {'confusion': '...'}}", flush=True)
         rows[str(k)] = {
@@ -155,6 +184,18 @@ def curve(
             "n_scored": runs[0]["n_scored"],
             "confusion_over_seeds": sum(r["confusion"] for r in runs).tolist(),
         }
+        if out_of_fold:
+            rows[str(k)]["runs"] = [
+                {
+                    key: r[key]
+                    for key in (
+                        "balanced_accuracy",
+                        "balanced_accuracy_same_classes",
+                        "out_of_fold_balanced_accuracy",
+                    )
+                }
+                for r in runs
+            ]
         save(rows)
     return rows
 
@@ -177,12 +218,23 @@ def main() -> None:
         help="re-estimate the BatchNorm statistics on the k cells per class before each "
         "fine-tuning (tried, not kept: see docs/results.md)",
     )
+    parser.add_argument(
+        "--out-of-fold",
+        action="store_true",
+        help="also record the out-of-fold accuracy adapt estimates on the adapted cells "
+        "(--folds more adaptations each)",
+    )
+    parser.add_argument("--folds", type=int, default=AdaptOptions.folds)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/adapt.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, card = load_model(args.model)
     options = AdaptOptions(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, trainable_stages=args.stages
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        trainable_stages=args.stages,
+        folds=args.folds,
     )
     results: dict[str, Any] = {}
     for images in sorted(args.external.glob("*/images")):
@@ -210,11 +262,23 @@ def main() -> None:
                     "lr": options.lr,
                     "trainable_stages": options.trainable_stages,
                     "renormalise": args.renormalise,
+                    "out_of_fold": args.out_of_fold,
+                    "folds": options.folds,
                 },
                 sets=results,
             )
 
-        curve(model, card, samples, args.k, args.seeds, options, save, args.renormalise)
+        curve(
+            model,
+            card,
+            samples,
+            args.k,
+            args.seeds,
+            options,
+            save,
+            args.renormalise,
+            args.out_of_fold,
+        )
 
 
 if __name__ == "__main__":

@@ -115,6 +115,12 @@ def test_card_names_source_data_and_every_file(tiny: Tiny, lab: Path, adapted) -
     assert len(adaptation.files) == 18 and adaptation.skipped == 1
     assert adaptation.magnification == 1.0  # the tiny model's card has no training cell size
     assert "3-fold out-of-fold" in adapted.card.calibration.split
+    recall = adaptation.out_of_fold_recall
+    assert set(recall) == set(NEW_LAB) and all(0 <= r <= 1 for r in recall.values())
+    weighted = sum(recall[c] * n for c, n in adaptation.cells.items()) / 18
+    assert adaptation.out_of_fold_accuracy == pytest.approx(weighted, abs=1e-3)
+    assert f"{adaptation.out_of_fold_accuracy:.0%} of these cells right" in adapted.summary
+    assert f"lymphocyte {recall['lymphocyte']:.0%}" in adapted.summary
     assert adaptation.command.endswith("--steps 25 --trainable-stages 2 --folds 3 --seed 0")
     assert adapted.card.release is None and adapted.card.test_metrics is None
 
@@ -241,6 +247,7 @@ def test_unlabelled_adaptation_writes_a_renormalised_model(
     result = adapt(batchnorm_model.parent, lab, tmp_path / "renormalised", options=options)
     adaptation = result.card.adaptation
     assert adaptation.renormalised == 36 and adaptation.cells == {} and adaptation.steps == 0
+    assert adaptation.out_of_fold_accuracy is None and adaptation.out_of_fold_recall == {}
     assert len(adaptation.files) == 36 and adaptation.skipped == 1
     assert adaptation.command.endswith(" --unlabelled") and "--steps" not in adaptation.command
     assert "36 unlabelled cells" in result.summary

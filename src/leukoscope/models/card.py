@@ -216,6 +216,14 @@ class Adaptation:
     (:class:`~leukoscope.data.preprocess.SampleScale`)."""
     renormalised: int = 0
     """Cells the BatchNorm statistics were re-estimated on (0: the source's kept)."""
+    out_of_fold_accuracy: float | None = None
+    """Accuracy on the labelled cells when each is classified by a model adapted without it
+    (the out-of-fold predictions the calibration is refitted on); None without folds. Each
+    fold's model learned from fewer cells than the adapted model. The cells' class mix is the
+    labeller's (often a few per class), not a smear's, so :attr:`out_of_fold_recall` says
+    more about the lab's next samples."""
+    out_of_fold_recall: dict[str, float] = dataclasses.field(default_factory=dict)
+    """The same, per class: the share of each class's cells called that class."""
 
 
 @dataclass(frozen=True)

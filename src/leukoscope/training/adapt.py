@@ -423,11 +423,14 @@ has one (see :func:`fit_renormalised_reference`)."""
 
 @dataclass(frozen=True)
 class Recalibration:
-    """The adapted model's calibration and abstention rule, and how they were fitted."""
+    """The adapted model's calibration and abstention rule, how they were fitted, and the
+    out-of-fold predictions' accuracy, overall and per class (None and empty without folds)."""
 
     calibration: Calibration
     abstainer: Abstainer | None
     method: str
+    out_of_fold_accuracy: float | None = None
+    out_of_fold_recall: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def recalibrate(
@@ -446,7 +449,8 @@ def recalibrate(
     fold's complement and the held-out cells are predicted, so every cell gets a prediction
     from a model that never saw it. The temperature and the threshold (at the source's target
     coverage) are fitted on these out-of-fold predictions; the abstention's class means and
-    covariance on the adapted model's features of all cells.
+    covariance on the adapted model's features of all cells. Their accuracy, overall and per
+    class, tells the lab what to expect of the adapted model before it classifies anything.
 
     With fewer cells, folds would leave classes out of training, so the source temperature is
     kept (scaling confidence up after adaptation on a handful of cells would be a guess) and
@@ -474,10 +478,17 @@ def recalibrate(
             )
         temperature = fit_temperature(ref_logits, cells.labels)
         method = f"{folds}-fold out-of-fold predictions of the adaptation cells"
+        right = ref_logits.argmax(axis=1) == cells.labels
+        accuracy: float | None = round(float(right.mean()), 4)
+        recall = {
+            card.classes[c]: round(float(right[cells.labels == c].mean()), 4)
+            for c in np.unique(cells.labels)
+        }
     else:
         ref_logits, ref_features = logits_all, features_all
         temperature = source_calibration.temperature if source_calibration else 1.0
         method = "source temperature; abstention reference in-sample (too few cells for folds)"
+        accuracy, recall = None, {}
     probabilities = softmax(ref_logits / temperature, axis=1)
     before = softmax(ref_logits, axis=1)
     calibration = Calibration(
@@ -498,7 +509,7 @@ def recalibrate(
             confidence=card.abstention.confidence,
             target_coverage=card.abstention.target_coverage,
         )
-    return Recalibration(calibration, refitted, method)
+    return Recalibration(calibration, refitted, method, accuracy, recall)
 
 
 def can_renormalise(predictor: Predictor) -> bool:
@@ -799,9 +810,19 @@ class AdaptResult:
                 f"{self.adaptation.recalibration}"
             )
         cells = ", ".join(f"{label} {n}" for label, n in self.adaptation.cells.items())
-        return (
+        summary = (
             f"{sum(self.adaptation.cells.values())} cells ({cells}); temperature "
             f"{temperature:.3f} from {self.adaptation.recalibration}"
+        )
+        accuracy = self.adaptation.out_of_fold_accuracy
+        if accuracy is None:
+            return f"{summary}. No out-of-fold estimate of its accuracy (too few cells of a class)"
+        recall = self.adaptation.out_of_fold_recall
+        per_class = ", ".join(f"{c} {r:.0%}" for c, r in recall.items())
+        return (
+            f"{summary}. Out of fold, each cell called by a model adapted without it: "
+            f"{accuracy:.0%} of these cells right; per class {per_class} (balanced accuracy "
+            f"{np.mean(list(recall.values())):.0%})"
         )
 
 
@@ -848,6 +869,7 @@ def adapt(
         recal = recalibrate(adapted, model, card, cells, options, abstainer, on_progress)
         calibration, method, abstainer = recal.calibration, recal.method, recal.abstainer
         per_class = np.bincount(cells.labels, minlength=len(card.classes))
+        out_of_fold = recal.out_of_fold_accuracy, recal.out_of_fold_recall
     else:
         if on_progress is not None:
             on_progress(f"re-estimating the normalisation statistics on {len(cells.labels)} cells")
@@ -857,6 +879,7 @@ def adapt(
             abstainer = Abstainer.load(source_dir, card, renormalised=True)
             method = RENORMALISED_RECALIBRATION
         per_class = np.zeros(len(card.classes), dtype=int)
+        out_of_fold = None, {}
     recipe = (
         f" --steps {options.steps} --trainable-stages {options.trainable_stages} --folds "
         f"{options.folds} --seed {options.seed}"
@@ -877,6 +900,8 @@ def adapt(
         recalibration=method,
         magnification=round(cells.scale.factor, 4),
         renormalised=0 if options.labelled else len(cells.labels),
+        out_of_fold_accuracy=out_of_fold[0],
+        out_of_fold_recall=out_of_fold[1],
         date=datetime.now(UTC).isoformat(timespec="seconds"),
         command=f"leukoscope adapt --model {source} --data {data} --out {out}{recipe}",
     )
