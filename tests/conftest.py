@@ -125,8 +125,10 @@ def shifted_samples(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real_check = Predictor.check_shift
 
-    def as_shifted(self: Predictor, predictions: Sequence[Prediction]) -> ShiftCheck | None:
-        check = real_check(self, predictions)
+    def as_shifted(
+        self: Predictor, predictions: Sequence[Prediction], on_edge: Sequence[bool] | None = None
+    ) -> ShiftCheck | None:
+        check = real_check(self, predictions, on_edge)
         if check is not None and self.card.adaptation is None:
             return dataclasses.replace(check, uncertain=check.cells, shifted=True)
         return check
