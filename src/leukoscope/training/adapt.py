@@ -450,7 +450,10 @@ def recalibrate(
     from a model that never saw it. The temperature and the threshold (at the source's target
     coverage) are fitted on these out-of-fold predictions; the abstention's class means and
     covariance on the adapted model's features of all cells. Their accuracy, overall and per
-    class, tells the lab what to expect of the adapted model before it classifies anything.
+    class, tells the lab what to expect of the adapted model before it classifies anything;
+    each fold's model learned from fewer cells, so it errs low (on tecom at 10 cells per class
+    their mean recall read 75-82.5% where the lab's other cells gave 86-90%, three runs of
+    ``benchmarks/adapt.py --out-of-fold``).
 
     With fewer cells, folds would leave classes out of training, so the source temperature is
     kept (scaling confidence up after adaptation on a handful of cells would be a guess) and
@@ -816,7 +819,7 @@ class AdaptResult:
         )
         accuracy = self.adaptation.out_of_fold_accuracy
         if accuracy is None:
-            return f"{summary}. No out-of-fold estimate of its accuracy (too few cells of a class)"
+            return f"{summary}. No out-of-fold estimate (folds need 2 cells per class each)"
         recall = self.adaptation.out_of_fold_recall
         per_class = ", ".join(f"{c} {r:.0%}" for c, r in recall.items())
         return (
