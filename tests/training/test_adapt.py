@@ -125,6 +125,16 @@ def test_card_names_source_data_and_every_file(tiny: Tiny, lab: Path, adapted) -
     assert adapted.card.release is None and adapted.card.test_metrics is None
 
 
+def test_without_folds_the_card_says_why_and_estimates_nothing(
+    tiny: Tiny, lab: Path, tmp_path: Path
+) -> None:
+    options = dataclasses.replace(OPTIONS, folds=0)
+    result = adapt(tiny.model_dir, lab, tmp_path / "m", options=options)
+    assert result.adaptation.recalibration.endswith("(no folds asked for)")
+    assert result.adaptation.out_of_fold_accuracy is None
+    assert result.summary.endswith("No out-of-fold estimate of its accuracy")
+
+
 def test_corrupt_image_is_skipped_with_its_name(adapted) -> None:
     assert len(adapted.skipped) == 1 and "broken.png" in adapted.skipped[0]
 

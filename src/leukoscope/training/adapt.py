@@ -490,7 +490,8 @@ def recalibrate(
     else:
         ref_logits, ref_features = logits_all, features_all
         temperature = source_calibration.temperature if source_calibration else 1.0
-        method = "source temperature; abstention reference in-sample (too few cells for folds)"
+        why = "no folds asked for" if options.folds < 2 else "too few cells of a class for folds"
+        method = f"source temperature; abstention reference in-sample ({why})"
         accuracy, recall = None, {}
     probabilities = softmax(ref_logits / temperature, axis=1)
     before = softmax(ref_logits, axis=1)
@@ -819,7 +820,7 @@ class AdaptResult:
         )
         accuracy = self.adaptation.out_of_fold_accuracy
         if accuracy is None:
-            return f"{summary}. No out-of-fold estimate (folds need 2 cells per class each)"
+            return f"{summary}. No out-of-fold estimate of its accuracy"
         recall = self.adaptation.out_of_fold_recall
         per_class = ", ".join(f"{c} {r:.0%}" for c, r in recall.items())
         return (
