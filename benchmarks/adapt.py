@@ -87,6 +87,15 @@ def score(model: TransferModel, card: ModelCard, cells: Cells) -> dict[str, Any]
     }
 
 
+def mean_recall(confusion: np.ndarray, classes: list[int]) -> float | None:
+    """The mean recall over ``classes`` (indices) of a confusion matrix with the true classes
+    by row: the scored cells' balanced accuracy over the classes adapted on; None for none."""
+    if not classes:
+        return None
+    rows = confusion[classes]
+    return float(np.mean(rows[np.arange(len(classes)), classes] / rows.sum(axis=1)))
+
+
 def spread(values: list[float], digits: int = 4) -> dict[str, float]:
     return {
         "mean": round(float(np.mean(values)), digits),
@@ -149,7 +158,6 @@ def curve(
             rest = rescaled_cells([samples[i] for i in scored], lab_card, tuned, labelled=False)
             result = score(tuned, lab_card, rest)
             same = [card.classes.index(c) for c in recall]
-            confusion = result["confusion"][same]
             runs.append(
                 result
                 | {
@@ -162,12 +170,7 @@ def curve(
                 | (
                     {
                         "out_of_fold_balanced_accuracy": estimate,
-                        # the scored cells' mean recall over the classes adapted on
-                        "balanced_accuracy_same_classes": float(
-                            np.mean(confusion[np.arange(len(same)), same] / confusion.sum(axis=1))
-                        )
-                        if same
-                        else None,
+                        "balanced_accuracy_same_classes": mean_recall(result["confusion"], same),
                     }
                     if out_of_fold
                     else {}
