@@ -37,7 +37,8 @@ from results_file import write_results
 
 from leukoscope.cells import synthetic
 from leukoscope.cells.fields import CellBox, locate_cells
-from leukoscope.cells.locate import DEFAULT_CELL_FRACTION, CellLocation, locate_cell
+from leukoscope.cells.framing import DEFAULT_CELL_FRACTION
+from leukoscope.cells.locate import CellLocation, locate_cell
 from leukoscope.data.images import decode_rgb, is_image_name
 
 REPO = Path(__file__).resolve().parents[1]

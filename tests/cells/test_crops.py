@@ -14,8 +14,8 @@ from leukoscope.cells.crops import (
     field_cells,
 )
 from leukoscope.cells.fields import CellBox, locate_field
-from leukoscope.cells.locate import DEFAULT_CELL_FRACTION
-from leukoscope.cells.locate import crop as locate_crop
+from leukoscope.cells.framing import DEFAULT_CELL_FRACTION
+from leukoscope.cells.framing import crop as framing_crop
 from tests.cells.drawing import smear
 
 
@@ -48,7 +48,7 @@ def test_the_side_follows_the_magnification_from_red_cells_else_white_cells() ->
 
 def test_beyond_the_field_the_crop_is_the_fill_colour() -> None:
     rgb = np.zeros((100, 100, 3), np.uint8)
-    crop = locate_crop(rgb, -20, 90, 40, 40, "border", np.array([200, 100, 50]))
+    crop = framing_crop(rgb, -20, 90, 40, 40, "border", np.array([200, 100, 50]))
     assert crop.shape == (40, 40, 3)
     assert (crop[:10, 20:] == 0).all()  # inside the field
     assert (crop[:, :20] == [200, 100, 50]).all() and (crop[10:] == [200, 100, 50]).all()

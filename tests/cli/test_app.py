@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -82,8 +83,8 @@ def test_usage_errors_are_one_line_naming_the_option(
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
 
 
-@pytest.mark.parametrize("args", [["--help"], ["predict", "--modle", "m", "x"]])
-def test_help_and_usage_errors_import_no_heavy_library(args: list[str]) -> None:
+def _imported_by(args: list[str], modules: tuple[str, ...]) -> str:
+    """What ``leukoscope *args`` prints, then which of ``modules`` it imported."""
     probe = (
         "import runpy, sys\n"
         f"sys.argv = ['leukoscope', *{args!r}]\n"
@@ -91,12 +92,32 @@ def test_help_and_usage_errors_import_no_heavy_library(args: list[str]) -> None:
         "    runpy.run_module('leukoscope', run_name='__main__')\n"
         "except SystemExit:\n"
         "    pass\n"
-        f"print('imported:', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+        f"print('imported:', sorted(m for m in {modules!r} if m in sys.modules))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
     )
-    assert "imported: []" in result.stdout, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["predict", "--modle", "m", "x"]])
+def test_help_and_usage_errors_import_no_heavy_library(args: list[str]) -> None:
+    output = _imported_by(args, HEAVY)
+    assert "imported: []" in output, output
+
+
+def test_one_image_predict_with_an_export_imports_no_locator_or_training_library(
+    tmp_path: Path, make_image: Callable[..., Path]
+) -> None:
+    """SciPy and scikit-image (about 0.6 s to import on two cores) are for locating cells,
+    which one image does not need (too few cells to estimate the sample's magnification);
+    torch and timm are for PyTorch models."""
+    image = make_image(tmp_path / "cell.jpg")
+    model = Path(__file__).resolve().parents[2] / "models" / "wbc5-squeezenet1_1-128"
+    args = ["predict", str(image), "--model", str(model), "--out", str(tmp_path / "p.csv")]
+    output = _imported_by(args, ("scipy", "skimage", "torch", "timm"))
+    assert (tmp_path / "p.csv").is_file(), output
+    assert "imported: []" in output, output
 
 
 def test_command_modules_import_no_other_command_module() -> None:

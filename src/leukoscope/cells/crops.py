@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from leukoscope.cells.fields import CellBox, locate_field
-from leukoscope.cells.locate import DEFAULT_CELL_FRACTION, background_colour, crop
+from leukoscope.cells.framing import DEFAULT_CELL_FRACTION, crop
+from leukoscope.cells.locate import background_colour
 
 PBC_CROP_SIDE = 360
 """Side of a PBC image (360 x 363 px), in PBC's pixels."""
@@ -95,7 +96,7 @@ def cell_square(box: CellBox, shape: tuple[int, int], side: int) -> tuple[int, i
 def crop_side(boxes: list[CellBox], red_cell_diameter: float | None) -> int:
     """The side, in the field's pixels, that a PBC crop covers at the field's magnification:
     from its red cells, else from its white cells' median diameter against PBC's
-    (:data:`~leukoscope.cells.locate.DEFAULT_CELL_FRACTION` of the side)."""
+    (:data:`~leukoscope.cells.framing.DEFAULT_CELL_FRACTION` of the side)."""
     if red_cell_diameter is not None:
         return round(PBC_CROP_SIDE * red_cell_diameter / PBC_RED_CELL_DIAMETER)
     diameters = [cell_diameter(box) for box in boxes if not box.edge] or [

@@ -1,11 +1,7 @@
-"""Find the white cell in a single-cell image and frame it at a fixed scale.
+"""Find the white cell in a single-cell image: its centre, diameter and mask, or why none.
 
-Labs crop their cell images differently: the cell's diameter is about a third of the image side
-in PBC, about half in CellaVision images from other labs and about 0.6 in a tight 120-px crop.
-A classifier trained on one framing sees the others as a different magnification.
-:func:`locate_cell` finds the cell (nucleus and cytoplasm from colour, on a downscaled copy) and
-:func:`frame_cell` crops a square around it whose side is the cell's diameter divided by a fixed
-``cell_fraction``, so every source reaches the model with the cell at the same relative size.
+:func:`locate_cell` finds the cell (nucleus and cytoplasm from colour, on a downscaled copy);
+:func:`leukoscope.cells.framing.frame_cell` then crops a square around it at a fixed scale.
 
 The segmentation works in optical density relative to the image's own background, so it does not
 depend on the stain's hue or the camera's white balance:
@@ -35,7 +31,6 @@ image, pure noise after averaging) or the found object cannot be a white cell, t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -46,12 +41,6 @@ from skimage.segmentation import watershed
 
 WORK_SIDE = 128
 """Longest side (pixels) of the downscaled copy the segmentation runs on."""
-
-DEFAULT_CELL_FRACTION = 0.37
-"""Cell diameter / frame side that :func:`frame_cell` produces by default: PBC's median, so PBC
-images are nearly unchanged by framing (0.371 over 200 images of each white-cell class; per
-class from 0.28 for erythroblasts and 0.30 for lymphocytes to 0.46 for monocytes;
-``benchmarks/locate.py``)."""
 
 MIN_NUCLEUS_CONTRAST = 0.35
 """Least optical density (summed over the three channels) by which the nucleus must exceed the
@@ -67,9 +56,6 @@ FAINT = 0.5
 RED_LIKENESS = 0.3
 """Stained pixels whose hue is closer than this to the red cells' (0) than to the nucleus's (1)
 are red cells."""
-
-PadMode = Literal["border", "reflect"]
-"""How :func:`frame_cell` fills the frame outside the image."""
 
 
 @dataclass(frozen=True)
@@ -330,66 +316,3 @@ def _location(
         mask=mask,
         score=float(contrast * solidity * inside),
     )
-
-
-def frame_cell(
-    rgb: np.ndarray,
-    location: CellLocation,
-    cell_fraction: float = DEFAULT_CELL_FRACTION,
-    pad: PadMode = "border",
-) -> np.ndarray:
-    """A square crop centred on the cell, whose side is ``location.diameter / cell_fraction``.
-
-    Parameters
-    ----------
-    rgb : ndarray of shape (H, W, 3), uint8
-        The image the location was found in.
-    location : CellLocation
-        From :func:`locate_cell`.
-    cell_fraction : float
-        The cell's diameter as a fraction of the crop's side.
-    pad : {"border", "reflect"}
-        How the crop is filled where it leaves the image: with the median colour of the image's
-        border pixels (its background), or by mirroring the image.
-
-    Returns
-    -------
-    ndarray of shape (S, S, 3), uint8
-        The framed cell at the source's resolution.
-    """
-    if not 0 < cell_fraction <= 1:
-        raise ValueError(f"cell_fraction must be in (0, 1], got {cell_fraction}")
-    side = max(1, round(location.diameter / cell_fraction))
-    return crop(rgb, round(location.x - side / 2), round(location.y - side / 2), side, side, pad)
-
-
-def crop(
-    rgb: np.ndarray,
-    x0: int,
-    y0: int,
-    width: int,
-    height: int,
-    pad: PadMode,
-    fill: np.ndarray | None = None,
-) -> np.ndarray:
-    """The ``width`` x ``height`` window of ``rgb`` whose top-left corner is at ``(x0, y0)``,
-    filled where it leaves the image as ``pad`` says (see :func:`frame_cell`); ``"border"``
-    fills with ``fill`` when given (a field's background colour: its border may be red cells).
-
-    >>> crop(np.zeros((4, 4, 3), np.uint8), -1, 0, 6, 2, "border").shape
-    (2, 6, 3)
-    """
-    rows, columns = rgb.shape[:2]
-    before_y, before_x = max(0, -y0), max(0, -x0)
-    after_y, after_x = max(0, y0 + height - rows), max(0, x0 + width - columns)
-    inside = rgb[max(0, y0) : min(rows, y0 + height), max(0, x0) : min(columns, x0 + width)]
-    widths = ((before_y, after_y), (before_x, after_x), (0, 0))
-    if pad == "reflect":
-        return np.pad(inside, widths, mode="reflect")
-    if fill is None:
-        border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-        fill = np.median(border, axis=0)
-    out = np.empty((height, width, 3), dtype=rgb.dtype)
-    out[...] = np.asarray(fill).astype(rgb.dtype)
-    out[before_y : before_y + inside.shape[0], before_x : before_x + inside.shape[1]] = inside
-    return out

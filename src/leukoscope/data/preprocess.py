@@ -6,7 +6,8 @@ input through this module, so that a model is used exactly as it was trained. Li
 card's ``preprocessing`` section, or the registry's defaults for a new training run) drives it:
 
 1. :func:`to_pixels`: the decoded image, re-framed around its white cell when the model was
-   trained so (:class:`Framing`: :mod:`leukoscope.cells.locate` finds the cell and crops a
+   trained so (:class:`Framing`: :mod:`leukoscope.cells.locate` finds the cell and
+   :mod:`leukoscope.cells.framing` crops a
    square in which its diameter is a fixed fraction of the side, whatever the source's
    magnification and crop), (large JPEGs drafted down to :attr:`Preprocessing.
    draft_size` while decoding) as an RGB uint8 array, resized to the square input size with
@@ -37,15 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 from PIL import Image
 
-from leukoscope.cells.locate import (
-    DEFAULT_CELL_FRACTION,
-    CellLocation,
-    NoCell,
-    PadMode,
-    crop,
-    frame_cell,
-    locate_cell,
-)
+from leukoscope.cells.framing import DEFAULT_CELL_FRACTION, PadMode, crop, frame_cell
 from leukoscope.data.images import decode_rgb
 from leukoscope.errors import ImageDecodeError, LeukoscopeError
 from leukoscope.machine import cpu_cores
@@ -84,7 +77,7 @@ class Framing:
     cell_fraction
         Cell diameter / frame side (PBC's median by default, so PBC crops change little).
     pad
-        How the frame is filled beyond the image (see :func:`~leukoscope.cells.locate.frame_cell`).
+        How the frame is filled beyond the image (see :func:`~leukoscope.cells.framing.frame_cell`).
     """
 
     cell_fraction: float = DEFAULT_CELL_FRACTION
@@ -219,6 +212,11 @@ UNSCALED = ScaleEstimate(factor=1.0, measured=None, cells=0)
 
 def cell_fraction(rgb: np.ndarray) -> float | None:
     """The white cell's diameter / the image's longest side (None when no cell is found)."""
+    from leukoscope.cells.locate import (  # here: see leukoscope.cells.framing
+        CellLocation,
+        locate_cell,
+    )
+
     location = locate_cell(rgb)
     if not isinstance(location, CellLocation):
         return None
@@ -378,7 +376,7 @@ def _clip_scale(factor: float) -> float:
 def rescale(rgb: np.ndarray, factor: float, pad: PadMode = "border") -> np.ndarray:
     """``rgb`` with its content ``factor`` times smaller in the frame: the window ``factor``
     times the image's size around its centre (filled beyond the image as in
-    :func:`~leukoscope.cells.locate.crop`), so that the resize to the input size shrinks it.
+    :func:`~leukoscope.cells.framing.crop`), so that the resize to the input size shrinks it.
 
     >>> rescale(np.zeros((10, 20, 3), np.uint8), 1.5).shape
     (15, 30, 3)
@@ -446,6 +444,8 @@ def frame(rgb: np.ndarray, framing: Framing) -> tuple[np.ndarray, str | None]:
     An image without a credible cell is still classified, as it is, but the reason goes with
     its prediction and flags it uncertain: never a silent guess.
     """
+    from leukoscope.cells.locate import NoCell, locate_cell  # here: see leukoscope.cells.framing
+
     location = locate_cell(rgb)
     if isinstance(location, NoCell):
         return rgb, f"no white cell found for framing: {location.reason}"

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import softmax
 
 from leukoscope.data.datasets import evenly_spaced, read_manifest
 from leukoscope.errors import LeukoscopeError
@@ -34,6 +33,7 @@ from leukoscope.inference.calibration import (
     reliability_bins,
 )
 from leukoscope.inference.predictor import Predictor
+from leukoscope.inference.softmax import softmax
 from leukoscope.models import load_model, update_card
 from leukoscope.models.card import Calibration
 from leukoscope.reports.figures import save_figure

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 import safetensors.numpy
-from scipy.special import logsumexp, softmax
 
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import atomic_write_bytes
+from leukoscope.inference.softmax import logsumexp, softmax
 from leukoscope.models.card import Abstention, ModelCard
 
 CONFIDENCE_SCORES = ("msp", "energy")

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
-from scipy.special import softmax
 
 from leukoscope.data.batches import pixel_batches
 from leukoscope.data.images import decode_rgb
@@ -52,6 +51,7 @@ from leukoscope.inference.runtime import (
     with_extra_views,
 )
 from leukoscope.inference.shift import ShiftCheck, advice, check_shift
+from leukoscope.inference.softmax import softmax
 from leukoscope.models.card import CARD_NAME, WEIGHTS_NAME, ModelCard, load_card
 
 if TYPE_CHECKING:

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import softmax
 
 from leukoscope.errors import LeukoscopeError
 from leukoscope.inference.abstention import unpack_stats
+from leukoscope.inference.softmax import softmax
 from leukoscope.machine import cpu_cores, has_bf16_matrix_units
 from leukoscope.models.card import ModelCard
 

@@ -62,7 +62,6 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import torch
 from PIL import Image
-from scipy.special import softmax
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
 from torch.nn import functional as F
@@ -85,6 +84,7 @@ from leukoscope.inference.abstention import Abstainer
 from leukoscope.inference.calibration import expected_calibration_error, fit_temperature
 from leukoscope.inference.predictor import Predictor
 from leukoscope.inference.runtime import ONNX_NAME
+from leukoscope.inference.softmax import softmax
 from leukoscope.models import ModelCard, TransferModel, load_model, save_model
 from leukoscope.models.card import Adaptation, Calibration
 from leukoscope.models.serialization import weights_sha256

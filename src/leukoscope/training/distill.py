@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import safetensors.numpy
-from scipy.special import softmax
 
 from leukoscope.errors import LeukoscopeError
 from leukoscope.fileio import atomic_write_bytes
+from leukoscope.inference.softmax import softmax
 
 DISTILL_WEIGHT = 0.5
 """Share of the teacher's probabilities in a target (the rest is the one-hot true label)."""
