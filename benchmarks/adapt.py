@@ -43,9 +43,9 @@ from results_file import write_results
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
 from leukoscope.data.datasets import Sample, samples_from_folder
+from leukoscope.inference.shift import MIN_RENORMALISE_CELLS
 from leukoscope.models import ModelCard, TransferModel, load_model
 from leukoscope.training.adapt import (
-    MIN_RENORMALISE_CELLS,
     AdaptOptions,
     Cells,
     fine_tune,

@@ -120,6 +120,20 @@ def test_one_image_predict_with_an_export_imports_no_locator_or_training_library
     assert "imported: []" in output, output
 
 
+def test_a_shifted_sample_with_a_model_that_cannot_be_renormalised_imports_no_torch(
+    tmp_path: Path, make_image: Callable[..., Path]
+) -> None:
+    """Renormalising needs torch (about 7 s to import on two cores); a model without
+    normalisation statistics (a SqueezeNet) is told so without it."""
+    images = [make_image(tmp_path / "sample" / f"{i}.jpg", seed=i) for i in range(40)]
+    model = Path(__file__).resolve().parents[2] / "models" / "wbc5-squeezenet1_1-128"
+    out = tmp_path / "p.csv"
+    args = ["predict", str(images[0].parent), "--model", str(model), "--out", str(out)]
+    output = _imported_by(args, ("torch", "timm"))
+    assert "look unlike the model's training data" in output, output
+    assert "Not renormalised" in output and "imported: []" in output, output
+
+
 def test_command_modules_import_no_other_command_module() -> None:
     """Only the app imports the command modules; they share cli.console and cli.options."""
     package = Path(leukoscope.cli.__file__).parent

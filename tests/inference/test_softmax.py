@@ -27,4 +27,6 @@ def test_do_not_overflow_where_exp_would() -> None:
     logits = np.array([[1000.0, 999.0], [-1000.0, -1001.0]])
     assert np.isfinite(softmax(logits)).all()
     np.testing.assert_allclose(softmax(logits)[0], softmax(logits)[1])
-    np.testing.assert_allclose(logsumexp(logits), [1000.0, -1000.0] + np.log1p(np.exp(-1.0)))
+    np.testing.assert_allclose(
+        logsumexp(logits), np.array([1000.0, -1000.0]) + np.log1p(np.exp(-1.0))
+    )

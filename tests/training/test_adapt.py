@@ -21,14 +21,13 @@ from leukoscope.inference.export import export_fp32
 from leukoscope.inference.pixel_model import PixelModel
 from leukoscope.inference.predictor import Predictor
 from leukoscope.inference.runtime import ONNX_NAME, engines_for
+from leukoscope.inference.shift import MIN_RENORMALISE_CELLS
 from leukoscope.models import load_model
 from leukoscope.training.adapt import (
-    MIN_RENORMALISE_CELLS,
     RENORMALISED_RECALIBRATION,
     UNLABELLED_RECALIBRATION,
     AdaptOptions,
     adapt,
-    can_renormalise,
     lab_preprocessing,
     load_cells,
     outputs,
@@ -304,7 +303,7 @@ def test_a_sample_renormalised_for_classifying_is_the_sample_adapted_without_lab
     lab = unlabelled_cells(tmp_path / "lab", 36)
     paths = sorted(lab.glob("*.png"))  # broken.png among them
     predictor = Predictor.load(source, backend="torch")
-    assert can_renormalise(predictor)
+    assert predictor.renormalisable
     mixed = [os.path.relpath(paths[0]), *paths[1:]]  # a relative path among absolute ones
     renormalised = renormalised_for_sample(predictor, mixed, UNSCALED)
     written = adapt(source, lab, tmp_path / "written", options=AdaptOptions(labelled=False))
@@ -341,10 +340,10 @@ def test_a_sample_renormalised_for_classifying_is_the_sample_adapted_without_lab
 
     # A model without normalisation statistics (or without its weights) cannot be.
     squeezenet = Predictor.load(tiny.model_dir)
-    assert not can_renormalise(squeezenet)
+    assert not squeezenet.renormalisable
     with pytest.raises(LeukoscopeError, match="cannot be renormalised"):
         renormalised_for_sample(squeezenet, paths, UNSCALED)
-    assert not can_renormalise(dataclasses.replace(predictor, weights=None))  # an export alone
+    assert not dataclasses.replace(predictor, weights=None).renormalisable  # an export alone
 
 
 def test_outputs_in_batches_are_the_outputs_at_once(tiny: Tiny, lab: Path) -> None:

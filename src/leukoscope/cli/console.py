@@ -219,7 +219,7 @@ def classify_inputs(
 
     With ``renormalise``, a sample that looks unlike the training data as a whole (the shift
     check) is classified again by the model renormalised on its cells, when it can be
-    (:func:`~leukoscope.training.adapt.renormalised_or_why`): on another lab's rapid stain
+    (:func:`~leukoscope.inference.shift.renormalised_or_why`): on another lab's rapid stain
     this took the 5-class EfficientNet from 13% to 67%, and it never touches a sample that
     looks like the training data, on which it would cost a point.
     """
@@ -277,11 +277,7 @@ def renormalised_classification(
     model renormalised on its cells; or ``first`` (with the reason on the console) when the
     model cannot be renormalised."""
     from leukoscope.data.preprocess import UNSCALED
-    from leukoscope.training.adapt import (
-        renormalised_for_fields,
-        renormalised_for_sample,
-        renormalised_or_why,
-    )
+    from leukoscope.inference.shift import renormalised_or_why
 
     predictor = first.predictor
 
@@ -299,6 +295,8 @@ def renormalised_classification(
     scale = first.magnification or UNSCALED
 
     def make() -> Predictor:
+        from leukoscope.training.adapt import renormalised_for_fields, renormalised_for_sample
+
         if fields:
             return renormalised_for_fields(predictor, readable, first.cuts)
         return renormalised_for_sample(predictor, readable, scale)

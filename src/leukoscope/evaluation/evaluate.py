@@ -28,6 +28,7 @@ from leukoscope.evaluation.mistakes import confident_mistakes, mistake_heatmaps
 from leukoscope.evaluation.report import mistakes_section, write_report
 from leukoscope.evaluation.timing import measure_inference
 from leukoscope.inference.predictor import Outputs, Prediction, Predictor
+from leukoscope.inference.shift import renormalised_or_why
 
 
 @dataclass(frozen=True)
@@ -108,12 +109,14 @@ def evaluate_model(
     renormalised, not_renormalised = 0, None
     shift = predictor.check_shift(predictions)
     if options.renormalise and shift is not None and shift.shifted:
-        from leukoscope.training.adapt import renormalised_for_sample, renormalised_or_why
-
         source, cells = predictor, [p.source for p in predictions]
-        result = renormalised_or_why(
-            predictor, len(cells), lambda: renormalised_for_sample(source, cells, scale)
-        )
+
+        def make() -> Predictor:
+            from leukoscope.training.adapt import renormalised_for_sample
+
+            return renormalised_for_sample(source, cells, scale)
+
+        result = renormalised_or_why(predictor, len(cells), make)
         if isinstance(result, str):
             not_renormalised = result
         else:

@@ -466,6 +466,19 @@ class Predictor:
         )
 
     @property
+    def renormalisable(self) -> bool:
+        """Whether the model can be renormalised on a sample's cells
+        (:func:`~leukoscope.training.adapt.renormalised_for_sample`): its PyTorch weights are
+        at hand and its card carries the abstention rule for renormalised models (models with
+        BatchNorm, calibrated: the released EfficientNets)."""
+        weights = self.weights
+        return (
+            self.card.renormalised_abstention is not None
+            and weights is not None
+            and weights.is_file()
+        )
+
+    @property
     def shift_advice(self) -> str:
         """What may help when a sample looks shifted: the adaptation left to try for this
         model (:func:`~leukoscope.inference.shift.advice`)."""

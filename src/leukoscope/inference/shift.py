@@ -13,15 +13,28 @@ person has reviewed the cells.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from leukoscope.errors import LeukoscopeError
+
+if TYPE_CHECKING:
+    from leukoscope.inference.predictor import Predictor
 
 SIGNIFICANCE = 1e-3
 """One-sided binomial p-value below which the flagged share is called too high."""
 MIN_RATIO = 2.0
 """And the flagged share must be at least this multiple of the expected one: in a large
 sample a share only a little above the expectation is significant yet harmless."""
+MIN_RENORMALISE_CELLS = 32
+"""Unlabelled cells :func:`~leukoscope.training.adapt.renormalise` needs: the statistics of
+fewer are too noisy."""
+SAMPLE_CELLS = 256
+"""Most cells of one sample :func:`~leukoscope.training.adapt.renormalised_for_sample`
+re-estimates the statistics on, spread evenly through it: eight times the fewest it accepts,
+and a bound on the extra time a large sample costs (the statistics are averaged over cells,
+so more add little)."""
 
 
 ADAPT = "A model adapted to this lab's images (`leukoscope adapt`) may help."
@@ -138,3 +151,46 @@ def check_shift(
         p_value = float(bdtrc(flagged - 1, cells, expected_share))
     shifted = p_value < SIGNIFICANCE and flagged / cells >= MIN_RATIO * expected_share
     return ShiftCheck(cells, flagged, expected_share, p_value, shifted, advice)
+
+
+def renormalised_or_why(
+    predictor: Predictor,
+    cells: int,
+    renormalised: Callable[[], Predictor],
+    on_start: Callable[[int], None] = lambda cells: None,
+) -> Predictor | str:
+    """``predictor``'s model renormalised on a shifted sample, or why not.
+
+    Parameters
+    ----------
+    predictor
+        The loaded model.
+    cells
+        How many of the sample's cells could be read (or were found in its fields).
+    renormalised
+        Makes the renormalised predictor:
+        :func:`~leukoscope.training.adapt.renormalised_for_sample` or
+        :func:`~leukoscope.training.adapt.renormalised_for_fields` on the sample. Called only
+        when the model can be renormalised, so that a caller imports the training code (torch,
+        about 7 s on two cores) only then.
+    on_start
+        Called with the number of cells renormalised on, before the work starts (a few
+        seconds), so that a console can say what is happening.
+
+    Returns
+    -------
+    Predictor or str
+        The renormalised predictor; or why not: the model has no normalisation statistics,
+        too few cells, or renormalising failed (say, the files changed since they were
+        classified). ``predict``, ``differential`` and ``evaluate`` then keep the calls of the
+        model as it is: a sample they cannot renormalise never ends the command.
+    """
+    if not predictor.renormalisable:
+        return "this model has no normalisation statistics to re-estimate"
+    if cells < MIN_RENORMALISE_CELLS:
+        return f"fewer than {MIN_RENORMALISE_CELLS} readable cells"
+    on_start(min(cells, SAMPLE_CELLS))
+    try:
+        return renormalised()
+    except LeukoscopeError as exc:
+        return str(exc)

@@ -180,9 +180,7 @@ class Service:
     def renormalisable(self) -> bool:
         """Whether the model can be renormalised on a sample's cells (an EfficientNet with
         its abstention rule for renormalised models)."""
-        from leukoscope.training.adapt import can_renormalise
-
-        return can_renormalise(self.runner.predictor)
+        return self.runner.predictor.renormalisable
 
     def differential(self, sample: store.Sample) -> dict[str, Any]:
         """The sample's differential, with the shift check of the model that made the cells'

@@ -27,6 +27,7 @@ from leukoscope.errors import LeukoscopeError
 from leukoscope.inference.explain import gradcam_overlay
 from leukoscope.inference.fields import classify_cells
 from leukoscope.inference.predictor import Prediction, Predictor
+from leukoscope.inference.shift import SAMPLE_CELLS, renormalised_or_why
 from leukoscope.models import ModelCard
 from leukoscope.service.schemas import RejectedFile
 from leukoscope.service.uploads import Upload, decode_bounded, read_upload
@@ -210,7 +211,7 @@ class ModelRunner:
     ) -> Renormalised | str:
         """The sample ``cells`` classified again by the model renormalised on them, as
         ``predict`` renormalises a shifted sample (see
-        :func:`~leukoscope.training.adapt.renormalised_or_why`); or why not.
+        :func:`~leukoscope.inference.shift.renormalised_or_why`); or why not.
 
         Uploaded cell images are rescaled by the magnification measured on all of them (the
         sample keeps it for later uploads: every cell is classified again here, so the sample
@@ -226,11 +227,6 @@ class ModelRunner:
         LeukoscopeError
             A stored cell could not be decoded or classified again.
         """
-        from leukoscope.training.adapt import (
-            SAMPLE_CELLS,
-            renormalised_for_images,
-            renormalised_or_why,
-        )
 
         def decoded(chosen: Sequence[StoredCell]) -> list[Image.Image]:
             return [decode_bounded(c.data, name=c.name, max_pixels=max_pixels) for c in chosen]
@@ -241,18 +237,20 @@ class ModelRunner:
         with self._lock:
             predictor = self.predictor
             scale = predictor.scale_of_images(decoded(spread(images, SCALE_CELLS)))
-            renormalised = renormalised_or_why(
-                predictor,
-                len(counted),
-                lambda: renormalised_for_images(
+
+            def make() -> Predictor:
+                from leukoscope.training.adapt import renormalised_for_images
+
+                return renormalised_for_images(
                     predictor,
                     decoded(chosen),
                     [scale.factor if cell.box is None else 1.0 for cell in chosen],
                     [(cell.name, cell.sha256) for cell in chosen],
                     data=data,
                     command="renormalised on a sample's cells in the web app (leukoscope serve)",
-                ),
-            )
+                )
+
+            renormalised = renormalised_or_why(predictor, len(counted), make)
             if isinstance(renormalised, str):
                 return renormalised
             predictions: dict[str, Prediction] = {}

@@ -84,6 +84,7 @@ from leukoscope.inference.abstention import Abstainer
 from leukoscope.inference.calibration import expected_calibration_error, fit_temperature
 from leukoscope.inference.predictor import Predictor
 from leukoscope.inference.runtime import ONNX_NAME
+from leukoscope.inference.shift import MIN_RENORMALISE_CELLS, SAMPLE_CELLS
 from leukoscope.inference.softmax import softmax
 from leukoscope.models import ModelCard, TransferModel, load_model, save_model
 from leukoscope.models.card import Adaptation, Calibration
@@ -136,12 +137,6 @@ class AdaptOptions:
 
 MIN_FOLD_CELLS = 2
 """Cells per class every fold's training part needs; fewer and the source temperature stays."""
-MIN_RENORMALISE_CELLS = 32
-"""Unlabelled cells :func:`renormalise` needs: the statistics of fewer are too noisy."""
-SAMPLE_CELLS = 256
-"""Most cells of one sample :func:`renormalised_for_sample` re-estimates the statistics on,
-spread evenly through it: eight times the fewest it accepts, and a bound on the extra time a
-large sample costs (the statistics are averaged over cells, so more add little)."""
 
 
 @dataclass(frozen=True)
@@ -516,58 +511,6 @@ def recalibrate(
     return Recalibration(calibration, refitted, method, accuracy, recall)
 
 
-def can_renormalise(predictor: Predictor) -> bool:
-    """Whether :func:`renormalised_for_sample` can adapt ``predictor``'s model: its PyTorch
-    weights are at hand and its card carries the abstention rule for renormalised models
-    (models with BatchNorm, calibrated: the released EfficientNets)."""
-    weights = predictor.weights
-    return (
-        predictor.card.renormalised_abstention is not None
-        and weights is not None
-        and weights.is_file()
-    )
-
-
-def renormalised_or_why(
-    predictor: Predictor,
-    cells: int,
-    renormalised: Callable[[], Predictor],
-    on_start: Callable[[int], None] = lambda cells: None,
-) -> Predictor | str:
-    """``predictor``'s model renormalised on a shifted sample, or why not.
-
-    Parameters
-    ----------
-    predictor
-        The loaded model.
-    cells
-        How many of the sample's cells could be read (or were found in its fields).
-    renormalised
-        Makes the renormalised predictor: :func:`renormalised_for_sample` or
-        :func:`renormalised_for_fields` on the sample.
-    on_start
-        Called with the number of cells renormalised on, before the work starts (a few
-        seconds), so that a console can say what is happening.
-
-    Returns
-    -------
-    Predictor or str
-        The renormalised predictor; or why not: the model has no normalisation statistics,
-        too few cells, or renormalising failed (say, the files changed since they were
-        classified). ``predict``, ``differential`` and ``evaluate`` then keep the calls of the
-        model as it is: a sample they cannot renormalise never ends the command.
-    """
-    if not can_renormalise(predictor):
-        return "this model has no normalisation statistics to re-estimate"
-    if cells < MIN_RENORMALISE_CELLS:
-        return f"fewer than {MIN_RENORMALISE_CELLS} readable cells"
-    on_start(min(cells, SAMPLE_CELLS))
-    try:
-        return renormalised()
-    except LeukoscopeError as exc:
-        return str(exc)
-
-
 def renormalised_for_sample(
     predictor: Predictor, paths: Sequence[str | Path], scale: ScaleEstimate
 ) -> Predictor:
@@ -583,7 +526,7 @@ def renormalised_for_sample(
     Parameters
     ----------
     predictor
-        The loaded model (:func:`can_renormalise` must hold).
+        The loaded model (its ``renormalisable`` must hold).
     paths
         The sample's readable images; at most :data:`SAMPLE_CELLS` of them, spread evenly,
         are used.
@@ -680,7 +623,7 @@ def renormalised_for_images(
     Parameters
     ----------
     predictor
-        The loaded model (:func:`can_renormalise` must hold).
+        The loaded model (its ``renormalisable`` must hold).
     images
         The cells to renormalise on.
     factors
@@ -751,7 +694,7 @@ def _renormalised_on(
     :func:`renormalised_for_sample`, :func:`renormalised_for_fields` and
     :func:`renormalised_for_images`."""
     card, weights = predictor.card, predictor.weights
-    if not can_renormalise(predictor) or weights is None:
+    if not predictor.renormalisable or weights is None:
         raise LeukoscopeError(
             f"{predictor.source}: cannot be renormalised (it needs its PyTorch weights and an "
             "abstention rule for renormalised models, which `calibrate` fits for EfficientNets)"
