@@ -66,9 +66,11 @@ Without them x86 kernels add pairs of uint8 x int8 products in 16 bits, which sa
 that but coarsen every weight's steps. On the 2-core AMD EPYC with VNNI the 224-px
 ``pbc8-squeezenet1_1`` in int8 agreed with fp32 on 98.63% of validation images with 7-bit
 weights (61 errors against fp32's 57) and on 99.61% with 8-bit ones (57 errors; min-max
-calibration, ``benchmarks/int8.py``). So a predictor uses such an export only on a CPU that has
-the instructions, and the fp32 export elsewhere, where int8 would not be faster anyway
-(:func:`leukoscope.machine.has_int8_dot_product`)."""
+calibration, ``benchmarks/int8.py``). On the 2-core AMD EPYC with AVX2 only, ONNX Runtime
+computed the two released 8-bit exports with 110 and 178 test errors against fp32's 61 and 16,
+and OpenVINO the second with 163 (``benchmarks/results/inference-epyc-avx2*.json``). So a
+predictor uses such an export only on a CPU that has the instructions, in either runtime, and
+the fp32 export elsewhere (:func:`leukoscope.machine.has_int8_dot_product`)."""
 VIEW_COUNTS = (1, 4, 8)
 
 ENGINES = ("onnx", "openvino")
@@ -81,8 +83,10 @@ EfficientNets (four test-time views) 1.15-1.22 times as fast. An earlier run the
 the ranking the other way round for most pairs, so neither is consistently ahead on this CPU.
 On the 2-core Intel Xeon with AMX (``benchmarks/results/inference-xeon*.json``, 2026-12-06)
 OpenVINO led for three of the four int8 SqueezeNets, ONNX Runtime for the fast 128-px one and
-for most fp32 ones. OpenVINO is the fallback and ``--backend openvino``, and runs the
-architectures of :data:`ARCH_ENGINES` first.
+for most fp32 ones. On the 2-core AMD EPYC with AVX2 only (``inference-epyc-avx2-imports.json``,
+2026-12-07) ONNX Runtime led for every SqueezeNet in fp32 and for both 7-bit int8 ones.
+OpenVINO is the fallback and ``--backend openvino``, and runs the architectures of
+:data:`ARCH_ENGINES` first.
 """
 ARCH_ENGINES: dict[str, tuple[str, ...]] = {"efficientnet_lite0": ("openvino", "onnx")}
 """Architectures that ``backend="auto"`` runs in another order than :data:`ENGINES`.
@@ -92,7 +96,9 @@ faster end to end than ONNX Runtime on both CPUs measured, in fp32 and int8: 1.1
 as fast on the 2-core AMD EPYC with AVX-512 VNNI (``benchmarks/results/inference.json``,
 2026-11-29) and 1.32-1.60 times on the 2-core Intel Xeon with AMX
 (``benchmarks/results/inference-xeon.json``, 2026-12-06: 19.2 against 12.4 images/s for
-``pbc8-efficientnet_lite0``, the model ``make demo`` and the web app use)."""
+``pbc8-efficientnet_lite0``, the model ``make demo`` and the web app use), and 1.24-1.27 times
+in fp32 on the 2-core AMD EPYC with AVX2 only (``inference-epyc-avx2-imports.json``,
+2026-12-07: 92.1 against 72.8 images/s for that model)."""
 BACKENDS = ("auto", "torch", *ENGINES)
 ENGINE_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
 
