@@ -8,7 +8,9 @@ training lab's (microscope, camera, stain, crop), and then the confident calls a
 on a third lab's images the first released models kept 23% of the cells as confident, and 5% of
 those were right. :func:`check_shift` tests the flagged share against the expected one, so that
 every consumer (CLI, reports, web app) can warn and hold back the differential's flags until a
-person has reviewed the cells.
+person has reviewed the cells, and :func:`renormalised_or_why` decides whether such a sample is
+classified again by its model renormalised on its cells (without importing the training code
+when it cannot be).
 """
 
 from __future__ import annotations
