@@ -15,7 +15,8 @@ fp32 export made with ``export --bf16``), in one run:
 - pipeline: images/s of ``Predictor.predict_paths`` on the same files in this process
   (decoding in two threads while the model runs, batch 64, abstention), without the start-up
   and the sample's magnification estimate that a ``predict`` process adds: what a long batch
-  job approaches;
+  job approaches; and the seconds of that estimate (64 of the files decoded, their cells
+  located and classified);
 - model only: images/s of the runtime on decoded pixels, batch 64 (``--batches`` calls):
   the bound the pipeline works against, and the share of it reached end to end;
 - shares of the decoding bound: end-to-end and pipeline images/s over decoding only (below),
@@ -131,14 +132,19 @@ def end_to_end(
     }
 
 
-def pipeline(predictor: Predictor, paths: list[Path]) -> float:
+def pipeline(predictor: Predictor, paths: list[Path]) -> tuple[float, float]:
     """images/s of ``predict_paths`` in this process (after a warm-up batch), at the sample
-    scale measured beforehand: no start-up, no scale estimate."""
+    scale measured beforehand: no start-up, no scale estimate; and the seconds of that
+    estimate, which a ``predict`` process spends before its first batch (timed the second time
+    in this process, the locator's imports done)."""
+    predictor.estimate_scale(paths)
+    start = time.perf_counter()
     scale = predictor.estimate_scale(paths)
+    estimate_s = time.perf_counter() - start
     predictor.predict_paths(paths[:64], scale=scale)
     start = time.perf_counter()
     predictor.predict_paths(paths, scale=scale)
-    return len(paths) / (time.perf_counter() - start)
+    return len(paths) / (time.perf_counter() - start), estimate_s
 
 
 def model_only(predictor: Predictor, pixels: np.ndarray, batches: int) -> float:
@@ -277,7 +283,9 @@ def in_process_runs(model: Path, entry: dict[str, Any], args: argparse.Namespace
         bound = model_only(predictor, pixels, args.batches)
         row["model_only_images_per_s"] = round(bound, 1)
         row["share_of_model_bound"] = round(row["images_per_s"] / bound, 3)
-        row["pipeline_images_per_s"] = round(pipeline(predictor, paths), 1)
+        rate, estimate_s = pipeline(predictor, paths)
+        row["pipeline_images_per_s"] = round(rate, 1)
+        row["scale_estimate_s"] = round(estimate_s, 3)
         decoded = entry["decoding"]["threads_images_per_s"]
         row["share_of_decoding_bound"] = round(row["images_per_s"] / decoded, 3)
         row["pipeline_share_of_decoding_bound"] = round(row["pipeline_images_per_s"] / decoded, 3)
