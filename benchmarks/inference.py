@@ -15,8 +15,8 @@ fp32 export made with ``export --bf16``), in one run:
 - pipeline: images/s of ``Predictor.predict_paths`` on the same files in this process
   (decoding in two threads while the model runs, batch 64, abstention), without the start-up
   and the sample's magnification estimate that a ``predict`` process adds: what a long batch
-  job approaches; and the seconds of that estimate (64 of the files decoded, their cells
-  located and classified);
+  job approaches; and the seconds of that estimate (``SCALE_CELLS`` of the files decoded, their
+  cells located and classified);
 - model only: images/s of the runtime on decoded pixels, batch 64 (``--batches`` calls):
   the bound the pipeline works against, and the share of it reached end to end;
 - shares of the decoding bound: end-to-end and pipeline images/s over decoding only (below),

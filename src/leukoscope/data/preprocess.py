@@ -142,9 +142,24 @@ class SampleScale:
     lab_factor: float | None = None
 
 
-SCALE_CELLS = 64
+SCALE_CELLS = 32
 """Most images of a sample whose cells are measured (and classified once more) for its
-:class:`SampleScale` factor, spread evenly through it."""
+:class:`SampleScale` factor, spread evenly through it.
+
+Every ``predict`` of :attr:`SampleScale.min_cells` or more files pays for it before its first
+batch: with 64 cells about a second on two cores, a fifth of a 1,227-file run of the fast
+SqueezeNet (``benchmarks/inference.py``, ``scale_estimate_s``). On random samples of 100 cells
+(``benchmarks/scale_cells.py``, ``benchmarks/results/scale-cells*.json``, AMD EPYC with AVX2
+only), 32 cells instead of 64 took half the time (0.46 against 0.90 s for the SqueezeNet,
+0.73 against 1.47 s for the EfficientNet, on PBC samples), rescaled no PBC sample (neither did
+64), and classified every source as well or better: ``wbc5-squeezenet1_1-128`` 98.83% on PBC
+with either, 76.6% against 76.3% on cellavision, 35.3% against 35.2% on tecom (30 samples
+each); ``wbc5-efficientnet_lite0`` 99.55% with either, 73.3% against 72.1%, 13.8% against
+13.5% (20 each). The factor strays further from the one all of a set's cells give (90th
+percentile 5-7% against 2-5%), well inside the 10% tolerance."""
+LABELLED_SCALE_CELLS = 64
+"""Most labelled cells (``adapt``) the lab's factor is measured on: each is measured against
+its own class, and a lab's factor is measured once, not before every prediction."""
 
 SCALE_REFINEMENTS = 1
 """Class-aware refinements of a sample's factor (see :class:`SampleScale`). One makes one-class

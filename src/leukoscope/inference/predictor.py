@@ -29,6 +29,7 @@ from PIL import Image
 from leukoscope.data.batches import pixel_batches
 from leukoscope.data.images import decode_rgb
 from leukoscope.data.preprocess import (
+    LABELLED_SCALE_CELLS,
     SCALE_CELLS,
     UNSCALED,
     ScaleEstimate,
@@ -243,16 +244,16 @@ class Predictor:
         :data:`~leukoscope.data.preprocess.SCALE_CELLS` of them spread evenly; unreadable
         files are left out here and reported by the prediction itself. With the files' true
         ``labels`` (labelled cells), each cell is measured against its own class instead of
-        this model's call."""
+        this model's call, on up to
+        :data:`~leukoscope.data.preprocess.LABELLED_SCALE_CELLS` of them."""
         scale = self.card.preprocessing.sample_scale
         if scale is None or len(paths) < scale.min_cells:
             return UNSCALED
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"{len(paths)} files but {len(labels)} labels")
         draft_size = self.card.preprocessing.draft_size
-        decoded = [
-            (i, read_rgb(paths[i], draft_size)) for i in spread(range(len(paths)), SCALE_CELLS)
-        ]
+        most = SCALE_CELLS if labels is None else LABELLED_SCALE_CELLS
+        decoded = [(i, read_rgb(paths[i], draft_size)) for i in spread(range(len(paths)), most)]
         readable = [(i, rgb) for i, rgb in decoded if rgb is not None]
         return estimate_scale(
             [rgb for _, rgb in readable],
