@@ -1,15 +1,18 @@
-"""Start-up of this checkout against another revision: ``--help`` and one-image ``predict``.
+"""Start-up of this checkout against another revision: ``--help``, one-image ``predict``, and
+with ``--files`` a ``predict`` of many files.
 
 A shared 2-core machine's speed drifts by tens of percent within an hour, so two
 ``benchmarks/inference.py`` runs cannot say what one change gained. Here both sources run in
 the same interpreter and virtual environment, as fresh processes taking turns: the revision
 ``--base`` (checked out into a temporary git worktree) and this working tree, each put first
 on ``PYTHONPATH``. For each released model (or ``--models``): ``leukoscope predict`` of one of
-its test images with the model folder and default options, ``--turns`` times each; then
+its test images with the model folder and default options, ``--turns`` times each (with
+``--files N``, also a ``predict`` of N of its test files, 0 for all: the fixed costs a run pays
+besides the files themselves, such as the sample's magnification estimate); then
 ``leukoscope --help``. Reports the median and every turn's wall seconds.
 
 Run: python benchmarks/startup.py --base REV [--models models/a,models/b] [--turns 5]
-     [--out benchmarks/results/startup.json]
+     [--files N] [--out benchmarks/results/startup.json]
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="the revision to compare against")
     parser.add_argument("--models", help="comma-separated model folders (default: released)")
     parser.add_argument("--turns", type=int, default=5, help="runs of each command per source")
+    parser.add_argument("--files", type=int, help="also predict this many test files (0: all)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/startup.json")
     args = parser.parse_args()
     models = [Path(m) for m in args.models.split(",")] if args.models else released_models()
@@ -85,6 +89,12 @@ def main() -> None:
                 one_image = ["predict", str(image), "--model", str(model), "--out", str(out)]
                 results[model.name] = in_turns(one_image, sources, args.turns)
                 print(model.name, results[model.name], flush=True)
+                if args.files is not None:
+                    files = [str(path) for path in test_files(model, args.files)[0]]
+                    many = ["predict", *files, "--model", str(model), "--out", str(out)]
+                    key = f"{model.name} ({len(files)} files)"
+                    results[key] = in_turns(many, sources, args.turns)
+                    print(key, results[key], flush=True)
             results["--help"] = in_turns(["--help"], sources, args.turns)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO)
