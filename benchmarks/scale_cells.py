@@ -12,8 +12,8 @@ cells (``--samples`` of them, seeds 0, 1, ...) from each source:
   one measured on all of the set's cells;
 
 and for each count of ``--cells``, the sample's factor is estimated from that many of its
-cells spread evenly through it (``Predictor.estimate_scale`` on them, which is what
-``SCALE_CELLS`` = that count does), timed, and the whole sample classified at it. Reports per
+cells spread evenly through it (``Predictor.estimate_scale`` with ``SCALE_CELLS`` set to that
+count), timed, and the whole sample classified at it. Reports per
 source and count: the share of samples rescaled, the median and 90th percentile of the measured
 factor's distance from the reference (``|log(measured / reference)|``), the mean accuracy and
 the median seconds of an estimate.
@@ -28,14 +28,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from results_file import write_results
 
+import leukoscope.inference.predictor as predictor_module
 from leukoscope.data.datasets import read_manifest, samples_from_folder
-from leukoscope.data.preprocess import SCALE_CELLS, spread
+from leukoscope.data.preprocess import SCALE_CELLS
 from leukoscope.inference.predictor import Predictor
 
 
@@ -55,7 +58,8 @@ def sample_rows(
         sample, truth = [paths[i] for i in chosen], [labels[i] for i in chosen]
         for count in counts:
             start = time.perf_counter()
-            scale = predictor.estimate_scale(list(spread(sample, count)))
+            with measuring(count):
+                scale = predictor.estimate_scale(sample)
             seconds = time.perf_counter() - start
             predictions = predictor.predict_paths(sample, scale=scale)
             right = np.mean([p.label == y for p, y in zip(predictions, truth, strict=True)])
@@ -121,16 +125,22 @@ def main() -> None:
     )
 
 
+@contextmanager
+def measuring(cells: int) -> Iterator[None]:
+    """``Predictor.estimate_scale`` measures up to ``cells`` cells meanwhile, not
+    ``SCALE_CELLS``."""
+    default = predictor_module.SCALE_CELLS
+    predictor_module.SCALE_CELLS = cells
+    try:
+        yield
+    finally:
+        predictor_module.SCALE_CELLS = default
+
+
 def estimate_all(predictor: Predictor, paths: list[Path]) -> float:
     """The factor measured on every one of ``paths`` (not only ``SCALE_CELLS`` of them)."""
-    import leukoscope.inference.predictor as module
-
-    default = module.SCALE_CELLS
-    module.SCALE_CELLS = len(paths)
-    try:
+    with measuring(len(paths)):
         measured = predictor.estimate_scale(paths).measured
-    finally:
-        module.SCALE_CELLS = default
     return 1.0 if measured is None else measured
 
 
