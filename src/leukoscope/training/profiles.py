@@ -52,9 +52,9 @@ class Profile:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     augmentation: Augmentation = MILD
+    """What training varies in each image besides its orientation."""
     framing: Framing | None = None
     """Cell framing of every image (training, and the model's card for every later use)."""
-    """What training varies in each image besides its orientation."""
     workers: int | None = None
     """Image-decoding worker processes; None = min(8, CPU count)."""
 
