@@ -1,8 +1,9 @@
 """How many cells a sample's magnification estimate needs (``SCALE_CELLS``).
 
 Every ``predict`` of eight or more files measures the sample's magnification on
-``SCALE_CELLS`` (64) of them before its first batch: about a second on two cores, a fifth of a
-1,227-file run of the fast SqueezeNet (``benchmarks/inference.py``, ``scale_estimate_s``).
+``SCALE_CELLS`` of them before its first batch: with 64, as until this benchmark chose 32, about
+a second on two cores, a fifth of a 1,227-file run of the fast SqueezeNet
+(``benchmarks/inference.py``, ``scale_estimate_s``).
 Fewer cells would cost less but read the factor less surely. For random samples of ``--size``
 cells (``--samples`` of them, seeds 0, 1, ...) from each source:
 
