@@ -90,6 +90,7 @@ class Profile(StrEnum):
     FULL = "full"
     FULL_ROBUST = "full-robust"
     ROBUST_FINETUNE = "robust-finetune"
+    GRAY_FINETUNE = "gray-finetune"
 
 
 class Backend(StrEnum):

@@ -151,6 +151,15 @@ PROFILES: dict[str, Profile] = {
         "for two CPU cores, where training from ImageNet weights is not",
         phases=(replace(FULL.phases[-1], epochs=3, lr=1e-4, warmup_epochs=0.2, patience=2),),
     ),
+    "gray-finetune": replace(
+        FULL,
+        name="gray-finetune",
+        description="a trained model (--init-from, with a --teacher) fine-tuned end to end for "
+        "up to 10 epochs with half of its images made grey, so that it cannot lean on the "
+        "stain's hue alone; sized for two CPU cores",
+        augmentation=replace(FULL.augmentation, grayscale=0.5),
+        phases=(replace(FULL.phases[-1], epochs=10, warmup_epochs=0.5, patience=4),),
+    ),
 }
 
 
