@@ -56,7 +56,6 @@ def test_profiles_are_data_and_unknown_names_are_explained() -> None:
     assert get_profile("fast") is PROFILES["fast"]
     assert PROFILES["fast"].cached_views > 0 and PROFILES["full"].cached_views == 0
     assert PROFILES["full"].phases[-1].trainable_stages is None
-    with pytest.raises(
-        LeukoscopeError, match="fast, fast-robust, full, full-robust, robust-finetune, gray-finetune"
-    ):
+    known = "fast, fast-robust, full, full-robust, robust-finetune, gray-finetune"
+    with pytest.raises(LeukoscopeError, match=known):
         get_profile("turbo")
