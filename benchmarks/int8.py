@@ -6,7 +6,9 @@ chosen there, never on test) are classified by its fp32 ONNX export and by int8 
 calibrated each way (``leukoscope export --int8 --calibration ... [--full-range]``) on the
 manifest's training images; accuracy, errors and agreement with fp32 are compared on identical
 pixels. 8-bit weights (``-full-range``) are exact only on CPUs with int8 dot-product
-instructions: the machine record says whether this one has them.
+instructions (the machine record says whether this one has them); on a CPU without them the
+full-range exports are run as those CPUs compute them (``onnx_session(exact_int8=True)``),
+and their results say ``"arithmetic": "exact"``.
 
 Run: python benchmarks/int8.py --models models/wbc5-squeezenet1_1-128,models/wbc5-squeezenet1_1
      --manifest runs/manifests/wbc5-seed0.csv [--split val] [--out FILE.json]
@@ -28,6 +30,7 @@ from leukoscope.fileio import sha256_file
 from leukoscope.inference.export import CALIBRATIONS, export_fp32, export_int8
 from leukoscope.inference.predictor import Predictor
 from leukoscope.inference.runtime import onnx_runner, onnx_session
+from leukoscope.machine import has_int8_dot_product
 
 IMAGES_PER_CLASS = 32
 """Training images per class that calibrate each int8 export (``export``'s default)."""
@@ -45,9 +48,9 @@ def split_pixels(model: Path, manifest: Path, split: str) -> tuple[list[np.ndarr
     return batches, np.concatenate(labels)
 
 
-def predict(onnx: Path, batches: list[np.ndarray]) -> np.ndarray:
+def predict(onnx: Path, batches: list[np.ndarray], exact_int8: bool = False) -> np.ndarray:
     """Predicted classes (speed is ``benchmarks/inference.py``'s business)."""
-    run = onnx_runner(onnx_session(onnx))
+    run = onnx_runner(onnx_session(onnx, exact_int8=exact_int8))
     return np.concatenate([run(b)[0].argmax(axis=1) for b in batches])
 
 
@@ -71,12 +74,13 @@ def compare(model: Path, manifest: Path, split: str) -> dict[str, Any]:
                 calibration=calibration,
                 full_range=full_range,
             )
-            predicted = predict(int8, batches)
+            exact = full_range and not has_int8_dot_product()
+            predicted = predict(int8, batches, exact_int8=exact)
             results[name] = {
                 "accuracy": round(float((predicted == labels).mean()), 4),
                 "errors": int((predicted != labels).sum()),
                 "agreement_with_fp32": round(float((predicted == reference).mean()), 4),
-            }
+            } | ({"arithmetic": "exact"} if exact else {})
     for name, result in results.items():
         print(f"{model.name} {name}: {result}", flush=True)
     return {"model": str(model), "n_images": len(labels), "results": results}

@@ -121,8 +121,9 @@ def test_int8_weights_are_7_bit_unless_full_range(tmp_path: Path, tiny: Tiny) ->
     # Per-channel symmetric weights: each channel's largest weight maps to the range's end.
     assert _weight_extremes(reduced) == (64, "int8")
     assert _weight_extremes(full) == (127, FULL_RANGE_INT8)
-    if has_int8_dot_product():
-        assert int8_agreement(tiny.model_dir, full, tiny.manifest)[0] >= 0.9
+    # As CPUs with int8 dot-product instructions compute it, on this CPU whatever it has.
+    exact = not has_int8_dot_product()
+    assert int8_agreement(tiny.model_dir, full, tiny.manifest, exact_int8=exact)[0] >= 0.9
 
 
 def test_int8_calibration_choices(tmp_path: Path, tiny: Tiny) -> None:

@@ -23,6 +23,7 @@ from leukoscope.inference.runtime import (
     unsure_of_first_view,
     with_extra_views,
 )
+from leukoscope.machine import has_int8_dot_product
 from leukoscope.models import load_card
 from tests.conftest import REPO
 
@@ -169,3 +170,62 @@ def test_openvino_computes_in_bf16_only_exports_checked_for_it_on_amx(
         monkeypatch.setenv(BF16_ENV, env)
     metadata = {} if stamp is None else {BF16_KEY: stamp}
     assert openvino_precision(metadata) == expected
+
+
+def _qdq_conv(path: Path, weights: np.ndarray, scales: tuple[float, float, float]) -> None:
+    """A 1x1 convolution between quantise and dequantise steps, as ONNX Runtime's static
+    quantisation writes it: uint8 pixels in, int8 weights, uint8 output, dequantised."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    x_scale, w_scale, y_scale = scales
+    channels = weights.shape[1]
+    initializers = [
+        numpy_helper.from_array(weights.reshape(*weights.shape, 1, 1), "w"),
+        numpy_helper.from_array(np.array(x_scale, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.uint8), "x_zero"),
+        numpy_helper.from_array(np.array(w_scale, np.float32), "w_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "w_zero"),
+        numpy_helper.from_array(np.array(y_scale, np.float32), "y_scale"),
+        numpy_helper.from_array(np.array(0, np.uint8), "y_zero"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "x_scale", "x_zero"], ["xf"]),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wf"]),
+        helper.make_node("Conv", ["xf", "wf"], ["yf"]),
+        helper.make_node("QuantizeLinear", ["yf", "y_scale", "y_zero"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zero"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "qdq_conv",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, channels, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_exact_int8_session_computes_8_bit_weights_as_integer_arithmetic_does(
+    tmp_path: Path,
+) -> None:
+    """What CPUs with VNNI or AMX compute: the uint8 x int8 products summed exactly in 32 bits,
+    then scaled and rounded to the output's uint8 steps. Large pixels and 8-bit weights make
+    sums of two products that a 16-bit accumulator cannot hold (2 x 255 x 127 > 32,767)."""
+    pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(0)
+    weights = rng.integers(100, 128, (3, 64), dtype=np.int8)
+    pixels = rng.integers(200, 256, (1, 64, 4, 4), dtype=np.uint8)
+    scales = (0.5, 0.25, 1024.0)  # powers of two: every fp32 step of the graph is exact
+    path = tmp_path / "qdq.onnx"
+    _qdq_conv(path, weights, scales)
+    sums = np.einsum("oc,nchw->nohw", weights.astype(np.int64), pixels.astype(np.int64))
+    steps = np.clip(np.rint(sums * scales[0] * scales[1] / scales[2]), 0, 255)
+    exact = runtime.onnx_session(path, exact_int8=True).run(None, {"x": pixels})[0]
+    np.testing.assert_array_equal(exact, steps * scales[2])
+    assert len(np.unique(steps)) > 1  # the steps are not all clipped to one end
+    if has_int8_dot_product() is False:  # why the option exists: fused kernels saturate here
+        fused = runtime.onnx_session(path).run(None, {"x": pixels})[0]
+        assert not np.array_equal(fused, exact)

@@ -108,16 +108,19 @@ def export(
             full_range=full_range,
             opset=opset,
         )
-        agreement, n = onnx_export.int8_agreement(
-            model, out, manifest, images_per_class=images_per_class
-        )
-        console.print(f"int8 predicts the same class as PyTorch on {agreement:.1%} of {n} images")
         dot_product = has_int8_dot_product()
-        if full_range and not dot_product:
+        exact = full_range and not dot_product
+        agreement, n = onnx_export.int8_agreement(
+            model, out, manifest, images_per_class=images_per_class, exact_int8=exact
+        )
+        how = ", computed as CPUs with VNNI or AMX compute it" if exact else ""
+        console.print(
+            f"int8 predicts the same class as PyTorch on {agreement:.1%} of {n} images{how}"
+        )
+        if exact:
             console.print(
-                "[yellow]note:[/] this CPU has no int8 dot-product instructions (VNNI, AMX), "
-                "so the agreement above is not what CPUs with them get, and predict runs the "
-                "fp32 export here."
+                "[yellow]note:[/] this CPU has no int8 dot-product instructions (VNNI, AMX) "
+                "to compute 8-bit weights exactly, so predict runs the fp32 export here."
             )
         elif dot_product is False:
             console.print(

@@ -308,12 +308,13 @@ def export_int8(
 
 
 def _torch_and_onnx(
-    model_path: str | Path, onnx_path: str | Path
+    model_path: str | Path, onnx_path: str | Path, *, exact_int8: bool = False
 ) -> tuple[ModelFn, ModelFn, ModelCard]:
-    """PyTorch and ONNX Runtime runners of one model, and its card."""
+    """PyTorch and ONNX Runtime runners of one model, and its card (``exact_int8``: see
+    :func:`~leukoscope.inference.runtime.onnx_session`)."""
     model, card = load_model(model_path)
     reference = torch_runner(PixelModel.from_card(model, card))
-    return reference, onnx_runner(onnx_session(onnx_path)), card
+    return reference, onnx_runner(onnx_session(onnx_path, exact_int8=exact_int8)), card
 
 
 def onnx_parity(model_path: str | Path, onnx_path: str | Path, n: int = 4, seed: int = 0) -> float:
@@ -333,10 +334,13 @@ def int8_agreement(
     *,
     split: str = "val",
     images_per_class: int = 32,
+    exact_int8: bool = False,
 ) -> tuple[float, int]:
     """How often an export predicts the same class as PyTorch on the manifest's ``split``
-    images: (fraction, number of images)."""
-    reference, exported, card = _torch_and_onnx(model_path, onnx_path)
+    images: (fraction, number of images). With ``exact_int8``, as CPUs with int8 dot-product
+    instructions compute it, whatever this CPU has (see
+    :func:`~leukoscope.inference.runtime.onnx_session`)."""
+    reference, exported, card = _torch_and_onnx(model_path, onnx_path, exact_int8=exact_int8)
     samples, _ = read_manifest(manifest, split, classes=card.classes)
     batches = PixelBatches(
         [s.path for s in evenly_spaced(samples, images_per_class)], card.preprocessing

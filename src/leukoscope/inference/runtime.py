@@ -195,17 +195,32 @@ def in_batches(run: ModelFn, size: int) -> ModelFn:
     return run_in_batches
 
 
-def onnx_session(path: str | Path) -> Any:
+def onnx_session(path: str | Path, *, exact_int8: bool = False) -> Any:
     """An ONNX Runtime CPU session with full graph optimisation and one thread per core.
 
     Its threads sleep instead of spinning between operators: decoding workers and other
     processes share these cores, and with two busy cores spinning cost 8% of end-to-end
     throughput in our measurements.
+
+    With ``exact_int8`` the graph is left unoptimised, so that an int8 (QDQ) export runs as
+    written: each operator in fp32 between its quantise and dequantise steps. That is the
+    arithmetic of CPUs with int8 dot-product instructions (VNNI, AMX), whose integer sums are
+    exact, reproduced on any CPU, for checking an :data:`FULL_RANGE_INT8` export's accuracy
+    where it would otherwise be computed inexactly (fused kernels without those instructions
+    sum pairs of products in 16 bits, which saturates with 8-bit weights). The earlier 128-px
+    5-class SqueezeNet's 8-bit export made 17 errors on its 1,227-image test split on a Xeon
+    with AMX (``benchmarks/results/inference-xeon-all.json``); on a 2-core AMD EPYC with AVX2
+    only it made 178 fused and 17 this way (fp32: 16). Several times slower: for checks, not
+    for predicting.
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if exact_int8
+        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
     options.intra_op_num_threads = cpu_cores()
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
