@@ -96,6 +96,8 @@ def export(
     if bf16 and int8:
         raise LeukoscopeError("--bf16 is an option of fp32 exports, not of --int8 ones")
     out = onnx_out or model_dir / (INT8_NAME if int8 else ONNX_NAME)
+    dot_product = has_int8_dot_product()
+    exact = full_range and not dot_product  # 8-bit weights, computed here as VNNI would
     if int8:
         if manifest is None:
             raise LeukoscopeError("--int8 needs --calibration-manifest (training images)")
@@ -108,8 +110,6 @@ def export(
             full_range=full_range,
             opset=opset,
         )
-        dot_product = has_int8_dot_product()
-        exact = full_range and not dot_product
         agreement, n = onnx_export.int8_agreement(
             model, out, manifest, images_per_class=images_per_class, exact_int8=exact
         )
@@ -141,4 +141,5 @@ def export(
     if out.parent.resolve() != model_dir.resolve() or out.name not in (INT8_NAME, ONNX_NAME):
         console.print(f"Use it with: leukoscope predict --model {out} ...")
     elif out.name == INT8_NAME:
-        console.print(f"predict --model {model_dir} now runs it (before {ONNX_NAME}).")
+        where = " on CPUs with VNNI or AMX" if exact else ""
+        console.print(f"predict --model {model_dir} now runs it{where} (before {ONNX_NAME}).")
