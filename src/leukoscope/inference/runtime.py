@@ -210,8 +210,8 @@ def onnx_session(path: str | Path, *, exact_int8: bool = False) -> Any:
     sum pairs of products in 16 bits, which saturates with 8-bit weights). The earlier 128-px
     5-class SqueezeNet's 8-bit export made 17 errors on its 1,227-image test split on a Xeon
     with AMX (``benchmarks/results/inference-xeon-all.json``); on a 2-core AMD EPYC with AVX2
-    only it made 178 fused and 17 this way (fp32: 16). Several times slower: for checks, not
-    for predicting.
+    only it made 178 fused and 17 this way (fp32: 16). Unfused operators are slower: this is
+    for checks, not for predicting.
     """
     import onnxruntime as ort
 
