@@ -29,8 +29,7 @@ from leukoscope.data.datasets import make_loader, read_manifest
 from leukoscope.fileio import sha256_file
 from leukoscope.inference.export import CALIBRATIONS, export_fp32, export_int8
 from leukoscope.inference.predictor import Predictor
-from leukoscope.inference.runtime import onnx_runner, onnx_session
-from leukoscope.machine import has_int8_dot_product
+from leukoscope.inference.runtime import inexact_here, onnx_runner, onnx_session
 
 IMAGES_PER_CLASS = 32
 """Training images per class that calibrate each int8 export (``export``'s default)."""
@@ -74,7 +73,7 @@ def compare(model: Path, manifest: Path, split: str) -> dict[str, Any]:
                 calibration=calibration,
                 full_range=full_range,
             )
-            exact = full_range and not has_int8_dot_product()
+            exact = inexact_here(full_range)
             predicted = predict(int8, batches, exact_int8=exact)
             results[name] = {
                 "accuracy": round(float((predicted == labels).mean()), 4),

@@ -79,6 +79,7 @@ def export(
     manifest's validation images.
     """
     from leukoscope.inference import export as onnx_export
+    from leukoscope.inference.runtime import inexact_here
     from leukoscope.machine import has_bf16_matrix_units, has_int8_dot_product
 
     model_dir = model if model.is_dir() else model.parent
@@ -96,8 +97,7 @@ def export(
     if bf16 and int8:
         raise LeukoscopeError("--bf16 is an option of fp32 exports, not of --int8 ones")
     out = onnx_out or model_dir / (INT8_NAME if int8 else ONNX_NAME)
-    dot_product = has_int8_dot_product()
-    exact = full_range and not dot_product  # 8-bit weights, computed here as VNNI would
+    exact = inexact_here(full_range)  # so checked as CPUs with VNNI or AMX compute it
     if int8:
         if manifest is None:
             raise LeukoscopeError("--int8 needs --calibration-manifest (training images)")
@@ -122,7 +122,7 @@ def export(
                 "[yellow]note:[/] this CPU has no int8 dot-product instructions (VNNI, AMX) "
                 "to compute 8-bit weights exactly, so predict runs the fp32 export here."
             )
-        elif dot_product is False:
+        elif has_int8_dot_product() is False:
             console.print(
                 "[yellow]note:[/] this CPU has no int8 dot-product instructions (VNNI, AMX), "
                 "on which int8 gains most; check with benchmarks/inference.py that it is "

@@ -195,6 +195,17 @@ def in_batches(run: ModelFn, size: int) -> ModelFn:
     return run_in_batches
 
 
+def inexact_here(full_range: bool) -> bool:
+    """Whether this CPU computes an int8 export inexactly: one with 8-bit weights
+    (``full_range``, :data:`FULL_RANGE_INT8`) on a CPU without int8 dot-product instructions
+    (VNNI, AMX), or whose flags are unknown. 7-bit weights are exact on every CPU. Such an
+    export is passed over for prediction, and checked with ``onnx_session(exact_int8=True)``.
+    """
+    from leukoscope.machine import has_int8_dot_product
+
+    return full_range and not has_int8_dot_product()
+
+
 def onnx_session(path: str | Path, *, exact_int8: bool = False) -> Any:
     """An ONNX Runtime CPU session with full graph optimisation and one thread per core.
 
@@ -334,11 +345,8 @@ class Export:
         return unpack_stats(base64.b64decode(packed))
 
     def unsuited(self) -> str | None:
-        """Why this CPU cannot run the export exactly (:data:`FULL_RANGE_INT8` without int8
-        dot-product instructions), or None."""
-        from leukoscope.machine import has_int8_dot_product
-
-        if self.metadata.get(PRECISION_KEY) != FULL_RANGE_INT8 or has_int8_dot_product():
+        """Why this CPU cannot run the export exactly (see :func:`inexact_here`), or None."""
+        if not inexact_here(self.metadata.get(PRECISION_KEY) == FULL_RANGE_INT8):
             return None
         return (
             f"{self.path} has 8-bit int8 weights, which this CPU, without int8 dot-product "
