@@ -1,7 +1,8 @@
 """Accuracy of released models on their held-out test split, against the project's targets.
 
-Each model is scored with ``evaluate_model`` (the PyTorch predictor, as ``leukoscope evaluate``)
-on the test split of the manifest it was released with; the manifest's sha256 must match the
+Each model is scored with ``evaluate_model`` (the PyTorch predictor, as ``leukoscope evaluate``,
+with the card's fallback model for the cells it flags uncertain, if it names one) on the test
+split of the manifest it was released with; the manifest's sha256 must match the
 one in the model card, so the numbers are on the images the model was never trained or
 selected on.
 
@@ -62,6 +63,8 @@ def score(model: Path, manifest: Path) -> dict[str, Any]:
         "manifest": str(manifest),
         "classes": len(card.classes),
         "test_time_views": metrics["test_time_views"],
+        "fallback": metrics["fallback"],
+        "fallback_cells": metrics["fallback_cells"],
         "n_images": metrics["n_images"],
         "accuracy": round(metrics["accuracy"], 4),
         "macro_f1": round(metrics["macro_f1"], 4),

@@ -31,7 +31,14 @@ from leukoscope.training import adapt as adapt_module
 from leukoscope.training.adapt import renormalised_for_sample
 from tests.cells.drawing import drawn_cell, smear
 from tests.conftest import cell_image
-from tests.inference.tiny import Tiny, build_batchnorm, build_tiny, build_untrained, squeezenet_h5
+from tests.inference.tiny import (
+    Tiny,
+    build_batchnorm,
+    build_cascade,
+    build_tiny,
+    build_untrained,
+    squeezenet_h5,
+)
 
 
 @pytest.fixture(scope="module")
@@ -526,3 +533,24 @@ def test_shifted_field_images_are_classified_again_by_the_model_renormalised_on_
     result = invoke("predict", few, "--fields", "--model", source, "--out", out)
     assert "Not renormalised: fewer than 32 readable cells" in " ".join(result.output.split())
     assert json.loads(out.read_text())["renormalised_cells"] == 0
+
+
+def test_fallback_backs_a_model_and_predict_says_which_cells_it_classified(
+    tmp_path: Path, tiny: Tiny, untrained: Path
+) -> None:
+    fast = build_cascade(tmp_path, tiny, untrained)
+    assert invoke("fallback", "--model", fast, "--remove").exit_code == 0
+    assert load_model(fast)[1].fallback is None
+    result = invoke("fallback", "--model", fast, "--to", tmp_path / "slow")
+    assert result.exit_code == 0, result.output
+    assert "go to ../slow" in " ".join(result.output.split())
+    out = tmp_path / "p.csv"
+    images = tiny.manifest.parent / "images"
+    assert invoke("predict", "--model", fast, images, "--out", out).exit_code == 0
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    used = [row["fallback"] == "true" for row in rows]
+    assert any(used) and not all(used)
+    assert all(row["uncertain"] == "true" for row, u in zip(rows, used, strict=True) if u)
+    neither = invoke("fallback", "--model", fast)
+    assert "--to MODEL or --remove" in str(neither.exception)

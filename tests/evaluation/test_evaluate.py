@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from leukoscope.data.datasets import Sample, read_manifest
+from leukoscope.data.preprocess import UNSCALED
 from leukoscope.errors import LeukoscopeError
 from leukoscope.evaluation import evaluate as evaluate_module
 from leukoscope.evaluation.evaluate import EvaluateOptions, evaluate_model
 from leukoscope.inference.predictor import Predictor
-from tests.inference.tiny import Tiny
+from tests.inference.tiny import Tiny, build_cascade
 
 OPTIONS = EvaluateOptions(resamples=20, throughput_runs=0, mistakes=0, heatmaps=False)
 
@@ -83,3 +84,23 @@ def test_images_none_of_which_can_be_read_are_an_error_naming_them(
 
     with pytest.raises(LeukoscopeError, match="gone: none of the 3 images is readable"):
         evaluate_model(batchnorm.model_dir, samples_for, "gone", tmp_path / "out", options=OPTIONS)
+
+
+def test_a_model_with_a_fallback_is_scored_on_the_calls_the_user_gets(
+    tiny: Tiny, untrained: Path, tmp_path: Path
+) -> None:
+    fast = build_cascade(tmp_path, tiny, untrained)
+
+    def samples_for(classes: Sequence[str]) -> list[Sample]:
+        return read_manifest(tiny.manifest, "test", classes)[0]
+
+    predictor = Predictor.load(fast)
+    classes = predictor.classes
+    samples = samples_for(classes)
+    calls = predictor.predict_paths([s.path for s in samples], scale=UNSCALED)
+    right = [p.label == classes[s.label] for p, s in zip(calls, samples, strict=True)]
+    options = dataclasses.replace(OPTIONS, rescale=False)
+    metrics = evaluate_model(fast, samples_for, "test", tmp_path / "both", options=options)
+    assert metrics["fallback_cells"] == sum(p.fallback for p in calls) > 0
+    assert metrics["accuracy"] == pytest.approx(sum(right) / len(right))
+    assert metrics["fallback"].endswith("slow")

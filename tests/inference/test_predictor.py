@@ -22,7 +22,7 @@ from leukoscope.inference.runtime import CARD_KEY, ENGINES, FULL_RANGE_INT8, PRE
 from leukoscope.models import load_model, update_card
 from tests.cells.drawing import drawn_cell
 from tests.conftest import cell_image
-from tests.inference.tiny import CLASSES, SIZE, Tiny
+from tests.inference.tiny import CLASSES, SIZE, Tiny, build_cascade
 
 
 def jpeg_bytes(seed: int) -> bytes:
@@ -329,3 +329,68 @@ def test_predicting_with_an_export_never_imports_torch(tmp_path: Path, tiny: Tin
         assert "heavy: []" in result.stdout, result.stdout + result.stderr
         rows = (tmp_path / "p.csv").read_text().splitlines()
         assert len(rows) == 2 and rows[1].startswith(str(image))
+
+
+@pytest.fixture
+def cascade(tmp_path: Path, tiny: Tiny, untrained: Path) -> Path:
+    return build_cascade(tmp_path, tiny, untrained)
+
+
+def test_a_fallback_classifies_the_cells_the_model_flags_uncertain(
+    tmp_path: Path, tiny: Tiny, cascade: Path
+) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    paths = [path for path, _ in tiny.split("test")] + [bad]
+    alone = Predictor.load(cascade, fallback=False).predict_paths(paths)
+    slow = Predictor.load(cascade.parent / "slow").predict_paths(paths)
+    predictor = Predictor.load(cascade)
+    both = predictor.predict_paths(paths)
+    flagged = [p.uncertain and p.error is None for p in alone]
+    assert 0 < sum(flagged) < len(paths) - 1
+    assert [p.fallback for p in both] == flagged
+    assert both[-1].error is not None and not both[-1].fallback
+    assert any(s.label != a.label for s, a in zip(slow, alone, strict=True) if s.error is None)
+    for a, s, b in zip(alone, slow, both, strict=True):
+        expected = s if b.fallback else a  # the call: the fallback's where the model was unsure
+        assert (b.source, b.label) == (expected.source, expected.label)
+        assert b.probabilities == pytest.approx(expected.probabilities)
+        assert (b.uncertain, b.score) == (a.uncertain, a.score)  # the flag: always the model's
+    assert predictor.check_shift(both) == predictor.check_shift(alone)
+    images = [Image.open(path) for path in paths[:-1]]
+    from_images = predictor.predict_images(images, [str(path) for path in paths[:-1]])
+    assert [p.fallback for p in from_images] == flagged[:-1]
+    assert [p.label for p in from_images] == [p.label for p in both[:-1]]
+
+
+def test_the_fallback_is_loaded_only_for_a_cell_that_needs_it(tiny: Tiny, cascade: Path) -> None:
+    paths = [path for path, _ in tiny.split("test")]
+    alone = Predictor.load(cascade, fallback=False).predict_paths(paths)
+    predictor = Predictor.load(cascade)
+    shutil.rmtree(cascade.parent / "slow")  # after loading: unnoticed while no cell needs it
+    confident = [p.source for p in alone if not p.uncertain]
+    assert [p.label for p in predictor.predict_paths(confident)] == [
+        p.label for p in alone if not p.uncertain
+    ]
+    with pytest.raises(LeukoscopeError, match="slow"):
+        predictor.predict_paths(paths)
+
+
+def test_a_missing_fallback_keeps_the_calls_and_says_so(
+    tiny: Tiny, cascade: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths = [path for path, _ in tiny.split("test")]
+    alone = Predictor.load(cascade, fallback=False).predict_paths(paths)
+    shutil.rmtree(cascade.parent / "slow")
+    with caplog.at_level(logging.WARNING):
+        predictions = Predictor.load(cascade).predict_paths(paths)
+    assert "its fallback model" in caplog.text and "is not there" in caplog.text
+    assert predictions == alone
+
+
+def test_a_fallback_with_other_weights_is_refused(cascade: Path) -> None:
+    card = load_model(cascade)[1]
+    assert card.fallback is not None
+    update_card(cascade, fallback=dataclasses.replace(card.fallback, sha256="0" * 64))
+    with pytest.raises(LeukoscopeError, match="not the fallback model"):
+        Predictor.load(cascade)

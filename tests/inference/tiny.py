@@ -8,7 +8,9 @@ behave like a real model's. :func:`build_untrained`: random weights, for plumbin
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,8 @@ from leukoscope.data.images import decode_rgb
 from leukoscope.data.preprocess import Preprocessing, to_pixels
 from leukoscope.evaluation.calibrate import calibrate
 from leukoscope.inference.pixel_model import PixelModel
-from leukoscope.models import HeadConfig, ModelCard, create_model, save_model
+from leukoscope.models import HeadConfig, ModelCard, create_model, save_model, update_card
+from leukoscope.models.card import Calibration, set_fallback
 from leukoscope.models.weights import SQUEEZENET_H5_NAMES, squeezenet_h5_dirs
 from tests.conftest import cell_image
 
@@ -148,3 +151,21 @@ def tiny_or_skip(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     if weights is None:
         pytest.skip("keras-squeezenet ImageNet weights not found (set LEUKOSCOPE_WEIGHTS_DIR)")
     return build_tiny(tmp_path_factory.getbasetemp() / "tiny", weights)
+
+
+def build_cascade(root: Path, tiny: Tiny, untrained: Path) -> Path:
+    """The fast model of a cascade under ``root``: a copy of the tiny model that flags about
+    half of its test cells uncertain, backed by a calibrated copy of the untrained model
+    (whose calls differ) as its fallback at ``root / "slow"``."""
+    from leukoscope.inference.predictor import Predictor
+
+    fast = Path(shutil.copytree(tiny.model_dir, root / "fast"))
+    slow = Path(shutil.copytree(untrained, root / "slow"))
+    update_card(slow, calibration=Calibration(1.0, 0.0, 0.0, 1, "val"))
+    alone = Predictor.load(fast)
+    assert alone.card.abstention is not None
+    scores = [p.score for p in alone.predict_paths([path for path, _ in tiny.split("test")])]
+    threshold = float(np.median(scores))
+    update_card(fast, abstention=dataclasses.replace(alone.card.abstention, threshold=threshold))
+    set_fallback(fast, slow)
+    return fast

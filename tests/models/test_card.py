@@ -25,9 +25,12 @@ from leukoscope.models.card import (
     CARD_NAME,
     FORMAT,
     PREVIOUS_FORMAT,
+    Abstention,
     BestEpoch,
     Calibration,
+    Fallback,
     card_path,
+    set_fallback,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,3 +152,58 @@ def test_update_card_changes_only_the_card(tmp_path: Path) -> None:
     assert update_card(model_dir, calibration=calibration).calibration == calibration
     assert (model_dir / "model.safetensors").read_bytes() == weights
     assert load_model(model_dir)[1].calibration == calibration
+
+
+def _card_dir(path: Path, classes: tuple[str, ...] = ("a", "b"), **fields: Any) -> Path:
+    path.mkdir(parents=True)
+    save_card(ModelCard("squeezenet1_1", classes, HeadConfig(), PRE, **fields), path / CARD_NAME)
+    return path
+
+
+CALIBRATED = {
+    "sha256": "ef" * 32,
+    "calibration": Calibration(1.5, 0.2, 0.1, 10, "val"),
+    "abstention": Abstention("msp", 0.05, 0.95, "01" * 32),
+}
+
+
+def test_a_fallback_is_named_by_relative_path_and_weights_and_can_be_removed(
+    tmp_path: Path,
+) -> None:
+    fast = _card_dir(tmp_path / "models" / "fast", **CALIBRATED)
+    slow = _card_dir(tmp_path / "models" / "slow", **CALIBRATED)
+    card = set_fallback(fast, slow)
+    assert card.fallback == Fallback("../slow", "ef" * 32)
+    assert load_card(fast / CARD_NAME) == card  # written, and read back
+    with pytest.raises(LeukoscopeError, match="its own fallback"):
+        set_fallback(fast, fast)
+    assert set_fallback(fast, None).fallback is None
+    assert load_card(fast / CARD_NAME).fallback is None
+
+
+@pytest.mark.parametrize(
+    ("fast_fields", "slow_classes", "slow_fields", "problem"),
+    [
+        ({}, ("a", "b"), CALIBRATED, "flags no cell uncertain"),
+        (CALIBRATED, ("b", "a"), CALIBRATED, "classes"),
+        (CALIBRATED, ("a", "b"), {}, "not calibrated"),
+        (
+            CALIBRATED,
+            ("a", "b"),
+            {**CALIBRATED, "fallback": Fallback("../x", "0" * 64)},
+            "of its own",
+        ),
+    ],
+)
+def test_a_fallback_that_cannot_serve_is_refused_with_the_reason(
+    tmp_path: Path,
+    fast_fields: dict[str, Any],
+    slow_classes: tuple[str, ...],
+    slow_fields: dict[str, Any],
+    problem: str,
+) -> None:
+    fast = _card_dir(tmp_path / "fast", **fast_fields)
+    slow = _card_dir(tmp_path / "slow", slow_classes, **slow_fields)
+    with pytest.raises(LeukoscopeError, match=problem):
+        set_fallback(fast, slow)
+    assert load_card(fast / CARD_NAME).fallback is None

@@ -23,6 +23,7 @@ from leukoscope.cli import (
     evaluate,
     explain,
     export,
+    fallback,
     locate,
     predict,
     release,
@@ -74,6 +75,7 @@ app.command("evaluate", cls=Command)(evaluate.evaluate_command)
 app.command("adapt", cls=Command)(adapt.adapt_command)
 app.command("calibrate", cls=Command)(calibrate.calibrate_command)
 app.command("scale", cls=Command)(scale.scale_command)
+app.command("fallback", cls=Command)(fallback.fallback_command)
 app.command("ood-check", cls=Command)(calibrate.ood_check)
 app.command("release", cls=Command)(release.release_command)
 app.command("predict", cls=Command)(predict.predict)

@@ -60,6 +60,12 @@ def predict(
         table.add_row(label, str(summary["by_class"].get(label, 0)))
     table.add_row("[italic]uncertain (for review)[/]", str(summary["uncertain"]))
     console.print(table)
+    if summary["fallback"]:
+        console.print(
+            f"The calls of {summary['fallback']} of the uncertain ones are its fallback "
+            f"model's, {predictor.fallback_dir}",
+            highlight=False,
+        )
     if fields:
         console.print(f"Field images without a white cell: {result.fields_without_cells}")
     if shift is not None and shift.shifted:

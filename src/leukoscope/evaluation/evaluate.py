@@ -68,7 +68,8 @@ def _classified(
     advance: Callable[[int], None],
 ) -> tuple[ScaleEstimate, Outputs, list[Prediction]]:
     """The files rescaled as one sample (with ``options.rescale``), their raw outputs and the
-    predictions of the readable ones."""
+    predictions of the readable ones (those the model flags uncertain by its fallback, if
+    it has one)."""
     scale = predictor.estimate_scale(paths) if options.rescale else UNSCALED
     outputs = predictor.outputs_for_paths(
         paths,
@@ -83,7 +84,28 @@ def _classified(
         [str(paths[i]) for i in outputs.indices],
         outputs.notes_in_order(),
     )
+    predictions = predictor.refer_paths(
+        predictions,
+        [paths[i] for i in outputs.indices],
+        scale,
+        batch_size=options.batch_size,
+        workers=options.workers,
+    )
     return scale, outputs, predictions
+
+
+def _scored_logits(
+    predictor: Predictor, outputs: Outputs, predictions: list[Prediction]
+) -> np.ndarray:
+    """The model's logits, with each row its fallback classified replaced by logits that give
+    the fallback's calibrated probabilities at this model's temperature (so that accuracy and
+    calibration score the calls the user gets)."""
+    logits = np.array(outputs.logits, dtype=np.float64)
+    for row, prediction in enumerate(predictions):
+        if prediction.fallback:
+            probabilities = np.array([prediction.probabilities[c] for c in predictor.classes])
+            logits[row] = predictor.temperature * np.log(np.maximum(probabilities, 1e-300))
+    return logits
 
 
 def evaluate_model(
@@ -128,8 +150,9 @@ def evaluate_model(
             else:  # e.g. the files went away meanwhile: the first scores stand
                 not_renormalised = "none of the images could be read again"
     y_true = np.array([samples[i].label for i in outputs.indices])
+    logits = _scored_logits(predictor, outputs, predictions)
     metrics = classification_metrics(
-        y_true, outputs.logits.argmax(1), classes, resamples=options.resamples, seed=options.seed
+        y_true, logits.argmax(1), classes, resamples=options.resamples, seed=options.seed
     )
     metrics.update(
         model=model_name or str(model_path),
@@ -142,12 +165,14 @@ def evaluate_model(
         magnification=scale.to_dict(),
         renormalised_cells=renormalised,
         not_renormalised=not_renormalised,
+        fallback=None if predictor.fallback is None else str(predictor.fallback.source),
+        fallback_cells=sum(p.fallback for p in predictions),
     )
     metrics["skipped"] = [{"path": str(paths[i]), "reason": msg} for i, msg in outputs.errors]
     out = Path(out_dir)
     readable = [paths[i] for i in outputs.indices]
     markdown, metrics["calibration"] = calibration_section(
-        outputs.logits,
+        logits,
         y_true,
         classes,
         predictor.temperature,

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,7 +68,9 @@ logger = logging.getLogger(__name__)
 class Prediction:
     """One image's result; ``error`` is set (and ``label`` None) when it could not be read,
     ``note`` (with ``uncertain``) when preprocessing could not do what the model expects, e.g.
-    find the cell to frame."""
+    find the cell to frame; ``fallback`` when the model flagged it uncertain and its card's
+    fallback model made this call (see :class:`~leukoscope.models.card.Fallback`; the flag
+    and score stay the model's)."""
 
     source: str
     label: str | None
@@ -79,6 +82,7 @@ class Prediction:
     score: float
     error: str | None = None
     note: str | None = None
+    fallback: bool = False
 
     def to_dict(self) -> dict[str, object]:
         """As JSON holds it; an unreadable file's result fields are null, not zeros."""
@@ -116,7 +120,9 @@ class Predictor:
     ``model.safetensors`` the PyTorch model is loaded from when it is first needed (None for a
     standalone export, which then cannot explain its predictions); ``precision`` what the
     backend computes in (:attr:`~leukoscope.inference.runtime.Export.precision`), which
-    reports record beside the backend.
+    reports record beside the backend; ``fallback_dir`` the card's fallback model, which
+    classifies the cells this one flags uncertain (None: it keeps them), run by
+    ``fallback_backend`` (see :attr:`fallback`).
     """
 
     card: ModelCard
@@ -126,6 +132,9 @@ class Predictor:
     source: Path | None = None
     weights: Path | None = None
     precision: str = "fp32"
+    fallback_dir: Path | None = None
+    fallback_backend: str = "auto"
+    _fallback: Predictor | None = field(default=None, repr=False)
     _pixel_model: PixelModel | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -135,8 +144,12 @@ class Predictor:
             self.run = with_extra_views(self.run, self.views, self.temperature, below)
 
     @classmethod
-    def load(cls, model_path: str | Path, *, backend: str = "auto") -> Predictor:
-        """Load a model directory, its ``model.safetensors``, or an exported ``.onnx`` file.
+    def load(
+        cls, model_path: str | Path, *, backend: str = "auto", fallback: bool = True
+    ) -> Predictor:
+        """Load a model directory, its ``model.safetensors``, or an exported ``.onnx`` file,
+        with the card's fallback model (in its own ``auto`` engine, or PyTorch with ``torch``)
+        unless ``fallback`` is False.
 
         ``auto`` runs the export beside the weights (``model.int8.onnx``, else
         ``model.onnx``) in the first engine of
@@ -154,8 +167,21 @@ class Predictor:
         if path.suffix == ".onnx":
             if backend == "torch":
                 raise LeukoscopeError(f"{path}: an .onnx model needs a backend other than torch")
-            return cls._from_export(path, backend)
-        model_dir = path.parent if path.suffix == ".safetensors" else path
+            predictor = cls._from_export(path, backend)
+            model_dir = path.parent
+        else:
+            model_dir = path.parent if path.suffix == ".safetensors" else path
+            predictor = cls._from_folder(model_dir, backend)
+        if fallback and predictor.card.fallback is not None:
+            predictor.fallback_dir = _fallback_dir(model_dir, predictor.card)
+            # It runs in its own best engine (e.g. OpenVINO for an EfficientNet): ``backend``
+            # names the engine of the model the user named, except torch, which needs no export.
+            predictor.fallback_backend = backend if backend == "torch" else "auto"
+        return predictor
+
+    @classmethod
+    def _from_folder(cls, model_dir: Path, backend: str) -> Predictor:
+        """A predictor for a model directory: its export, if one suits, else PyTorch."""
         if not model_dir.is_dir():
             raise LeukoscopeError(f"{model_dir}: no such model directory")
         card = load_card(model_dir / CARD_NAME)
@@ -312,16 +338,22 @@ class Predictor:
         scale: ScaleEstimate | None = None,
     ) -> list[Prediction]:
         """Predict decoded images (any size; resized here) of one sample, rescaled by
-        ``scale`` (by default :meth:`scale_of_images` of them)."""
+        ``scale`` (by default :meth:`scale_of_images` of them); the :attr:`fallback`, if any,
+        classifies those this model flags uncertain."""
         if len(images) != len(names):
             raise ValueError(f"{len(images)} images but {len(names)} names")
         if not images:
             return []
-        factor = (scale or self.scale_of_images(images)).factor
-        noted = [to_noted_pixels(image, self.card.preprocessing, factor) for image in images]
+        scale = scale or self.scale_of_images(images)
+        noted = [to_noted_pixels(image, self.card.preprocessing, scale.factor) for image in images]
         pixels = np.stack([pixels for pixels, _ in noted])
         notes = [note for _, note in noted]
-        return self.predictions_from_outputs(*self.run(pixels), names, notes)
+        return self._referred(
+            self.predictions_from_outputs(*self.run(pixels), names, notes),
+            lambda fallback, chosen: fallback.predict_images(
+                [images[i] for i in chosen], [names[i] for i in chosen], scale
+            ),
+        )
 
     def predict_bytes(self, data: bytes, name: str) -> Prediction:
         """Predict an uploaded file; an unreadable one gives a prediction with ``error`` set."""
@@ -341,7 +373,9 @@ class Predictor:
         scale: ScaleEstimate | None = None,
     ) -> list[Prediction]:
         """Predict files in input order, decoding in parallel; bad files become error entries.
-        The files are one sample: see :meth:`outputs_for_paths` for ``scale``."""
+        The files are one sample: see :meth:`outputs_for_paths` for ``scale``. The
+        :attr:`fallback`, if any, classifies the files this model flags uncertain."""
+        scale = scale or self.estimate_scale(paths)
         outputs = self.outputs_for_paths(
             paths, batch_size=batch_size, workers=workers, on_progress=on_progress, scale=scale
         )
@@ -357,7 +391,76 @@ class Predictor:
         )
         for index, message in outputs.errors:
             predictions[index] = self.error_prediction(str(paths[index]), message)
-        return [predictions[i] for i in range(len(paths))]
+        return self.refer_paths(
+            [predictions[i] for i in range(len(paths))],
+            paths,
+            scale,
+            batch_size=batch_size,
+            workers=workers,
+        )
+
+    def refer_paths(
+        self,
+        predictions: Sequence[Prediction],
+        paths: Sequence[str | Path],
+        scale: ScaleEstimate,
+        *,
+        batch_size: int = 64,
+        workers: int = 2,
+    ) -> list[Prediction]:
+        """``predictions`` of ``paths`` (aligned) with the readable files this model flagged
+        uncertain classified again by the :attr:`fallback`, rescaled by the same ``scale``,
+        and marked ``fallback``; unchanged without one. Files with a preprocessing note stay:
+        the fallback would find no more than this model did."""
+        return self._referred(
+            predictions,
+            lambda fallback, chosen: fallback.predict_paths(
+                [paths[i] for i in chosen], batch_size=batch_size, workers=workers, scale=scale
+            ),
+        )
+
+    @property
+    def fallback(self) -> Predictor | None:
+        """The predictor of the card's fallback model (None: none), loaded when a cell first
+        needs it: a sample this model is sure of never pays for loading it.
+
+        Raises
+        ------
+        LeukoscopeError
+            When the model at :attr:`fallback_dir` is not the one the card names, or cannot
+            be loaded (e.g. removed since).
+        """
+        if self._fallback is None and self.fallback_dir is not None:
+            self._fallback = _load_fallback(self.fallback_dir, self.card, self.fallback_backend)
+        return self._fallback
+
+    def _referred(
+        self,
+        predictions: Sequence[Prediction],
+        classify: Callable[[Predictor, list[int]], list[Prediction]],
+    ) -> list[Prediction]:
+        """``predictions`` with the calls of the readable, uncertain ones without a
+        preprocessing note replaced by ``classify(fallback, their positions)``, marked
+        ``fallback``: label and probabilities the fallback's, flag and score this model's.
+
+        A second opinion never clears a flag: with the fallback's own flags on these cells, a
+        cell that each model found plausible in turn would pass unflagged, and the 5-class
+        SqueezeNet backed by the EfficientNet flagged fewer of PBC's immature granulocytes (a
+        class neither knows) than either model alone."""
+        result = list(predictions)
+        if self.fallback_dir is None:
+            return result
+        chosen = [
+            i
+            for i, p in enumerate(predictions)
+            if p.uncertain and p.error is None and p.note is None
+        ]
+        if chosen and (fallback := self.fallback) is not None:
+            for i, again in zip(chosen, classify(fallback, chosen), strict=True):
+                result[i] = replace(
+                    again, uncertain=True, score=predictions[i].score, fallback=True
+                )
+        return result
 
     def outputs_for_paths(
         self,
@@ -502,6 +605,45 @@ class Predictor:
             score=0.0,
             error=message,
         )
+
+
+def _fallback_dir(model_dir: Path, card: ModelCard) -> Path | None:
+    """Where ``card``'s fallback model is, relative to ``model_dir``, after a check of its card
+    (its weights and classes); None, with a warning, when it is not there.
+
+    Raises
+    ------
+    LeukoscopeError
+        When the model there is not the one the card names (other weights or classes).
+    """
+    assert card.fallback is not None
+    path = Path(os.path.normpath(model_dir / card.fallback.model))
+    if not (path / CARD_NAME).is_file():
+        logger.warning(
+            "%s: its fallback model %s is not there; the cells it flags uncertain keep its calls",
+            model_dir,
+            path,
+        )
+        return None
+    _check_fallback(path, load_card(path / CARD_NAME), card)
+    return path
+
+
+def _check_fallback(path: Path, found: ModelCard, card: ModelCard) -> None:
+    assert card.fallback is not None
+    if found.sha256 != card.fallback.sha256 or found.classes != card.classes:
+        raise LeukoscopeError(
+            f"{path}: not the fallback model its model's card names (other weights or "
+            "classes); set it again with leukoscope fallback"
+        )
+
+
+def _load_fallback(path: Path, card: ModelCard, backend: str) -> Predictor:
+    """The predictor of ``card``'s fallback model at ``path``, without a fallback of its own,
+    checked again (the folder may have changed since the card was read)."""
+    fallback = Predictor.load(path, backend=backend, fallback=False)
+    _check_fallback(path, fallback.card, card)
+    return fallback
 
 
 def _open_first(path: Path, engines: Sequence[str]) -> Export:

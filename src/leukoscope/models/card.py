@@ -25,6 +25,8 @@ field               what                                     written by
 ``test_metrics``    held-out scores                          ``release``
 ``release``         name, date, data, machine, command       ``release``
 ``adaptation``      source model, cells (by sha256), recipe  ``adapt``
+``fallback``        the model that classifies the cells      ``fallback``
+                    this one flags uncertain
 =================== ======================================== ===============================
 
 A model with BatchNorm layers also gets ``renormalised_abstention`` from ``calibrate``: the
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -227,6 +230,23 @@ class Adaptation:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """A second model for the cells this one flags uncertain: a fast model backed by an
+    accurate, slower one, which then runs on those cells only. The cells stay flagged for
+    review; the fallback's call is the one proposed.
+
+    On the 5-class test split the 128-px SqueezeNet made 17 errors alone; with the cells it
+    flagged (7.5%) classified by the 4-view EfficientNet, 6, as many as 99.5% accuracy allows
+    (``leukoscope evaluate``, ``benchmarks/accuracy.py``; docs/results.md).
+    """
+
+    model: str
+    """Its directory, relative to this model's directory (``../wbc5-efficientnet_lite0``)."""
+    sha256: str
+    """Of its ``model.safetensors``: the predictor refuses another model found at the path."""
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A saved model's card (see the module docstring for the sections).
 
@@ -252,6 +272,8 @@ class ModelCard:
         turns the images). None: every view of every image. On the 8-class EfficientNet's
         validation split, 0.98 left about one image in twenty for the other three views and
         changed no prediction of the four views' (``benchmarks/views.py``).
+    fallback
+        The model that classifies the cells this one flags uncertain (see :class:`Fallback`).
     """
 
     __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
@@ -271,6 +293,7 @@ class ModelCard:
     test_metrics: TestMetrics | None = None
     release: Release | None = None
     adaptation: Adaptation | None = None
+    fallback: Fallback | None = None
 
     def __post_init__(self) -> None:
         below = self.extra_views_below
@@ -394,3 +417,38 @@ def update_card(model: str | Path, **changes: Any) -> ModelCard:
     card = load_card(path).replace(**changes)
     save_card(card, path)
     return card
+
+
+def set_fallback(model: str | Path, fallback: str | Path | None) -> ModelCard:
+    """Name ``fallback`` (a model directory) in ``model``'s card as the model for the cells it
+    flags uncertain, by its path relative to ``model`` and its weights' sha256; None removes
+    it. Returns the new card, written atomically.
+
+    Raises
+    ------
+    LeukoscopeError
+        When either card cannot be read, ``model`` flags no cells (not calibrated), or
+        ``fallback`` is ``model`` itself, uncalibrated, for other classes, or has a fallback
+        of its own (one step only: every uncertain cell costs at most one more model).
+    """
+    path = card_path(model)
+    card = load_card(path)
+    if fallback is None:
+        return update_card(model, fallback=None)
+    other_path = card_path(fallback)
+    other = load_card(other_path)
+    problem = None
+    if card.abstention is None:
+        problem = f"{path}: flags no cell uncertain (calibrate it first)"
+    elif other_path.resolve() == path.resolve():
+        problem = f"{other_path}: a model cannot be its own fallback"
+    elif other.classes != card.classes:
+        problem = f"{other_path}: classes {list(other.classes)}, not {list(card.classes)}"
+    elif other.calibration is None or not other.sha256:
+        problem = f"{other_path}: not calibrated (calibrate or release it first)"
+    elif other.fallback is not None:
+        problem = f"{other_path}: has a fallback of its own"
+    if problem is not None:
+        raise LeukoscopeError(problem)
+    relative = os.path.relpath(other_path.parent.resolve(), path.parent.resolve())
+    return update_card(model, fallback=Fallback(Path(relative).as_posix(), other.sha256))

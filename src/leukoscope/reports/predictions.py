@@ -64,7 +64,8 @@ def predictions_csv(
     shift: ShiftCheck | None = None,
 ) -> str:
     """One row per image: the call, its flag and score, then each class's probability, and a
-    note when preprocessing flagged it (no cell found to frame, cut by a field's edge). An
+    note when preprocessing flagged it (no cell found to frame, cut by a field's edge), and
+    ``fallback``, true when the model's fallback made the call (the model was unsure). An
     unreadable file's row holds only its source and error: no zeros that read as results.
     With ``boxes`` (aligned with ``predictions``: the cells of field images) the rows go on
     with :data:`BOX_COLUMNS`.
@@ -78,6 +79,7 @@ def predictions_csv(
     writer = csv.writer(buffer, lineterminator="\n")
     fields = ["source", "label", "confidence", "uncertain", "score", "runner_up"]
     header = [*fields, "runner_up_probability", *(f"p_{c}" for c in classes), "error", "note"]
+    header.append("fallback")
     if boxes is not None:
         header += BOX_COLUMNS
     header.append("sample_shifted")
@@ -86,8 +88,8 @@ def predictions_csv(
     for p, box in zip(predictions, boxes or [None] * len(predictions), strict=True):
         where = [] if boxes is None else list((box_fields(box) or _NO_BOX).values())
         if p.error is not None:
-            blank = [""] * (len(header) - 4 - len(where))
-            writer.writerow([p.source, *blank, p.error, "", *where, ""])
+            blank = [""] * (len(header) - 5 - len(where))
+            writer.writerow([p.source, *blank, p.error, "", "", *where, ""])
             continue
         writer.writerow(
             [
@@ -101,6 +103,7 @@ def predictions_csv(
                 *(f"{p.probabilities[c]:.6f}" for c in classes),
                 "",
                 p.note or "",
+                str(p.fallback).lower(),
                 *where,
                 shifted,
             ]
@@ -109,11 +112,13 @@ def predictions_csv(
 
 
 def summarise(predictions: Sequence[Prediction]) -> dict[str, Any]:
-    """Counts of images, unreadable files, flagged images and confident calls per class."""
+    """Counts of images, unreadable files, flagged images, images the model's fallback
+    classified and confident calls per class."""
     return {
         "images": len(predictions),
         "unreadable": sum(p.error is not None for p in predictions),
         "uncertain": sum(p.uncertain and p.error is None for p in predictions),
+        "fallback": sum(p.fallback for p in predictions),
         "by_class": dict(
             Counter(p.label for p in predictions if p.error is None and not p.uncertain)
         ),
@@ -146,6 +151,7 @@ def write_predictions(
             "model": predictor.card.arch,
             "backend": predictor.backend,
             "precision": predictor.precision,
+            "fallback": None if predictor.fallback_dir is None else str(predictor.fallback_dir),
             "classes": list(predictor.classes),
             "calibrated": predictor.abstainer is not None,
             "renormalised_cells": renormalised,

@@ -719,7 +719,11 @@ def _renormalised_on(
     )
     abstainer = Abstainer.load(weights.parent, card, renormalised=True)
     renormalised_card = card.replace(
-        renormalised_abstention=None, test_metrics=None, release=None, adaptation=adaptation
+        renormalised_abstention=None,
+        test_metrics=None,
+        release=None,
+        adaptation=adaptation,
+        fallback=None,  # the fallback was not renormalised on these cells
     )
     if predictor.backend == "torch":
         in_memory = renormalised_card.replace(
@@ -862,6 +866,7 @@ def adapt(
         test_metrics=None,
         release=None,
         adaptation=adaptation,
+        fallback=None,  # the fallback was not adapted to this lab
     )
     path = _write_staged(Path(out), adapted, new_card, abstainer, card)
     return AdaptResult(path, load_model(path)[1], adaptation, cells.skipped)
