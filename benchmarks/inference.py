@@ -69,7 +69,7 @@ from leukoscope.inference.runtime import (
     ONNX_NAME,
     PRECISION_KEY,
 )
-from leukoscope.machine import cpu_cores, has_bf16_matrix_units
+from leukoscope.machine import cpu_cores, describe_machine, has_bf16_matrix_units
 from leukoscope.models import load_card
 
 REPO = Path(__file__).resolve().parents[1]
@@ -368,6 +368,7 @@ def main() -> None:
         return
 
     models = [Path(m) for m in args.models.split(",")] if args.models else released_models()
+    machine = describe_machine()  # before any runtime is loaded (see write_results)
     load_before = os.getloadavg()
     image = read_manifest(REPO / MANIFESTS["wbc5"], "test")[0][0].path
     startup = {
@@ -379,7 +380,7 @@ def main() -> None:
         results = {model.name: command_line_runs(model, args, Path(tmp)) for model in models}
     for model in models:
         in_process_runs(model, results[model.name], args)
-        save(args.out, startup, load_before, results)  # each model's as soon as it is done
+        save(args.out, machine, startup, load_before, results)  # each model's when it is done
     # Tearing down OpenVINO and ONNX Runtime together at exit crashed the interpreter now and
     # then (SIGSEGV in native code); the results are written, so leave without the teardown.
     sys.stdout.flush()
@@ -388,6 +389,7 @@ def main() -> None:
 
 def save(
     out: Path,
+    machine: dict[str, Any],
     startup: dict[str, Any],
     load_before: tuple[float, float, float],
     results: dict[str, Any],
@@ -395,6 +397,7 @@ def save(
     write_results(
         out,
         "inference",
+        machine,
         data="test split of each model's manifest (runs/manifests/<wbc5|pbc8>-seed0.csv)",
         batch_size=64,
         decode_threads=2,

@@ -11,16 +11,20 @@ from leukoscope.fileio import atomic_write_json
 from leukoscope.machine import describe_machine
 
 
-def write_results(out: Path, benchmark: str, **fields: Any) -> None:
+def write_results(
+    out: Path, benchmark: str, machine: dict[str, Any] | None = None, **fields: Any
+) -> None:
     """Write ``fields`` to ``out`` atomically after the benchmark's name, its command line, the
-    date and the machine's description."""
+    date and the ``machine``'s description (by default :func:`describe_machine` now: a
+    benchmark that has loaded runtimes describes the machine before, since describing it
+    starts a process, and a process forked from one with OpenVINO's threads crashed)."""
     atomic_write_json(
         out,
         {
             "benchmark": benchmark,
             "command": "python " + " ".join(sys.argv),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": describe_machine(),
+            "machine": machine or describe_machine(),
             **fields,
         },
     )
