@@ -58,6 +58,7 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
         "macro_f1": round(metrics["macro_f1"], 4),
         "balanced_accuracy": round(metrics["balanced_accuracy"], 4),
         "uncertain_share": round(1 - abstention["coverage"], 4) if abstention else None,
+        "fallback_cells": metrics["fallback_cells"],
         "accuracy_kept": abstention["accuracy_kept"] if abstention else None,
         "ece": calibration["ece_after"],
         "confusion_matrix": metrics["confusion_matrix"],

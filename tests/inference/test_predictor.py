@@ -336,6 +336,12 @@ def cascade(tmp_path: Path, tiny: Tiny, untrained: Path) -> Path:
     return build_cascade(tmp_path, tiny, untrained)
 
 
+def _test_split_alone(tiny: Tiny, cascade: Path) -> tuple[list[Path], list[Prediction]]:
+    """The tiny model's test files and their predictions by the cascade's first model alone."""
+    paths = [path for path, _ in tiny.split("test")]
+    return paths, Predictor.load(cascade, fallback=False).predict_paths(paths)
+
+
 def test_a_fallback_classifies_the_cells_the_model_flags_uncertain(
     tmp_path: Path, tiny: Tiny, cascade: Path
 ) -> None:
@@ -364,8 +370,7 @@ def test_a_fallback_classifies_the_cells_the_model_flags_uncertain(
 
 
 def test_the_fallback_is_loaded_only_for_a_cell_that_needs_it(tiny: Tiny, cascade: Path) -> None:
-    paths = [path for path, _ in tiny.split("test")]
-    alone = Predictor.load(cascade, fallback=False).predict_paths(paths)
+    paths, alone = _test_split_alone(tiny, cascade)
     predictor = Predictor.load(cascade)
     shutil.rmtree(cascade.parent / "slow")  # after loading: unnoticed while no cell needs it
     confident = [p.source for p in alone if not p.uncertain]
@@ -379,8 +384,7 @@ def test_the_fallback_is_loaded_only_for_a_cell_that_needs_it(tiny: Tiny, cascad
 def test_a_missing_fallback_keeps_the_calls_and_says_so(
     tiny: Tiny, cascade: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    paths = [path for path, _ in tiny.split("test")]
-    alone = Predictor.load(cascade, fallback=False).predict_paths(paths)
+    paths, alone = _test_split_alone(tiny, cascade)
     shutil.rmtree(cascade.parent / "slow")
     with caplog.at_level(logging.WARNING):
         predictions = Predictor.load(cascade).predict_paths(paths)
@@ -394,3 +398,12 @@ def test_a_fallback_with_other_weights_is_refused(cascade: Path) -> None:
     update_card(cascade, fallback=dataclasses.replace(card.fallback, sha256="0" * 64))
     with pytest.raises(LeukoscopeError, match="not the fallback model"):
         Predictor.load(cascade)
+
+
+def test_a_sample_unlike_the_training_data_keeps_the_models_calls(
+    tiny: Tiny, cascade: Path, request: pytest.FixtureRequest
+) -> None:
+    request.getfixturevalue("shifted_samples")
+    paths = [path for path, _ in tiny.split("test")]
+    both, alone = (Predictor.load(cascade, fallback=f).predict_paths(paths) for f in (True, False))
+    assert both == alone and any(p.uncertain for p in both)
