@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from leukoscope.cli import main
 from leukoscope.data.datasets import read_manifest
 from leukoscope.inference.predictor import Predictor
 from leukoscope.models import load_card
+from leukoscope.models.card import set_fallback
 from tests.training.conftest import CLASSES, shape_image, tiny_train_args, write_dataset
 
 
@@ -189,3 +191,10 @@ def test_release_calibrates_evaluates_and_publishes(
     assert not list((released / "evaluation").glob("*mistake*.png"))
     assert not [p for p in models.iterdir() if p.name.startswith(".")]  # no staging left behind
     assert "Released" in stdout and "macro-F1" in stdout
+    # Released again over a model with a fallback: the new card has none, and says so.
+    shutil.copytree(released, models / "other")
+    set_fallback(released, models / "other")
+    code, stdout, err = run_cli([*args, "--models-dir", models], capsys)
+    assert code == 0, err
+    assert load_card(released / "model_card.json").fallback is None
+    assert "had a fallback, ../other" in " ".join(stdout.split())

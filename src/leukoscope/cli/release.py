@@ -33,6 +33,8 @@ def release_command(
     from leukoscope.evaluation.report import classification_table
     from leukoscope.release import release_model
 
+    replaced = _fallback_of(models_dir / name)
+
     release = release_model(
         run,
         manifest,
@@ -48,3 +50,23 @@ def release_command(
         f"Released {release.path}: test accuracy {metrics['accuracy']:.4f}, "
         f"macro-F1 {metrics['macro_f1']:.4f} on {metrics['n_images']} images"
     )
+    if replaced is not None:
+        console.print(
+            f"[bold]Note:[/] the model it replaced had a fallback, {replaced}; this one has "
+            f"none (set it with leukoscope fallback --model {release.path} --to MODEL)",
+            highlight=False,
+        )
+
+
+def _fallback_of(model_dir: Path) -> str | None:
+    """The fallback a released model's card names, if there is a readable one."""
+    from leukoscope.errors import LeukoscopeError
+    from leukoscope.models.card import CARD_NAME, load_card
+
+    if not (model_dir / CARD_NAME).is_file():
+        return None
+    try:
+        fallback = load_card(model_dir / CARD_NAME).fallback
+    except LeukoscopeError:  # a broken card is replaced anyway
+        return None
+    return None if fallback is None else fallback.model
