@@ -68,8 +68,8 @@ def _classified(
     advance: Callable[[int], None],
 ) -> tuple[ScaleEstimate, Outputs, list[Prediction]]:
     """The files rescaled as one sample (with ``options.rescale``), their raw outputs and the
-    predictions of the readable ones (those the model flags uncertain by its fallback, if
-    it has one)."""
+    predictions of the readable ones (for those the model flags uncertain, its fallback's
+    calls, if it has one: :meth:`~leukoscope.inference.predictor.Predictor.refer_paths`)."""
     scale = predictor.estimate_scale(paths) if options.rescale else UNSCALED
     outputs = predictor.outputs_for_paths(
         paths,
@@ -165,7 +165,7 @@ def evaluate_model(
         magnification=scale.to_dict(),
         renormalised_cells=renormalised,
         not_renormalised=not_renormalised,
-        fallback=None if predictor.fallback is None else str(predictor.fallback.source),
+        fallback=None if predictor.fallback_dir is None else str(predictor.fallback_dir),
         fallback_cells=sum(p.fallback for p in predictions),
     )
     metrics["skipped"] = [{"path": str(paths[i]), "reason": msg} for i, msg in outputs.errors]

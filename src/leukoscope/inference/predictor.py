@@ -636,6 +636,7 @@ def _fallback_dir(model_dir: Path, card: ModelCard) -> Path | None:
 
 
 def _check_fallback(path: Path, found: ModelCard, card: ModelCard) -> None:
+    """Raise unless ``found``, the card at ``path``, is the fallback ``card`` names."""
     assert card.fallback is not None
     if found.sha256 != card.fallback.sha256 or found.classes != card.classes:
         raise LeukoscopeError(
