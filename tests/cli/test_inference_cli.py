@@ -30,7 +30,7 @@ from leukoscope.reports.differential import CellCall
 from leukoscope.training import adapt as adapt_module
 from leukoscope.training.adapt import renormalised_for_sample
 from tests.cells.drawing import drawn_cell, smear
-from tests.conftest import cell_image
+from tests.conftest import REPO, cell_image
 from tests.inference.tiny import (
     Tiny,
     build_batchnorm,
@@ -554,3 +554,11 @@ def test_fallback_backs_a_model_and_predict_says_which_cells_it_classified(
     assert all(row["uncertain"] == "true" for row, u in zip(rows, used, strict=True) if u)
     neither = invoke("fallback", "--model", fast)
     assert "--to MODEL or --remove" in str(neither.exception)
+
+
+def test_a_few_cells_start_in_onnx_runtime_whatever_the_arch(tmp_path: Path) -> None:
+    model = REPO / "models" / "wbc5-efficientnet_lite0"  # OpenVINO first for a long job
+    out = tmp_path / "p.json"
+    result = invoke("predict", "--model", model, cells_folder(tmp_path / "cells", 3), "--out", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["backend"] == "onnx"

@@ -129,11 +129,12 @@ def print_unreadable(predictions: Sequence[Prediction]) -> None:
         console.print(f"  ... and {len(errors) - SHOWN_ERRORS} more (all listed in the output)")
 
 
-def load_predictor(model: Path, backend: str) -> Predictor:
-    """Load the model, warning when it has no calibration (nothing will be flagged)."""
+def load_predictor(model: Path, backend: str, files: int | None = None) -> Predictor:
+    """Load the model for a job of ``files`` cell images (None: unknown), warning when it has
+    no calibration (nothing will be flagged)."""
     from leukoscope.inference.predictor import Predictor
 
-    predictor = Predictor.load(model, backend=backend)
+    predictor = Predictor.load(model, backend=backend, files=files)
     if predictor.abstainer is None:
         warn(
             "the model is not calibrated (run leukoscope calibrate), so no image will be "
@@ -205,7 +206,8 @@ class Classified:
 
 
 def classify_inputs(
-    predictor: Predictor,
+    model: Path,
+    backend: str,
     inputs: Sequence[str | Path],
     batch_size: int,
     workers: int,
@@ -213,9 +215,9 @@ def classify_inputs(
     fields: bool,
     renormalise: bool = True,
 ) -> Classified:
-    """:func:`classify` the cell images under ``inputs``, or with ``fields`` find, cut out and
-    classify every white cell of the field images under them (see
-    :mod:`leukoscope.inference.fields`).
+    """:func:`classify` the cell images under ``inputs`` with ``model`` (loaded for as many
+    files, :func:`load_predictor`), or with ``fields`` find, cut out and classify every white
+    cell of the field images under them (see :mod:`leukoscope.inference.fields`).
 
     With ``renormalise``, a sample that looks unlike the training data as a whole (the shift
     check) is classified again by the model renormalised on its cells, when it can be
@@ -224,6 +226,7 @@ def classify_inputs(
     looks like the training data, on which it would cost a point.
     """
     paths = find_images(inputs)
+    predictor = load_predictor(model, backend, None if fields else len(paths))
     first = classified(predictor, paths, batch_size, workers, fields=fields)
     if not renormalise or first.shift is None or not first.shift.shifted:
         return first

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from leukoscope.cli.console import classify_inputs, console, load_predictor, print_unreadable
+from leukoscope.cli.console import classify_inputs, console, print_unreadable
 from leukoscope.cli.options import (
     Backend,
     BackendOption,
@@ -51,9 +51,8 @@ def differential(
 
     if not folder.is_dir():
         raise LeukoscopeError(f"{folder}: not a folder")
-    predictor = load_predictor(model, backend)
     result = classify_inputs(
-        predictor, [folder], batch_size, workers, fields=fields, renormalise=renormalise
+        model, backend, [folder], batch_size, workers, fields=fields, renormalise=renormalise
     )
     predictor, predictions, shift = result.predictor, result.predictions, result.shift
     report, report_path = write_sample_report(

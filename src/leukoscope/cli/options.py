@@ -155,7 +155,8 @@ class ReportFormat(StrEnum):
 
 BACKEND_HELP = (
     "auto runs the export beside the model (model.int8.onnx, else model.onnx) in ONNX Runtime "
-    "(EfficientNets: OpenVINO) or, if not installed, the other; without an export, PyTorch. "
+    "(EfficientNets: OpenVINO, unless predict or differential has fewer than 32 cell images) "
+    "or, if not installed, the other; without an export, PyTorch. "
     "onnx is ONNX Runtime."
 )
 VIEWS_HELP = (

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from leukoscope.cli.console import classify_inputs, console, load_predictor, print_unreadable
+from leukoscope.cli.console import classify_inputs, console, print_unreadable
 from leukoscope.cli.options import (
     Backend,
     BackendOption,
@@ -39,9 +39,8 @@ def predict(
     from leukoscope.reports.predictions import check_output_suffix, summarise, write_predictions
 
     check_output_suffix(out)
-    predictor = load_predictor(model, backend)
     result = classify_inputs(
-        predictor, inputs, batch_size, workers, fields=fields, renormalise=renormalise
+        model, backend, inputs, batch_size, workers, fields=fields, renormalise=renormalise
     )
     predictor, predictions, shift = result.predictor, result.predictions, result.shift
     write_predictions(

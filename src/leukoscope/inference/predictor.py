@@ -145,11 +145,18 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, model_path: str | Path, *, backend: str = "auto", fallback: bool = True
+        cls,
+        model_path: str | Path,
+        *,
+        backend: str = "auto",
+        fallback: bool = True,
+        files: int | None = None,
     ) -> Predictor:
         """Load a model directory, its ``model.safetensors``, or an exported ``.onnx`` file,
         with the card's fallback model (in its own ``auto`` engine, or PyTorch with ``torch``)
-        unless ``fallback`` is False.
+        unless ``fallback`` is False. ``files``, when known, is how many cell images the job
+        holds: a small job starts sooner in ONNX Runtime
+        (:data:`~leukoscope.inference.runtime.QUICK_START_FILES`).
 
         ``auto`` runs the export beside the weights (``model.int8.onnx``, else
         ``model.onnx``) in the first engine of
@@ -167,11 +174,11 @@ class Predictor:
         if path.suffix == ".onnx":
             if backend == "torch":
                 raise LeukoscopeError(f"{path}: an .onnx model needs a backend other than torch")
-            predictor = cls._from_export(path, backend)
+            predictor = cls._from_export(path, backend, files)
             model_dir = path.parent
         else:
             model_dir = path.parent if path.suffix == ".safetensors" else path
-            predictor = cls._from_folder(model_dir, backend)
+            predictor = cls._from_folder(model_dir, backend, files)
         if fallback and predictor.card.fallback is not None:
             predictor.fallback_dir = _fallback_dir(model_dir, predictor.card)
             # It runs in its own best engine (e.g. OpenVINO for an EfficientNet): ``backend``
@@ -180,7 +187,7 @@ class Predictor:
         return predictor
 
     @classmethod
-    def _from_folder(cls, model_dir: Path, backend: str) -> Predictor:
+    def _from_folder(cls, model_dir: Path, backend: str, files: int | None) -> Predictor:
         """A predictor for a model directory: its export, if one suits, else PyTorch."""
         if not model_dir.is_dir():
             raise LeukoscopeError(f"{model_dir}: no such model directory")
@@ -188,7 +195,7 @@ class Predictor:
         abstainer = Abstainer.load(model_dir, card) if card.abstention else None
         weights = model_dir / WEIGHTS_NAME
         if backend != "torch":
-            export = _folder_export(model_dir, card, backend)
+            export = _folder_export(model_dir, card, backend, files)
             if export is not None:
                 return cls(
                     card,
@@ -207,13 +214,13 @@ class Predictor:
         return predictor
 
     @classmethod
-    def _from_export(cls, path: Path, backend: str) -> Predictor:
+    def _from_export(cls, path: Path, backend: str, files: int | None) -> Predictor:
         """A predictor for an export, in its model directory or on its own (``auto`` tries
         the engines in the order for the architecture of the card beside it, if there is one,
         else in the default order)."""
         card_file = path.parent / CARD_NAME
         beside = load_card(card_file) if card_file.is_file() else None
-        export = _open_first(path, engines_for(backend, beside.arch if beside else None))
+        export = _open_first(path, engines_for(backend, beside.arch if beside else None, files))
         if (reason := export.unsuited()) is not None:
             logger.warning("%s: its classes may differ from the model's", reason)
         if beside is not None:
@@ -665,7 +672,9 @@ def _open_first(path: Path, engines: Sequence[str]) -> Export:
     raise missing
 
 
-def _folder_export(model_dir: Path, card: ModelCard, backend: str) -> Export | None:
+def _folder_export(
+    model_dir: Path, card: ModelCard, backend: str, files: int | None
+) -> Export | None:
     """The first export of :data:`~leukoscope.inference.runtime.FOLDER_EXPORTS` in a model
     directory that loads and was made from the card's weights with its views.
 
@@ -683,7 +692,7 @@ def _folder_export(model_dir: Path, card: ModelCard, backend: str) -> Export | N
     problems, unsuited = [], []
     for path in candidates:
         try:
-            export = _open_first(path, engines_for(backend, card.arch))
+            export = _open_first(path, engines_for(backend, card.arch, files))
             export.check(card, str(model_dir / CARD_NAME))
         except LeukoscopeError as exc:
             problems.append(str(exc))

@@ -99,6 +99,16 @@ as fast on the 2-core AMD EPYC with AVX-512 VNNI (``benchmarks/results/inference
 ``pbc8-efficientnet_lite0``, the model ``make demo`` and the web app use), and 1.24-1.27 times
 in fp32 on the 2-core AMD EPYC with AVX2 only (``inference-epyc-avx2-imports.json``,
 2026-12-07: 92.1 against 72.8 images/s for that model)."""
+QUICK_START_FILES = 32
+"""Jobs of fewer cell images than this run in :data:`ENGINES` order whatever the arch: ONNX
+Runtime opens a model sooner than OpenVINO compiles it, which outweighs OpenVINO's faster
+EfficientNet on a few images. One-image ``leukoscope predict`` on the 2-core AMD EPYC with AVX2
+only (2026-12-07, a slow spell; ``benchmarks/startup.py``,
+``benchmarks/results/startup-quick-start.json``): ``pbc8-efficientnet_lite0`` 1.62 s against
+2.33 s, ``wbc5-efficientnet_lite0`` 1.56 s against 2.09 s; at 32 images (run with this
+threshold at 64) OpenVINO was about as quick (5.48 s against 5.49, 4.82 against 4.60). Each further image costs OpenVINO less (92.1 against
+72.8 images/s end to end for the 8-class one there, :data:`ARCH_ENGINES`; about twice as fast
+again in bfloat16 on CPUs with AMX), so larger jobs keep the arch's order."""
 BACKENDS = ("auto", "torch", *ENGINES)
 ENGINE_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
 
@@ -405,9 +415,12 @@ def open_export(path: str | Path, engine: str) -> Export:
         raise LeukoscopeError(f"{path}: {engine} cannot load it ({exc})") from exc
 
 
-def engines_for(backend: str, arch: str | None = None) -> Sequence[str]:
+def engines_for(backend: str, arch: str | None = None, files: int | None = None) -> Sequence[str]:
     """The engines ``backend`` may use, in the order to try them: for ``auto``, the order of
-    :data:`ARCH_ENGINES` for the model's ``arch`` where it has one, else :data:`ENGINES`."""
+    :data:`ARCH_ENGINES` for the model's ``arch`` where it has one, else :data:`ENGINES`, which
+    is also the order for a job of fewer than :data:`QUICK_START_FILES` ``files``."""
     if backend in ENGINES:
         return (backend,)
-    return ARCH_ENGINES.get(arch, ENGINES) if arch is not None else ENGINES
+    if arch is None or (files is not None and files < QUICK_START_FILES):
+        return ENGINES
+    return ARCH_ENGINES.get(arch, ENGINES)
