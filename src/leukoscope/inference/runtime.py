@@ -106,9 +106,10 @@ EfficientNet on a few images. One-image ``leukoscope predict`` on the 2-core AMD
 only (2026-12-07, a slow spell; ``benchmarks/startup.py``,
 ``benchmarks/results/startup-quick-start.json``): ``pbc8-efficientnet_lite0`` 1.62 s against
 2.33 s, ``wbc5-efficientnet_lite0`` 1.56 s against 2.09 s; at 32 images (run with this
-threshold at 64) OpenVINO was about as quick (5.48 s against 5.49, 4.82 against 4.60). Each further image costs OpenVINO less (92.1 against
-72.8 images/s end to end for the 8-class one there, :data:`ARCH_ENGINES`; about twice as fast
-again in bfloat16 on CPUs with AMX), so larger jobs keep the arch's order."""
+threshold at 64) OpenVINO was about as quick (5.48 s against 5.49, 4.82 against 4.60). Each
+further image costs OpenVINO less (92.1 against 72.8 images/s end to end for the 8-class one
+there, :data:`ARCH_ENGINES`; about twice as fast again in bfloat16 on CPUs with AMX), so
+larger jobs keep the arch's order."""
 BACKENDS = ("auto", "torch", *ENGINES)
 ENGINE_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
 
