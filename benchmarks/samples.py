@@ -4,7 +4,7 @@
 ``predict`` does more: it rescales the sample to the training magnification, checks whether the
 sample as a whole looks unlike the training data, and if so classifies it again with the model
 renormalised on it (``--renormalise``, the default; :func:`leukoscope.training.adapt.
-renormalised_for_sample`). This runs that very path (``leukoscope.cli.console.classify_inputs``)
+renormalised_for_sample`). This runs that very path (``leukoscope.cli.console.classify_paths``)
 on every labelled set under ``--external`` (each folder's ``images/``) and on each model's own
 PBC test split (when its manifest is at ``--manifests``), with ``--renormalise`` and without,
 and scores the calls against the folders' labels: accuracy, share flagged uncertain, accuracy of
@@ -44,7 +44,7 @@ from external import add_model_options, models_or_released, released_manifest, s
 from PIL import Image
 from results_file import write_results
 
-from leukoscope.cli.console import Classified, classify_inputs
+from leukoscope.cli.console import Classified, classify_paths
 from leukoscope.data.datasets import Sample, read_manifest
 from leukoscope.inference.predictor import Prediction, Predictor
 
@@ -56,7 +56,7 @@ def scored(
     ``fields``, as ``predict --fields``), scored against their labels (class indices of the
     predictor's classes)."""
     start = time.perf_counter()
-    result = classify_inputs(
+    result = classify_paths(
         predictor, [s.path for s in samples], 64, 2, fields=fields, renormalise=renormalise
     )
     seconds = time.perf_counter() - start

@@ -215,9 +215,27 @@ def classify_inputs(
     fields: bool,
     renormalise: bool = True,
 ) -> Classified:
-    """:func:`classify` the cell images under ``inputs`` with ``model`` (loaded for as many
-    files, :func:`load_predictor`), or with ``fields`` find, cut out and classify every white
-    cell of the field images under them (see :mod:`leukoscope.inference.fields`).
+    """:func:`classify_paths` the image files under ``inputs`` with ``model``, loaded once
+    they are found (:func:`load_predictor`: their number, for cell images, picks the engine).
+    """
+    paths = find_images(inputs)
+    predictor = load_predictor(model, backend, None if fields else len(paths))
+    return classify_paths(
+        predictor, paths, batch_size, workers, fields=fields, renormalise=renormalise
+    )
+
+
+def classify_paths(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    batch_size: int,
+    workers: int,
+    *,
+    fields: bool,
+    renormalise: bool = True,
+) -> Classified:
+    """:func:`classify` the cell images ``paths``, or with ``fields`` find, cut out and
+    classify every white cell of these field images (see :mod:`leukoscope.inference.fields`).
 
     With ``renormalise``, a sample that looks unlike the training data as a whole (the shift
     check) is classified again by the model renormalised on its cells, when it can be
@@ -225,8 +243,6 @@ def classify_inputs(
     this took the 5-class EfficientNet from 13% to 67%, and it never touches a sample that
     looks like the training data, on which it would cost a point.
     """
-    paths = find_images(inputs)
-    predictor = load_predictor(model, backend, None if fields else len(paths))
     first = classified(predictor, paths, batch_size, workers, fields=fields)
     if not renormalise or first.shift is None or not first.shift.shifted:
         return first
