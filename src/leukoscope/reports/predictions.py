@@ -78,8 +78,8 @@ def predictions_csv(
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     fields = ["source", "label", "confidence", "uncertain", "score", "runner_up"]
-    header = [*fields, "runner_up_probability", *(f"p_{c}" for c in classes), "error", "note"]
-    header.append("fallback")
+    header = [*fields, "runner_up_probability", *(f"p_{c}" for c in classes)]
+    header += ["error", "note", "fallback"]
     if boxes is not None:
         header += BOX_COLUMNS
     header.append("sample_shifted")
