@@ -368,7 +368,7 @@ def main() -> None:
         return
 
     models = [Path(m) for m in args.models.split(",")] if args.models else released_models()
-    machine = describe_machine()  # before any runtime is loaded (see write_results)
+    machine = describe_machine()
     load_before = os.getloadavg()
     image = read_manifest(REPO / MANIFESTS["wbc5"], "test")[0][0].path
     startup = {

@@ -15,9 +15,7 @@ def write_results(
     out: Path, benchmark: str, machine: dict[str, Any] | None = None, **fields: Any
 ) -> None:
     """Write ``fields`` to ``out`` atomically after the benchmark's name, its command line, the
-    date and the ``machine``'s description (by default :func:`describe_machine` now: a
-    benchmark that has loaded runtimes describes the machine before, since describing it
-    starts a process, and a process forked from one with OpenVINO's threads crashed)."""
+    date and the ``machine``'s description (by default :func:`describe_machine` now)."""
     atomic_write_json(
         out,
         {

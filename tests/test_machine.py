@@ -1,3 +1,6 @@
+import platform
+import subprocess
+
 import pytest
 
 from leukoscope import machine
@@ -49,3 +52,17 @@ def test_bf16_matrix_units_are_amx_only(
 ) -> None:
     monkeypatch.setattr(machine, "_cpuinfo", lambda: cpuinfo)
     assert machine.has_bf16_matrix_units() is expected
+
+
+def test_describing_the_machine_starts_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # platform.platform() asks `uname -p` once per process; a fork beside OpenVINO's threads
+    # crashed a benchmark. Forget its cached answers so that a fork would happen here.
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise AssertionError("describe_machine started a process")
+
+    monkeypatch.setattr(platform, "_uname_cache", None)
+    monkeypatch.setattr(platform, "_platform_cache", {})
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    monkeypatch.setattr(subprocess, "check_output", no_process)
+    described = machine.describe_machine()
+    assert described["platform"].startswith(f"{platform.system()}-{platform.release()}-")

@@ -25,7 +25,7 @@ def cpu_model() -> str:
     for line in _cpuinfo().splitlines():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return platform.machine()
 
 
 REPORTED_FLAGS = (
@@ -68,6 +68,16 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def platform_name() -> str:
+    """The operating system and architecture, e.g. ``Linux-6.1.0-x86_64-with-glibc2.36``, as
+    :func:`platform.platform` names them but without starting a process: that asks ``uname -p``
+    for the processor, and a process forked from one running OpenVINO's threads crashed
+    (SIGSEGV) while a benchmark described the machine."""
+    libc, version = platform.libc_ver()
+    name = f"{platform.system()}-{platform.release()}-{platform.machine()}"
+    return f"{name}-with-{libc}{version}" if libc else name
+
+
 def describe_machine() -> dict[str, Any]:
     """CPU, cores usable by this process, accelerator, and library versions."""
     import torch  # here, not at the top: the predictor asks for the CPU's flags without torch
@@ -76,7 +86,7 @@ def describe_machine() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_cores": cpu_cores(),
         "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
+        "platform": platform_name(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
