@@ -11,8 +11,11 @@ its test images with the model folder and default options, ``--turns`` times eac
 besides the files themselves, such as the sample's magnification estimate); then
 ``leukoscope --help``. Reports the median and every turn's wall seconds.
 
+``--image`` names the one image instead of each model's first test image: e.g. a cell the
+model flags uncertain, for which a model with a fallback opens its fallback too.
+
 Run: python benchmarks/startup.py --base REV [--models models/a,models/b] [--turns 5]
-     [--files N] [--out benchmarks/results/startup.json]
+     [--files N] [--image FILE] [--out benchmarks/results/startup.json]
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def main() -> None:
     parser.add_argument("--models", help="comma-separated model folders (default: released)")
     parser.add_argument("--turns", type=int, default=5, help="runs of each command per source")
     parser.add_argument("--files", type=int, help="also predict this many test files (0: all)")
+    parser.add_argument("--image", type=Path, help="the one image (default: a test image)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/startup.json")
     args = parser.parse_args()
     models = [Path(m) for m in args.models.split(",")] if args.models else released_models()
@@ -84,7 +88,7 @@ def main() -> None:
             sources = {"base": tree / "src", "this": REPO / "src"}
             results: dict[str, Any] = {}
             for model in models:
-                image = test_files(model, 1)[0][0]
+                image = args.image or test_files(model, 1)[0][0]
                 out = Path(tmp) / "one.csv"
                 one_image = ["predict", str(image), "--model", str(model), "--out", str(out)]
                 results[model.name] = in_turns(one_image, sources, args.turns)
@@ -113,7 +117,8 @@ def main() -> None:
         turns=args.turns,
         notes="Wall seconds of fresh processes, base and this source in turns, the same "
         "interpreter and installed packages; one-image predict: the model folder, default "
-        "options, the first image of test_files(model, 1) in benchmarks/inference.py.",
+        "options, --image or else the first image of test_files(model, 1) in "
+        "benchmarks/inference.py.",
         results=results,
     )
 

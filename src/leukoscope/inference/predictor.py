@@ -122,7 +122,7 @@ class Predictor:
     backend computes in (:attr:`~leukoscope.inference.runtime.Export.precision`), which
     reports record beside the backend; ``fallback_dir`` the card's fallback model, which
     classifies the cells this one flags uncertain (None: it keeps them), run by
-    ``fallback_backend`` (see :attr:`fallback`).
+    ``fallback_backend`` (see :meth:`fallback_for`).
     """
 
     card: ModelCard
@@ -345,8 +345,8 @@ class Predictor:
         scale: ScaleEstimate | None = None,
     ) -> list[Prediction]:
         """Predict decoded images (any size; resized here) of one sample, rescaled by
-        ``scale`` (by default :meth:`scale_of_images` of them); the :attr:`fallback`, if any,
-        classifies those this model flags uncertain."""
+        ``scale`` (by default :meth:`scale_of_images` of them); the fallback model
+        (:meth:`fallback_for`), if any, classifies those this model flags uncertain."""
         if len(images) != len(names):
             raise ValueError(f"{len(images)} images but {len(names)} names")
         if not images:
@@ -380,8 +380,8 @@ class Predictor:
         scale: ScaleEstimate | None = None,
     ) -> list[Prediction]:
         """Predict files in input order, decoding in parallel; bad files become error entries.
-        The files are one sample: see :meth:`outputs_for_paths` for ``scale``. The
-        :attr:`fallback`, if any, classifies the files this model flags uncertain."""
+        The files are one sample: see :meth:`outputs_for_paths` for ``scale``. The fallback
+        model (:meth:`fallback_for`), if any, classifies the files this model flags uncertain."""
         scale = scale or self.estimate_scale(paths)
         outputs = self.outputs_for_paths(
             paths, batch_size=batch_size, workers=workers, on_progress=on_progress, scale=scale
@@ -416,9 +416,9 @@ class Predictor:
         workers: int = 2,
     ) -> list[Prediction]:
         """``predictions`` of ``paths`` (aligned) with the readable files this model flagged
-        uncertain classified again by the :attr:`fallback`, rescaled by the same ``scale``,
-        and marked ``fallback``; unchanged without one. Files with a preprocessing note stay:
-        the fallback would find no more than this model did."""
+        uncertain classified again by the fallback model (:meth:`fallback_for`), rescaled by
+        the same ``scale``, and marked ``fallback``; unchanged without one. Files with a
+        preprocessing note stay: the fallback would find no more than this model did."""
         return self._referred(
             predictions,
             lambda fallback, chosen: fallback.predict_paths(
@@ -426,10 +426,13 @@ class Predictor:
             ),
         )
 
-    @property
-    def fallback(self) -> Predictor | None:
-        """The predictor of the card's fallback model (None: none), loaded when a cell first
-        needs it: a sample this model is sure of never pays for loading it.
+    def fallback_for(self, cells: int) -> Predictor | None:
+        """The predictor of the card's fallback model (None: none), loaded when a sample's
+        ``cells`` flagged cells first need it: a sample this model is sure of never pays for
+        loading it. It opens in the engine for a job of that many cells
+        (:func:`~leukoscope.inference.runtime.engines_for`: fewer than
+        :data:`~leukoscope.inference.runtime.QUICK_START_FILES` start sooner in ONNX
+        Runtime), and later samples reuse it.
 
         Raises
         ------
@@ -438,7 +441,9 @@ class Predictor:
             be loaded (e.g. removed since).
         """
         if self._fallback is None and self.fallback_dir is not None:
-            self._fallback = _load_fallback(self.fallback_dir, self.card, self.fallback_backend)
+            self._fallback = _load_fallback(
+                self.fallback_dir, self.card, self.fallback_backend, cells
+            )
         return self._fallback
 
     def _referred(
@@ -468,7 +473,7 @@ class Predictor:
             for i, p in enumerate(predictions)
             if p.uncertain and p.error is None and p.note is None
         ]
-        if chosen and (fallback := self.fallback) is not None:
+        if chosen and (fallback := self.fallback_for(len(chosen))) is not None:
             for i, again in zip(chosen, classify(fallback, chosen), strict=True):
                 result[i] = replace(
                     again, uncertain=True, score=predictions[i].score, fallback=True
@@ -652,10 +657,11 @@ def _check_fallback(path: Path, found: ModelCard, card: ModelCard) -> None:
         )
 
 
-def _load_fallback(path: Path, card: ModelCard, backend: str) -> Predictor:
-    """The predictor of ``card``'s fallback model at ``path``, without a fallback of its own,
-    checked again (the folder may have changed since the card was read)."""
-    fallback = Predictor.load(path, backend=backend, fallback=False)
+def _load_fallback(path: Path, card: ModelCard, backend: str, cells: int) -> Predictor:
+    """The predictor of ``card``'s fallback model at ``path`` for a job of ``cells`` cells,
+    without a fallback of its own, checked again (the folder may have changed since the card
+    was read)."""
+    fallback = Predictor.load(path, backend=backend, fallback=False, files=cells)
     _check_fallback(path, fallback.card, card)
     return fallback
 
