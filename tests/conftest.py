@@ -126,9 +126,13 @@ def shifted_samples(monkeypatch: pytest.MonkeyPatch) -> None:
     real_check = Predictor.check_shift
 
     def as_shifted(
-        self: Predictor, predictions: Sequence[Prediction], on_edge: Sequence[bool] | None = None
+        self: Predictor,
+        predictions: Sequence[Prediction],
+        on_edge: Sequence[bool] | None = None,
+        *,
+        earlier: Sequence[bool] = (),
     ) -> ShiftCheck | None:
-        check = real_check(self, predictions, on_edge)
+        check = real_check(self, predictions, on_edge, earlier=earlier)
         if check is not None and self.card.adaptation is None:
             return dataclasses.replace(check, uncertain=check.cells, shifted=True)
         return check

@@ -400,6 +400,21 @@ def test_a_fallback_with_other_weights_is_refused(cascade: Path) -> None:
         Predictor.load(cascade)
 
 
+def test_a_sample_uploaded_cell_by_cell_is_judged_with_its_earlier_cells(
+    tiny: Tiny, cascade: Path
+) -> None:
+    paths, alone = _test_split_alone(tiny, cascade)
+    predictor = Predictor.load(cascade)
+    path = next(p for p, a in zip(paths, alone, strict=True) if a.uncertain)
+    with Image.open(path) as image:
+        cell = image.convert("RGB")
+    calm, shifted = [False] * 40, [True] * 40  # the sample's cells so far, by their flags
+    assert predictor.predict_images([cell], ["flagged"], earlier=calm)[0].fallback
+    assert not predictor.predict_images([cell], ["flagged"], earlier=shifted)[0].fallback
+    check = predictor.check_shift([alone[0]], earlier=shifted)
+    assert check is not None and check.shifted
+
+
 def test_a_sample_unlike_the_training_data_keeps_the_models_calls(
     tiny: Tiny, cascade: Path, request: pytest.FixtureRequest
 ) -> None:

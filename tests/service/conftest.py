@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +79,45 @@ class FlagLowConfidence:
         return getattr(self.predictor, name)
 
     def predict_images(
-        self, images: Sequence[Image.Image], names: Sequence[str], scale: Any = None
+        self,
+        images: Sequence[Image.Image],
+        names: Sequence[str],
+        scale: Any = None,
+        *,
+        earlier: Sequence[bool] = (),
     ) -> list[Any]:
-        predictions = self.predictor.predict_images(images, names, scale)
+        predictions = self.predictor.predict_images(images, names, scale, earlier=earlier)
         for prediction in predictions:
             prediction.uncertain = prediction.uncertain or prediction.confidence < self.threshold
         return predictions
+
+
+@dataclass
+class ReferringFlagged:
+    """A predictor with a fallback model as the service sees one: the calls on the cells the
+    wrapped predictor flags are marked as the fallback's (their labels kept: the service
+    stores and shows what it is given; the referral itself is the predictor's, tested in
+    tests/inference). ``earlier`` records the sample's flags each call was given."""
+
+    inner: Any
+    earlier: list[list[bool]] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def predict_images(
+        self,
+        images: Sequence[Image.Image],
+        names: Sequence[str],
+        scale: Any = None,
+        *,
+        earlier: Sequence[bool] = (),
+    ) -> list[Any]:
+        self.earlier.append(list(earlier))
+        return [
+            replace(p, fallback=p.uncertain and p.error is None)
+            for p in self.inner.predict_images(images, names, scale, earlier=earlier)
+        ]
 
 
 @dataclass

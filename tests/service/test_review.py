@@ -20,7 +20,14 @@ from leukoscope.cli import app as cli_app
 from leukoscope.data.scan import find_class_folders
 from leukoscope.service import store
 from leukoscope.service.settings import Settings
-from tests.service.conftest import N_CELLS, ExpectingFivePercent, cell_jpeg, cells, files
+from tests.service.conftest import (
+    N_CELLS,
+    ExpectingFivePercent,
+    ReferringFlagged,
+    cell_jpeg,
+    cells,
+    files,
+)
 from tests.service.test_api import assert_error
 
 
@@ -582,3 +589,28 @@ def test_a_samples_uploads_are_all_rescaled_by_the_magnification_its_first_one_m
     stored = [cell["prediction"]["probabilities"] for cell in detail["cells"][N_CELLS:]]
     assert stored == [pytest.approx(p.probabilities, abs=1e-6) for p in alike]
     assert stored != [pytest.approx(p.probabilities, abs=1e-6) for p in alone]
+
+
+def test_the_fallbacks_calls_are_stored_shown_and_exported(
+    make_settings: Callable[..., Settings], predictor: Any
+) -> None:
+    from fastapi import FastAPI
+
+    from leukoscope.service.app import create_app
+
+    referring = ReferringFlagged(predictor)
+    app: FastAPI = create_app(make_settings(), predictor=referring)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        sample = new_sample(client)
+        flagged = [cell["prediction"]["uncertain"] for cell in sample["cells"]]
+        assert 0 < sum(flagged) < len(flagged)
+        assert [cell["prediction"]["fallback"] for cell in sample["cells"]] == flagged
+        csv_text = client.get(f"/api/samples/{sample['id']}/cells.csv").text
+        rows = list(csv.DictReader(io.StringIO(csv_text)))
+        assert [row["fallback"] == "True" for row in rows] == flagged
+        # A later upload is judged for shift (whether to refer) with the stored cells' flags.
+        assert referring.earlier[-1] == []
+        client.post(f"/api/samples/{sample['id']}/cells", files=files(("late", cell_jpeg(99))))
+        assert referring.earlier[-1] == flagged
+        classified = client.post("/api/classify", files=cells()).json()["predictions"]
+        assert [p["fallback"] for p in classified] == [p["uncertain"] for p in classified]

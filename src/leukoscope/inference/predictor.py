@@ -343,10 +343,18 @@ class Predictor:
         images: Sequence[Image.Image],
         names: Sequence[str],
         scale: ScaleEstimate | None = None,
+        *,
+        earlier: Sequence[bool] = (),
     ) -> list[Prediction]:
         """Predict decoded images (any size; resized here) of one sample, rescaled by
         ``scale`` (by default :meth:`scale_of_images` of them); the fallback model
-        (:meth:`fallback_for`), if any, classifies those this model flags uncertain."""
+        (:meth:`fallback_for`), if any, classifies those this model flags uncertain.
+
+        ``earlier`` holds this model's uncertain flags on the sample's cells classified
+        before (the web app's stored cells): whether the sample looks shifted, in which case
+        nothing is referred, is judged on them with these images' own (see
+        :meth:`_referred`), so that a sample uploaded a few cells at a time is judged as a
+        whole."""
         if len(images) != len(names):
             raise ValueError(f"{len(images)} images but {len(names)} names")
         if not images:
@@ -360,6 +368,7 @@ class Predictor:
             lambda fallback, chosen: fallback.predict_images(
                 [images[i] for i in chosen], [names[i] for i in chosen], scale
             ),
+            earlier,
         )
 
     def predict_bytes(self, data: bytes, name: str) -> Prediction:
@@ -450,6 +459,7 @@ class Predictor:
         self,
         predictions: Sequence[Prediction],
         classify: Callable[[Predictor, list[int]], list[Prediction]],
+        earlier: Sequence[bool] = (),
     ) -> list[Prediction]:
         """``predictions`` with the calls of the readable, uncertain ones without a
         preprocessing note replaced by ``classify(fallback, their positions)``, marked
@@ -461,12 +471,15 @@ class Predictor:
         class neither knows) than either model alone.
 
         Nothing is referred in a sample that looks unlike the training data
-        (:meth:`check_shift`): there the fallback's calls are no better. On another lab's
+        (:meth:`check_shift` of these predictions, with the flags of the sample's ``earlier``
+        cells): there the fallback's calls are no better. On another lab's
         rapid stain (tecom) the 5-class SqueezeNet flagged most cells and called 43% right,
         and with the EfficientNet's calls on the flagged ones 15% (docs/results.md).
         """
         result = list(predictions)
-        if self.fallback_dir is None or ((shift := self.check_shift(result)) and shift.shifted):
+        if self.fallback_dir is None:
+            return result
+        if (shift := self.check_shift(result, earlier=earlier)) is not None and shift.shifted:
             return result
         chosen = [
             i
@@ -569,22 +582,27 @@ class Predictor:
         return predictions
 
     def check_shift(
-        self, predictions: Sequence[Prediction], on_edge: Sequence[bool] | None = None
+        self,
+        predictions: Sequence[Prediction],
+        on_edge: Sequence[bool] | None = None,
+        *,
+        earlier: Sequence[bool] = (),
     ) -> ShiftCheck | None:
         """Whether these predictions, as one sample, look unlike the training data (see
         :func:`~leukoscope.inference.shift.check_shift`, which leaves out the cells
-        ``on_edge``); None for a model without an abstention rule, which flags nothing to
-        compare."""
+        ``on_edge``), counted with ``earlier``, this model's uncertain flags on the sample's
+        cells classified before (none on an edge); None for a model without an abstention
+        rule, which flags nothing to compare."""
         if self.card.abstention is None:
             return None
         edges = [False] * len(predictions) if on_edge is None else on_edge
         pairs = zip(predictions, edges, strict=True)
         readable = [(p, edge) for p, edge in pairs if p.error is None]
         return check_shift(
-            [p.uncertain for p, _ in readable],
+            [*earlier, *(p.uncertain for p, _ in readable)],
             1 - self.card.abstention.target_coverage,
             self.shift_advice,
-            [edge for _, edge in readable],
+            [*(False for _ in earlier), *(edge for _, edge in readable)],
         )
 
     @property

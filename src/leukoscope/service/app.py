@@ -136,16 +136,21 @@ class Service:
     """Sessions that change a sample (see ``store.writer``)."""
 
     def classify(
-        self, files: Sequence[UploadFile], scale: ScaleEstimate | None = None
+        self,
+        files: Sequence[UploadFile],
+        scale: ScaleEstimate | None = None,
+        earlier: Sequence[bool] = (),
     ) -> tuple[list[tuple[Upload, Prediction]], list[RejectedFile], ScaleEstimate | None]:
-        """Classify uploads within the limits, rescaled by ``scale`` or else their own
-        (:meth:`ModelRunner.classify`); fail the request only if no file is usable."""
+        """Classify uploads within the limits, rescaled by ``scale`` or else their own, with
+        the sample's ``earlier`` flags (:meth:`ModelRunner.classify`); fail the request only if
+        no file is usable."""
         self.check_count(files)
         done, rejected, used = self.runner.classify(
             files,
             max_bytes=self.settings.max_file_bytes,
             max_pixels=self.settings.max_pixels,
             scale=scale,
+            earlier=earlier,
         )
         if not done:
             raise _unusable(rejected)
@@ -468,14 +473,21 @@ def add_cells(sample_id: str, files: UploadFiles, service: ServiceDep) -> Upload
     the sample keeps it for every later upload. Each upload measuring its own, from its first
     32 images, made one sample's images differ: the 5-class 128-px SqueezeNet scored 95.0% on
     its PBC test split uploaded 200 files at a time in class order, against 98.6% through
-    ``predict`` and now in the app (``benchmarks/samples.py --web``)."""
+    ``predict`` and now in the app (``benchmarks/samples.py --web``).
+
+    Likewise, with a model whose card names a fallback model, whether the cells it flags go to
+    the fallback is decided on the whole sample: the stored cells' flags count with the
+    upload's in the shift check (nothing is referred in a shifted sample), so that a sample
+    uploaded a few cells at a time is judged as one uploaded at once."""
     sha256 = service.runner.sha256
     with service.sessions.begin() as session:  # fail before the costly part when we can
         sample = store.get_sample(session, sample_id)
         store.add_cells(session, sample, [], sha256)
         measured = sample.magnification
         kept = None if measured is None else ScaleEstimate.from_dict(measured)
-    done, rejected, used = service.classify(files, kept)
+        # The sample's flags as its page checks them for shift (``differential``).
+        flags = [c.prediction.uncertain for c in sample.cells if c.exclusion is None and not c.edge]
+    done, rejected, used = service.classify(files, kept, flags)
     new_cells = [_new_cell(upload, prediction) for upload, prediction in done]
     with service.writes.begin() as session:
         sample = store.lock_sample(session, sample_id)

@@ -46,8 +46,9 @@ def sample_csv(sample: Sample) -> str:
     """One row per cell: the model's call, the final call (a class, or excluded and why) and
     who made it, the call as signed off when amended since, comments, the sign-off, each
     class's probability, for a cell found in a field image the field, its box there, the edge
-    flag and a possible duplicate, and the sha256 of the model that made the call (after a
-    renormalisation, the renormalised model's)."""
+    flag and a possible duplicate, the sha256 of the model that made the call (after a
+    renormalisation, the renormalised model's), and whether its fallback model made it
+    instead (``fallback``)."""
     classes = list(sample.classes)
     header = [
         "sample_id", "sample_name", "cell_id", "position", "file_name", "sha256",
@@ -55,7 +56,7 @@ def sample_csv(sample: Sample) -> str:
         "uncertain", "label", "exclusion", "corrected_by", "corrected_at", "signed_call",
         "comments", "signed_off_by", "signed_off_at", *(f"p_{name}" for name in classes),
         "field", "x_min", "y_min", "x_max", "y_max", "edge", "possible_duplicate_of",
-        "predicted_by_sha256",
+        "predicted_by_sha256", "fallback",
     ]  # fmt: skip
     field_names = {field.id: field.original_name for field in sample.fields}
     signoff = sample.signoff
@@ -81,6 +82,7 @@ def sample_csv(sample: Sample) -> str:
             *(f"{prediction.probabilities.get(name, 0.0):.4f}" for name in classes),
             field_names.get(cell.field_id or ""), cell.x_min, cell.y_min, cell.x_max,
             cell.y_max, cell.edge, cell.possible_duplicate_of, prediction.model_sha256,
+            prediction.fallback,
         ]  # fmt: skip
         writer.writerow([_cell_text(value) for value in row])
     return buffer.getvalue()

@@ -115,12 +115,16 @@ class ModelRunner:
         max_bytes: int,
         max_pixels: int,
         scale: ScaleEstimate | None = None,
+        earlier: Sequence[bool] = (),
     ) -> tuple[list[tuple[Upload, Prediction]], list[RejectedFile], ScaleEstimate | None]:
         """Decode and classify ``files`` in batches; unusable files come back as rejected.
 
         The files are taken as one sample, rescaled by ``scale`` (the sample's, when an earlier
         upload measured it), else by their own magnification (:meth:`measure`); the scale used
-        is returned with them (None when no file was usable).
+        is returned with them (None when no file was usable). ``earlier`` holds the model's
+        uncertain flags on the sample's stored cells: with a fallback model, whether the
+        sample looks shifted (nothing referred) is judged on them and the files' own
+        (:meth:`~leukoscope.inference.predictor.Predictor.predict_images`).
         """
         done: list[tuple[Upload, Prediction]] = []
         rejected: list[RejectedFile] = []
@@ -133,10 +137,10 @@ class ModelRunner:
                 continue
             batch.append(result)
             if len(batch) == BATCH or sum(u.width * u.height for u, _ in batch) >= BATCH_PIXELS:
-                scale = self._predict(batch, rejected, done, scale)
+                scale = self._predict(batch, rejected, done, scale, earlier)
                 batch = []
         if batch:
-            scale = self._predict(batch, rejected, done, scale)
+            scale = self._predict(batch, rejected, done, scale, earlier)
         return done, rejected, scale
 
     def measure(
@@ -181,15 +185,18 @@ class ModelRunner:
         rejected: list[RejectedFile],
         done: list[tuple[Upload, Prediction]],
         scale: ScaleEstimate | None,
+        earlier: Sequence[bool],
     ) -> ScaleEstimate:
         """Classify ``batch`` into ``done`` and ``rejected``, rescaled by ``scale`` (by default
-        the batch's own); returns the scale used."""
+        the batch's own), judged for shift with the ``earlier`` flags and those of ``done``;
+        returns the scale used."""
         uploads = [upload for upload, _ in batch]
         images = [image for _, image in batch]
+        before = [*earlier, *(prediction.uncertain for _, prediction in done)]
         with self._lock:
             scale = scale or self.predictor.scale_of_images(images)
             predictions = self.predictor.predict_images(
-                images, [upload.name for upload in uploads], scale
+                images, [upload.name for upload in uploads], scale, earlier=before
             )
         for upload, prediction in zip(uploads, predictions, strict=True):
             if prediction.error is None:

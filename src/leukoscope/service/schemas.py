@@ -162,6 +162,11 @@ class PredictionOut(BaseModel):
     runner_up: str | None
     runner_up_probability: float
     uncertain: bool
+    fallback: bool = Field(
+        False,
+        description="The model flagged the cell uncertain and its card's fallback model made "
+        "this call (label and probabilities; the flag stays the model's).",
+    )
     renormalisation_id: int | None = Field(
         None, description="Set when the call is the model's renormalised on the sample's cells."
     )

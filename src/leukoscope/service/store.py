@@ -32,6 +32,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    false,
     func,
     select,
 )
@@ -325,6 +326,8 @@ class Prediction(Base):
     runner_up: Mapped[str | None] = mapped_column(String(64))
     runner_up_probability: Mapped[float]
     uncertain: Mapped[bool]
+    fallback: Mapped[bool] = mapped_column(default=False, server_default=false())
+    """Set when the model's fallback model made the call (see ``PredictionOut.fallback``)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     renormalisation: Mapped[Renormalisation | None] = relationship(lazy="raise")
 

@@ -405,6 +405,12 @@ function renderGallery() {
   }
 }
 
+// The model's flag, saying so when its card's fallback model made the call on a cell it was unsure of.
+function flagText(prediction) {
+  if (!prediction.uncertain) return "";
+  return prediction.fallback ? "uncertain (fallback's call)" : "uncertain";
+}
+
 function renderResults() {
   const body = $("#results-body");
   body.innerHTML = "";
@@ -422,7 +428,7 @@ function renderResults() {
       ),
       element("td", { text: cell.prediction.label }),
       element("td", { class: "number", text: percent(cell.prediction.confidence) }),
-      element("td", { text: cell.prediction.uncertain ? "uncertain" : "" }),
+      element("td", { text: flagText(cell.prediction) }),
       element("td", { text: cell.exclusion ? `excluded: ${cell.exclusion.replaceAll("_", " ")}` : labelOf(cell) }),
       element("td", { text: cell.corrections.length ? cell.corrections.at(-1).reviewer : "" }),
     );
@@ -508,6 +514,9 @@ function renderDetail() {
   }
   if (lookalike) {
     notes.push(element("p", { class: "duplicate", text: `Looks like ${lookalike.original_name}, in a field whose overlap with this one is unknown: a possible duplicate (exclude it as a duplicate, or classify it).` }));
+  }
+  if (cell.prediction.fallback) {
+    notes.push(element("p", { class: "duplicate", text: "The model was unsure of this cell: the call is its fallback model's." }));
   }
   if (cell.edge) notes.push(element("p", { class: "duplicate", text: "Cut by the field's edge: part of the cell may be missing." }));
   const commentForm = element(
