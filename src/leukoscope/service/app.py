@@ -755,7 +755,8 @@ def cell_heatmap(
     ] = None,
 ) -> Response:
     """Where the model as loaded looks for ``target``: for a renormalised sample, the model
-    before renormalising (the renormalised one is not kept)."""
+    before renormalising (the renormalised one is not kept); for a call its fallback model
+    made, the model as loaded too, where it looks for the fallback's class."""
     service.check_class(target)
     with service.sessions.begin() as session:
         data = store.cell_bytes(session, cell_id)
