@@ -65,15 +65,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @dataclass
-class FlagLowConfidence:
-    """The real predictor, with predictions under ``threshold`` confidence flagged uncertain.
+class Wrapping:
+    """A test predictor: the wrapped one's attributes, and its calls from ``predict_images``
+    after :meth:`adjust` (each subclass changes one thing)."""
 
-    A random model has no fitted abstention rule, so nothing would be flagged; the review
-    workflow needs some cells in its unidentified group.
-    """
-
-    predictor: Predictor
-    threshold: float
+    predictor: Any
+    earlier: list[list[bool]] = field(default_factory=list, init=False)
+    """The sample's flags each ``predict_images`` call was given."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.predictor, name)
@@ -86,57 +84,54 @@ class FlagLowConfidence:
         *,
         earlier: Sequence[bool] = (),
     ) -> list[Any]:
+        self.earlier.append(list(earlier))
         predictions = self.predictor.predict_images(images, names, scale, earlier=earlier)
-        for prediction in predictions:
-            prediction.uncertain = prediction.uncertain or prediction.confidence < self.threshold
-        return predictions
+        return [self.adjust(prediction) for prediction in predictions]
+
+    def adjust(self, prediction: Any) -> Any:
+        return prediction
 
 
 @dataclass
-class ReferringFlagged:
+class FlagLowConfidence(Wrapping):
+    """The real predictor, with predictions under ``threshold`` confidence flagged uncertain.
+
+    A random model has no fitted abstention rule, so nothing would be flagged; the review
+    workflow needs some cells in its unidentified group.
+    """
+
+    threshold: float
+
+    def adjust(self, prediction: Any) -> Any:
+        return replace(
+            prediction, uncertain=prediction.uncertain or prediction.confidence < self.threshold
+        )
+
+
+@dataclass
+class ReferringFlagged(Wrapping):
     """A predictor with a fallback model as the service sees one: the calls on the cells the
     wrapped predictor flags are marked as the fallback's (their labels kept: the service
     stores and shows what it is given; the referral itself is the predictor's, tested in
-    tests/inference). ``earlier`` records the sample's flags each call was given."""
+    tests/inference)."""
 
-    inner: Any
-    earlier: list[list[bool]] = field(default_factory=list)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def predict_images(
-        self,
-        images: Sequence[Image.Image],
-        names: Sequence[str],
-        scale: Any = None,
-        *,
-        earlier: Sequence[bool] = (),
-    ) -> list[Any]:
-        self.earlier.append(list(earlier))
-        return [
-            replace(p, fallback=p.uncertain and p.error is None)
-            for p in self.inner.predict_images(images, names, scale, earlier=earlier)
-        ]
+    def adjust(self, prediction: Any) -> Any:
+        return replace(prediction, fallback=prediction.uncertain and prediction.error is None)
 
 
 @dataclass
-class ExpectingFivePercent:
+class ExpectingFivePercent(Wrapping):
     """A predictor whose card's abstention rule flags 5% of in-domain cells: wrapping the test
     predictor (half its cells flagged), its samples look shifted."""
 
-    inner: Any
     shift_advice = "Try this model's own adaptation."
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     @property
     def card(self) -> Any:
         from leukoscope.models.card import Abstention
 
         rule = Abstention("msp", threshold=0.5, target_coverage=0.95, stats_sha256="0" * 64)
-        return replace(self.inner.card, abstention=rule)
+        return replace(self.predictor.card, abstention=rule)
 
 
 @pytest.fixture(scope="session")
