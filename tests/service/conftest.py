@@ -115,6 +115,8 @@ class ReferringFlagged(Wrapping):
     stores and shows what it is given; the referral itself is the predictor's, tested in
     tests/inference)."""
 
+    fallback_dir = Path("models/slow-model")
+
     def adjust(self, prediction: Any) -> Any:
         return replace(prediction, fallback=prediction.uncertain and prediction.error is None)
 

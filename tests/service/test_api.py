@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from leukoscope.classes import WBC5
+from leukoscope.models.card import CARD_NAME, load_card
+from leukoscope.service.app import create_app
+from leukoscope.service.settings import Settings
 from leukoscope.service.uploads import display_name
-from tests.service.conftest import TOKEN, cell_jpeg, cells, files
+from tests.conftest import REPO
+from tests.service.conftest import TOKEN, Wrapping, cell_jpeg, cells, files
 
 
 def assert_error(response: object, status: int, contains: str = "") -> dict:
@@ -30,9 +37,27 @@ def test_health_and_model_info(client: TestClient) -> None:
     info = client.get("/api/model").json()
     assert info["arch"] == "squeezenet1_1"
     assert info["classes"] == list(WBC5)
-    assert info["metrics"]["val_accuracy"] == 0.5
+    assert info["metrics"] is None  # never released: no test scores (not its validation's)
     assert info["limits"]["max_files"] == 10
     assert len(info["sha256"]) == 64
+    assert info["fallback"] is None
+
+
+def test_model_info_gives_a_released_models_test_scores(
+    make_settings: Callable[..., Settings], predictor: Any
+) -> None:
+    released = load_card(REPO / "models" / "wbc5-squeezenet1_1-128" / CARD_NAME)
+    assert released.test_metrics is not None
+
+    @dataclass
+    class Released(Wrapping):
+        card = dataclasses.replace(predictor.card, test_metrics=released.test_metrics)
+
+    app = create_app(make_settings(), predictor=Released(predictor))
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        metrics = client.get("/api/model").json()["metrics"]
+    assert metrics["accuracy"] == released.test_metrics.accuracy
+    assert metrics["n_images"] == released.test_metrics.n_images
 
 
 def test_classify_many_images(client: TestClient) -> None:

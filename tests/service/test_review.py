@@ -601,6 +601,7 @@ def test_the_fallbacks_calls_are_stored_shown_and_exported(
     referring = ReferringFlagged(predictor)
     app: FastAPI = create_app(make_settings(), predictor=referring)
     with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert client.get("/api/model").json()["fallback"] == "slow-model"
         sample = new_sample(client)
         flagged = [cell["prediction"]["uncertain"] for cell in sample["cells"]]
         assert 0 < sum(flagged) < len(flagged)

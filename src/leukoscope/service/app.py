@@ -380,13 +380,14 @@ def health(service: ServiceDep) -> Health:
 def model_info(service: ServiceDep) -> ModelInfo:
     card = service.runner.card
     settings = service.settings
+    fallback = service.runner.predictor.fallback_dir
     return ModelInfo(
         name=service.runner.name,
         arch=card.arch,
         classes=list(service.runner.classes),
         input_size=card.preprocessing.input_size,
         sha256=service.runner.sha256,
-        metrics=card.to_json().get("validation"),
+        metrics=card.to_json().get("test_metrics"),
         card=card.to_json(),
         limits=Limits(
             max_file_bytes=settings.max_file_bytes,
@@ -396,6 +397,7 @@ def model_info(service: ServiceDep) -> ModelInfo:
         ),
         exclusions=store.EXCLUSIONS,
         renormalisable=service.renormalisable,
+        fallback=None if fallback is None else fallback.name,
     )
 
 

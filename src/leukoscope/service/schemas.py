@@ -132,13 +132,21 @@ class ModelInfo(BaseModel):
     classes: list[str]
     input_size: int
     sha256: str
-    metrics: dict[str, Any] | None = Field(description="Test metrics from the model card.")
+    metrics: dict[str, Any] | None = Field(
+        description="The test-split scores recorded in the model card at release (None: an "
+        "unreleased model)."
+    )
     card: dict[str, Any] = Field(description="The full model card.")
     limits: Limits
     exclusions: dict[str, str] = Field(description="Exclusion category -> description.")
     renormalisable: bool = Field(
         description="The model can be renormalised on a shifted sample's cells "
         "(``POST /api/samples/{id}/renormalise``)."
+    )
+    fallback: str | None = Field(
+        None,
+        description="The folder name of the model's fallback model, which calls the cells the "
+        "model flags uncertain (None: the model calls them itself).",
     )
 
 

@@ -135,14 +135,17 @@ function requireReviewer() {
 async function loadModel() {
   state.model = await apiJson("/api/model");
   state.identity = await apiJson("/api/me");
-  const { name, arch, sha256, classes, limits, metrics } = state.model;
-  const accuracy = metrics && typeof metrics.accuracy === "number" ? ` · test accuracy ${percent(metrics.accuracy)}` : "";
+  const { name, arch, sha256, classes, limits, metrics, fallback } = state.model;
+  // The card's test scores are the model's own, recorded at release: a fallback's calls come on top.
+  const alone = fallback ? " on its own" : "";
+  const accuracy = metrics && typeof metrics.accuracy === "number" ? ` · test accuracy ${percent(metrics.accuracy)}${alone}` : "";
   const info = $("#model-info");
   info.innerHTML = "";
   info.append(
     `Model ${name}${name === arch ? "" : ` (${arch})`} · sha256 `,
     element("code", { title: sha256, text: sha256.slice(0, 12) }),
     ` · ${classes.join(", ")}${accuracy}`,
+    fallback ? ` · the cells it is unsure of are called by ${fallback}` : "",
   );
   if (state.identity.reviewer) {
     $("#reviewer").value = state.identity.reviewer;
