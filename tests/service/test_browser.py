@@ -380,3 +380,25 @@ def test_a_shifted_samples_cells_are_confirmed_in_chromium(
         expect(page.locator("#differential-body .flags .withheld")).to_have_count(0)
         page.locator(f'#gallery [data-cell="{first}"]').click()
         expect(page.locator("#detail-body .history")).to_contain_text("Confirmed ")
+
+
+def test_the_fallbacks_calls_are_marked_in_chromium(
+    make_server: Callable[..., str], predictor: Any, tmp_path: Path
+) -> None:
+    """With a fallback model, the page names it, and a cell whose call it made says so in the
+    results table and beside the cell."""
+    from playwright.sync_api import expect
+
+    from tests.service.conftest import ReferringFlagged
+
+    url = make_server(ReferringFlagged(predictor))
+    with chromium_page(url) as page:
+        expect(page.locator("#model-info")).to_contain_text("unsure of are called by slow-model")
+        create_sample(page, "Backed")
+        page.set_input_files("#file-input", cell_files(tmp_path, N_CELLS))
+        expect(page.locator("#upload-status")).to_contain_text(f"{N_CELLS} image(s) classified.")
+        flagged = page.locator('[data-group="unidentified"] button.cell')
+        expect(page.locator("#results-body")).to_contain_text("uncertain (fallback's call)")
+        flagged.first.click()
+        expect(page.locator("#detail-body")).to_contain_text("the call is its fallback model's")
+        expect(page.locator("#detail-body")).to_contain_text("fallback model: ")

@@ -364,7 +364,7 @@ function renderGallery() {
     for (const cell of group.cells) {
       const img = element("img", { alt: "", loading: "lazy", width: 72, height: 72 });
       setImage(img, cellImage(cell));
-      const guess = cell.label || cell.exclusion ? "" : ` (model: ${cell.prediction.label} ${percent(cell.prediction.confidence)})`;
+      const guess = cell.label || cell.exclusion ? "" : ` (${caller(cell)}: ${cell.prediction.label} ${percent(cell.prediction.confidence)})`;
       const why = cell.exclusion ? ` (${exclusionName(cell.exclusion)})` : toConfirm(cell) ? " (the model's call, to confirm)" : "";
       list.append(
         element(
@@ -407,6 +407,9 @@ function renderGallery() {
     );
   }
 }
+
+// Who made a cell's call: the model, or its fallback model on a cell the model was unsure of.
+const caller = (cell) => (cell.prediction.fallback ? "fallback model" : "model");
 
 // The model's flag, saying so when its card's fallback model made the call on a cell it was unsure of.
 function flagText(prediction) {
@@ -538,7 +541,7 @@ function renderDetail() {
     element("p", { class: "cell-name", text: cell.original_name }),
     ...notes,
     pictures,
-    element("p", {}, element("strong", { text: cell.exclusion ? `excluded: ${exclusionName(cell.exclusion)}` : labelOf(cell) }), ` · model: ${probabilities}`),
+    element("p", {}, element("strong", { text: cell.exclusion ? `excluded: ${exclusionName(cell.exclusion)}` : labelOf(cell) }), ` · ${caller(cell)}: ${probabilities}`),
     ...confirm,
     element(
       "button",
