@@ -319,7 +319,7 @@ def test_predicting_with_an_export_never_imports_torch(tmp_path: Path, tiny: Tin
         "except SystemExit as exc:\n"
         "    assert not exc.code, exc.code\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'torchvision', 'timm',"
-        " 'sklearn'})\n"
+        " 'sklearn', 'scipy'})\n"
         "print('heavy:', heavy)\n"
     )
     for engine in ENGINES:
