@@ -171,11 +171,16 @@ def binomial_tail(k: int, n: int, p: float) -> float:
     if k <= 0:
         return 1.0
     log_p, log_q, log_n = math.log(p), math.log1p(-p), math.lgamma(n + 1)
-    logs = [
-        log_n - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
-        for i in range(k, n + 1)
-    ]
-    top = max(logs)
+    logs: list[float] = []
+    top = -math.inf
+    for i in range(k, n + 1):
+        log_choose = log_n - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+        logs.append(log_choose + i * log_p + (n - i) * log_q)
+        top = max(top, logs[-1])
+        # Past the mean the terms only fall: once one is under e^-60 of the largest, the
+        # rest (fewer than a million) add less than 1e-20 of the sum.
+        if i > n * p and logs[-1] < top - 60:
+            break
     return min(1.0, math.exp(top) * math.fsum(math.exp(x - top) for x in logs))
 
 
