@@ -26,7 +26,9 @@ fp32 export made with ``export --bf16``), in one run:
 - decoding only: images/s of decoding and resizing test files to each input size on two threads,
   and on two processes (PyTorch's DataLoader, the decoder before threads) for comparison;
 - command-line start-up, ``--runs`` times each: ``leukoscope --help``, a usage error, and
-  ``predict`` of one image with each model folder as a user runs it (default options).
+  ``predict`` of one image with each model folder as a user runs it (default options); for a
+  model with a fallback, also of the first test image the end-to-end run flagged uncertain,
+  which opens the fallback too.
 
 Targets (issue 13, on two cores): ``--help`` under 1 s, one-image ``predict`` under 2 s. The
 CPU's instruction sets (AVX2, AVX-512, VNNI, AMX) are recorded with the machine: int8 and the
@@ -261,7 +263,24 @@ def command_line_runs(model: Path, args: argparse.Namespace, tmp: Path) -> dict[
     entry["backends"] = end_to_end(variants(model, args.torch), paths, labels, args.e2e_runs, tmp)
     for key, row in entry["backends"].items():
         print(model.name, key, row, flush=True)
+    flagged = first_flagged(tmp / "predictions.csv")
+    if card.fallback is not None and flagged is not None:
+        one_flagged = [*CLI, "predict", flagged, "--model", str(model), "--out", str(tmp / "1.csv")]
+        entry["startup_predict_one_flagged_image"] = {
+            "image": flagged,
+            **medians(one_flagged, args.runs),
+        }
+        print(model.name, "one flagged image", entry["startup_predict_one_flagged_image"])
     return entry
+
+
+def first_flagged(predictions: Path) -> str | None:
+    """The first file a ``predict`` CSV flags uncertain (None: none): for a model with a
+    fallback, a one-image ``predict`` of it opens the fallback too, its slowest case."""
+    with predictions.open(newline="") as handle:
+        return next(
+            (row["source"] for row in csv.DictReader(handle) if row["uncertain"] == "true"), None
+        )
 
 
 def in_process_runs(model: Path, entry: dict[str, Any], args: argparse.Namespace) -> None:
@@ -319,6 +338,9 @@ def table(results: dict[str, Any]) -> str:
                 else ""
             )
             startup = f"{entry['startup_predict_one_image']['median_s']:.2f} s" if first else ""
+            if first and "startup_predict_one_flagged_image" in entry:
+                flagged_s = entry["startup_predict_one_flagged_image"]["median_s"]
+                startup += f" ({flagged_s:.2f} s for a flagged cell)"
             shares = "–"
             if "share_of_decoding_bound" in row:
                 shares = (
