@@ -263,8 +263,8 @@ def command_line_runs(model: Path, args: argparse.Namespace, tmp: Path) -> dict[
     entry["backends"] = end_to_end(variants(model, args.torch), paths, labels, args.e2e_runs, tmp)
     for key, row in entry["backends"].items():
         print(model.name, key, row, flush=True)
-    flagged = first_flagged(tmp / "predictions.csv")
-    if card.fallback is not None and flagged is not None:
+    flagged = first_flagged(model, paths, tmp) if card.fallback is not None else None
+    if flagged is not None:
         one_flagged = [*CLI, "predict", flagged, "--model", str(model), "--out", str(tmp / "1.csv")]
         entry["startup_predict_one_flagged_image"] = {
             "image": flagged,
@@ -274,10 +274,14 @@ def command_line_runs(model: Path, args: argparse.Namespace, tmp: Path) -> dict[
     return entry
 
 
-def first_flagged(predictions: Path) -> str | None:
-    """The first file a ``predict`` CSV flags uncertain (None: none): for a model with a
-    fallback, a one-image ``predict`` of it opens the fallback too, its slowest case."""
-    with predictions.open(newline="") as handle:
+def first_flagged(model: Path, paths: list[Path], tmp: Path) -> str | None:
+    """The first of ``paths`` that ``leukoscope predict`` with ``model`` as a user runs it
+    (default options) flags uncertain (None: none): for a model with a fallback, a one-image
+    ``predict`` of it opens the fallback too, its slowest case."""
+    out = tmp / "flags.csv"
+    command = [*CLI, "predict", *map(str, paths), "--model", str(model), "--out", str(out)]
+    subprocess.run(command, capture_output=True, cwd=REPO, check=True)
+    with out.open(newline="") as handle:
         return next(
             (row["source"] for row in csv.DictReader(handle) if row["uncertain"] == "true"), None
         )
