@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -10,6 +12,7 @@ from leukoscope.reports.differential import (
     compute_differential,
     render_html,
     render_markdown,
+    wilson_interval,
 )
 
 NORMAL = {"neutrophil": 60, "lymphocyte": 30, "monocyte": 6, "eosinophil": 3, "basophil": 1}
@@ -107,6 +110,30 @@ def test_intervals_contain_the_estimate_and_narrow_with_more_cells() -> None:
     large_n = next(r for r in large["rows"] if r["class"] == "neutrophil")
     assert large_n["ci_high"] - large_n["ci_low"] < small_n["ci_high"] - small_n["ci_low"]
     assert any("Only 9 white cells" in note for note in small["notes"])
+
+
+@pytest.mark.parametrize(
+    ("count", "total"), [(0, 1), (1, 1), (0, 9), (3, 9), (60, 100), (999, 1000), (12, 2037)]
+)
+def test_the_interval_is_scipys_wilson_score_interval(count: int, total: int) -> None:
+    from scipy.stats import binomtest
+
+    ci = binomtest(count, total).proportion_ci(confidence_level=0.95, method="wilson")
+    low, high = wilson_interval(count, total)
+    assert (low, high) == pytest.approx((100 * ci.low, 100 * ci.high), rel=1e-12, abs=1e-12)
+
+
+def test_the_differential_does_not_import_scipy() -> None:
+    # scipy.stats took 1-2 s to import: more than the rest of a small differential's start-up.
+    script = (
+        "import sys\n"
+        "from leukoscope.reports.differential import CellCall, compute_differential\n"
+        "compute_differential([CellCall('neutrophil')] * 3, ['neutrophil', 'monocyte'])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_definite_only_when_the_interval_clears_the_limit() -> None:
