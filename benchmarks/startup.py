@@ -12,10 +12,11 @@ besides the files themselves, such as the sample's magnification estimate); then
 ``leukoscope --help``. Reports the median and every turn's wall seconds.
 
 ``--image`` names the one image instead of each model's first test image: e.g. a cell the
-model flags uncertain, for which a model with a fallback opens its fallback too.
+model flags uncertain, for which a model with a fallback opens its fallback too. With
+``--differential FOLDER``, also ``leukoscope differential FOLDER`` with each model.
 
 Run: python benchmarks/startup.py --base REV [--models models/a,models/b] [--turns 5]
-     [--files N] [--image FILE] [--out benchmarks/results/startup.json]
+     [--files N] [--image FILE] [--differential FOLDER] [--out benchmarks/results/startup.json]
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=5, help="runs of each command per source")
     parser.add_argument("--files", type=int, help="also predict this many test files (0: all)")
     parser.add_argument("--image", type=Path, help="the one image (default: a test image)")
+    parser.add_argument("--differential", type=Path, help="also a differential of this folder")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/startup.json")
     args = parser.parse_args()
     models = [Path(m) for m in args.models.split(",")] if args.models else released_models()
@@ -93,6 +95,12 @@ def main() -> None:
                 one_image = ["predict", str(image), "--model", str(model), "--out", str(out)]
                 results[model.name] = in_turns(one_image, sources, args.turns)
                 print(model.name, results[model.name], flush=True)
+                if args.differential is not None:
+                    report = Path(tmp) / "differential"
+                    command = ["differential", str(args.differential), "--model", str(model)]
+                    key = f"{model.name} (differential of {args.differential})"
+                    results[key] = in_turns([*command, "--out", str(report)], sources, args.turns)
+                    print(key, results[key], flush=True)
                 if args.files is not None:
                     files = [str(path) for path in test_files(model, args.files)[0]]
                     many = ["predict", *files, "--model", str(model), "--out", str(out)]
