@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,6 +16,14 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 PBC_ROOT = Path(os.environ.get("LEUKOSCOPE_DATA") or REPO / ".." / "shared" / "data" / "pbc")
+
+
+def packages_imported_by(code: str) -> set[str]:
+    """The top-level packages a fresh interpreter has imported after running ``code``."""
+    script = f"{code}\nimport sys\nprint(*sorted({{m.split('.')[0] for m in sys.modules}}))\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split())
 
 
 def cell_image(
