@@ -122,7 +122,8 @@ class Predictor:
     backend computes in (:attr:`~leukoscope.inference.runtime.Export.precision`), which
     reports record beside the backend; ``fallback_dir`` the card's fallback model, which
     classifies the cells this one flags uncertain (None: it keeps them), run by
-    ``fallback_backend`` (see :meth:`fallback_for`).
+    ``fallback_backend`` (see :meth:`fallback_for`); ``job_files`` how many cell images the
+    job holds, when the caller said (None: unknown, e.g. a server's).
     """
 
     card: ModelCard
@@ -134,6 +135,7 @@ class Predictor:
     precision: str = "fp32"
     fallback_dir: Path | None = None
     fallback_backend: str = "auto"
+    job_files: int | None = None
     _fallback: Predictor | None = field(default=None, repr=False)
     _pixel_model: PixelModel | None = field(default=None, repr=False)
 
@@ -184,6 +186,7 @@ class Predictor:
             # It runs in its own best engine (e.g. OpenVINO for an EfficientNet): ``backend``
             # names the engine of the model the user named, except torch, which needs no export.
             predictor.fallback_backend = backend if backend == "torch" else "auto"
+        predictor.job_files = files
         return predictor
 
     @classmethod
@@ -438,10 +441,11 @@ class Predictor:
     def fallback_for(self, cells: int) -> Predictor | None:
         """The predictor of the card's fallback model (None: none), loaded when a sample's
         ``cells`` flagged cells first need it: a sample this model is sure of never pays for
-        loading it. It opens in the engine for a job of that many cells
-        (:func:`~leukoscope.inference.runtime.engines_for`: fewer than
+        loading it. In a job of known size (:attr:`job_files`) it opens in the engine for a job
+        of that many cells (:func:`~leukoscope.inference.runtime.engines_for`: fewer than
         :data:`~leukoscope.inference.runtime.QUICK_START_FILES` start sooner in ONNX
-        Runtime), and later samples reuse it.
+        Runtime); otherwise, as for a server that runs until stopped, in its arch's faster
+        engine. Later samples reuse it.
 
         Raises
         ------
@@ -450,8 +454,9 @@ class Predictor:
             be loaded (e.g. removed since).
         """
         if self._fallback is None and self.fallback_dir is not None:
+            files = None if self.job_files is None else cells
             self._fallback = _load_fallback(
-                self.fallback_dir, self.card, self.fallback_backend, cells
+                self.fallback_dir, self.card, self.fallback_backend, files
             )
         return self._fallback
 
@@ -675,11 +680,11 @@ def _check_fallback(path: Path, found: ModelCard, card: ModelCard) -> None:
         )
 
 
-def _load_fallback(path: Path, card: ModelCard, backend: str, cells: int) -> Predictor:
-    """The predictor of ``card``'s fallback model at ``path`` for a job of ``cells`` cells,
-    without a fallback of its own, checked again (the folder may have changed since the card
-    was read)."""
-    fallback = Predictor.load(path, backend=backend, fallback=False, files=cells)
+def _load_fallback(path: Path, card: ModelCard, backend: str, files: int | None) -> Predictor:
+    """The predictor of ``card``'s fallback model at ``path`` for a job of ``files`` cells
+    (None: unknown), without a fallback of its own, checked again (the folder may have
+    changed since the card was read)."""
+    fallback = Predictor.load(path, backend=backend, fallback=False, files=files)
     _check_fallback(path, fallback.card, card)
     return fallback
 
