@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -18,12 +19,24 @@ REPO = Path(__file__).resolve().parents[1]
 PBC_ROOT = Path(os.environ.get("LEUKOSCOPE_DATA") or REPO / ".." / "shared" / "data" / "pbc")
 
 
-def packages_imported_by(code: str) -> set[str]:
-    """The top-level packages a fresh interpreter has imported after running ``code``."""
-    script = f"{code}\nimport sys\nprint(*sorted({{m.split('.')[0] for m in sys.modules}}))\n"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return set(result.stdout.split())
+@pytest.fixture
+def without_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SciPy made unimportable for the test: importing it or any of its modules raises
+    ImportError (in this process: a fresh interpreter, forked from the suite's process once
+    OpenVINO had run in it, crashed the suite)."""
+    for name in [name for name in sys.modules if name.split(".")[0] == "scipy"] + ["scipy"]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def imported_packages(module: ModuleType) -> set[str]:
+    """The top-level packages ``module``'s source imports anywhere (at module level or in a
+    function)."""
+    tree = ast.parse(Path(str(module.__file__)).read_text(encoding="utf-8"))
+    names = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+    return {name.split(".")[0] for name in names if name}
 
 
 def cell_image(

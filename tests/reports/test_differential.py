@@ -3,6 +3,7 @@ import json
 import pytest
 
 from leukoscope.classes import PBC8, WBC5
+from leukoscope.reports import differential
 from leukoscope.reports.differential import (
     DISCLAIMER,
     REFERENCE_RANGES,
@@ -12,7 +13,7 @@ from leukoscope.reports.differential import (
     render_markdown,
     wilson_interval,
 )
-from tests.conftest import packages_imported_by
+from tests.conftest import imported_packages
 
 NORMAL = {"neutrophil": 60, "lymphocyte": 30, "monocyte": 6, "eosinophil": 3, "basophil": 1}
 
@@ -122,13 +123,11 @@ def test_the_interval_is_scipys_wilson_score_interval(count: int, total: int) ->
     assert (low, high) == pytest.approx((100 * ci.low, 100 * ci.high), rel=1e-12, abs=1e-12)
 
 
+@pytest.mark.usefixtures("without_scipy")
 def test_the_differential_does_not_import_scipy() -> None:
     # scipy.stats took 1-2 s to import: more than the rest of a small differential's start-up.
-    code = (
-        "from leukoscope.reports.differential import CellCall, compute_differential\n"
-        "compute_differential([CellCall('neutrophil')] * 3, ['neutrophil', 'monocyte'])"
-    )
-    assert "scipy" not in packages_imported_by(code)
+    assert compute_differential([CellCall("neutrophil")] * 3, ["neutrophil", "monocyte"])
+    assert "scipy" not in imported_packages(differential)
 
 
 def test_definite_only_when_the_interval_clears_the_limit() -> None:
